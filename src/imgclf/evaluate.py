@@ -1,0 +1,116 @@
+"""evaluate: score the *serving artifact* (ONNX via onnxruntime) on the test split.
+
+No torch here: the model is loaded by :class:`imgclf.predictor.Predictor`, the
+class the API uses, and fed the uint8 arrays that ``prepare`` produced with
+:func:`imgclf.preprocessing.preprocess`, the function the API uses.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+from imgclf.params import Params
+from imgclf.predictor import Predictor
+from imgclf.prepare import load_split, write_json
+
+PREDICTION_FIELDS = ("position", "path", "actual", "predicted", "confidence", "correct")
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int) -> float:
+    """ECE: the |accuracy − confidence| gap, averaged over equal-width confidence bins."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            ece += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
+    return float(ece)
+
+
+def score(
+    probs: np.ndarray, labels: np.ndarray, classes: list[str], bins: int
+) -> dict[str, Any]:
+    """Headline and per-class metrics from predicted probabilities and true labels."""
+    predicted = probs.argmax(1)
+    confidence = probs.max(1)
+    correct = predicted == labels
+    ids = list(range(len(classes)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, predicted, labels=ids, zero_division=0
+    )
+    r = lambda v: round(float(v), 6)  # noqa: E731 - fixed precision keeps the JSON byte-stable
+    return {
+        "accuracy": r(correct.mean()),
+        "macro_f1": r(f1.mean()),
+        "macro_precision": r(precision.mean()),
+        "macro_recall": r(recall.mean()),
+        "ece": r(expected_calibration_error(confidence, correct, bins)),
+        "mean_confidence": r(confidence.mean()),
+        "n_test": len(labels),
+        "n_errors": int((~correct).sum()),
+        "per_class": {
+            c: {"precision": r(p), "recall": r(rc), "f1": r(f), "support": int(s)}
+            for c, p, rc, f, s in zip(classes, precision, recall, f1, support, strict=True)
+        },
+        "confusion_matrix": confusion_matrix(labels, predicted, labels=ids).tolist(),
+    }
+
+
+def write_predictions(
+    path: Path, probs: np.ndarray, labels: np.ndarray, classes: list[str], sources: list[str]
+) -> None:
+    """Per-sample results, so two revisions can be compared sample by sample."""
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(PREDICTION_FIELDS)
+        for i, (p, y) in enumerate(zip(probs, labels, strict=True)):
+            k = int(p.argmax())
+            writer.writerow((i, sources[i], classes[y], classes[k], f"{p[k]:.6f}", int(k == y)))
+
+
+def plot_confusion(path: Path, matrix: np.ndarray, classes: list[str]) -> None:
+    """A PNG for reports that cannot render vega (CML comments, offline HTML)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(1.5 + 0.45 * n, 1.2 + 0.45 * n), dpi=100)
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(n), classes, rotation=90 if n > 10 else 0)
+    ax.set_yticks(range(n), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    top = matrix.max() or 1
+    for i in range(n):
+        for j in range(n):
+            if matrix[i, j]:
+                color = "white" if matrix[i, j] > top / 2 else "black"
+                ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8, color=color)
+    fig.tight_layout()
+    fig.savefig(path, metadata={"Software": None})  # no version string: byte-stable
+    plt.close(fig)
+
+
+def evaluate(params: Params, prepared: Path, model_dir: Path, out_dir: Path) -> dict[str, Any]:
+    """Run the whole stage: metrics JSON, per-sample predictions CSV, confusion PNG."""
+    predictor = Predictor(model_dir)
+    images, labels = load_split(prepared, "test")
+    with (prepared / "index.csv").open() as fh:
+        sources = [row["path"] for row in csv.DictReader(fh) if row["split"] == "test"]
+    probs = predictor.predict_proba(images, params.evaluate.batch_size)
+    metrics = score(probs, labels, predictor.classes, params.evaluate.calibration_bins)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_predictions(out_dir / "predictions.csv", probs, labels, predictor.classes, sources)
+    plot_confusion(out_dir / "confusion_matrix.png", np.array(metrics["confusion_matrix"]),
+                   predictor.classes)  # fmt: skip
+    metrics["model_sha256"] = predictor.card["model_sha256"]
+    write_json(out_dir / "evaluate.json", metrics)
+    return metrics

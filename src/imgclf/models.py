@@ -1,0 +1,123 @@
+"""The model registry, and the wrapper that makes a model take raw uint8 pixels.
+
+Normalisation lives *inside* the model (:class:`PixelModel`), so the exported
+ONNX graph takes exactly what :func:`imgclf.preprocessing.preprocess` returns:
+uint8 ``(N, H, W, C)``. Training, evaluation and serving therefore cannot
+disagree about mean/std or channel order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from imgclf.params import ModelParams
+
+
+def small_cnn(in_channels: int, num_classes: int, image_size: int, p: ModelParams) -> nn.Module:
+    """A compact CNN: full resolution for tiny inputs (8×8 digits), strided stem for photos.
+
+    Blocks of conv-BN-ReLU double the width and halve the resolution until about
+    4×4 remains; global average pooling makes it size-agnostic.
+    """
+    w = p.width
+    layers: list[nn.Module] = []
+    size, ch = image_size, in_channels
+    if image_size > 32:  # photos: a strided stem keeps the cost per pixel low
+        layers += [nn.Conv2d(ch, w, 5, stride=2, padding=2, bias=False), nn.BatchNorm2d(w)]
+        layers += [nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+        size, ch = size // 4, w
+    width = w
+    while True:
+        layers += [nn.Conv2d(ch, width, 3, padding=1, bias=False), nn.BatchNorm2d(width)]
+        layers += [nn.ReLU(inplace=True)]
+        ch = width
+        if size <= 4:
+            break
+        layers += [nn.Conv2d(ch, width, 3, padding=1, bias=False), nn.BatchNorm2d(width)]
+        layers += [nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+        size //= 2
+        width = min(width * 2, w * 8)
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(p.dropout)]
+    layers += [nn.Linear(ch, num_classes)]
+    return nn.Sequential(*layers)
+
+
+def _torchvision(name: str) -> Callable[[int, int, int, ModelParams], nn.Module]:
+    def build(in_channels: int, num_classes: int, image_size: int, p: ModelParams) -> nn.Module:
+        import torchvision
+
+        weights = "DEFAULT" if p.pretrained else None
+        model = getattr(torchvision.models, name)(weights=weights)
+        if name == "resnet18":
+            model.fc = nn.Sequential(nn.Dropout(p.dropout), nn.Linear(model.fc.in_features, num_classes))
+        else:
+            last = model.classifier[-1]
+            model.classifier[-1] = nn.Linear(last.in_features, num_classes)
+            model.classifier[-2] = nn.Dropout(p.dropout)
+        return model
+
+    return build
+
+
+REGISTRY: dict[str, Callable[[int, int, int, ModelParams], nn.Module]] = {
+    "small_cnn": small_cnn,
+    "resnet18": _torchvision("resnet18"),
+    "mobilenet_v3_small": _torchvision("mobilenet_v3_small"),
+}
+# torchvision backbones expect 3 channels: grayscale input is repeated.
+NEEDS_RGB = {"resnet18", "mobilenet_v3_small"}
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class PixelModel(nn.Module):
+    """uint8 ``(N, H, W, C)`` → logits: scaling, normalisation and layout in the graph.
+
+    The NHWC → NCHW permute yields a channels_last tensor for free, which is the
+    fast layout on GPUs.
+    """
+
+    def __init__(
+        self, backbone: nn.Module, mean: Sequence[float], std: Sequence[float], repeat_to: int = 0
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.repeat_to = repeat_to
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels.permute(0, 3, 1, 2).float()
+        x = (x - self.mean * 255.0) / self.std
+        if self.repeat_to and x.shape[1] != self.repeat_to:
+            x = x.expand(-1, self.repeat_to, -1, -1)
+        return self.backbone(x)
+
+
+class WithSoftmax(nn.Module):
+    """The exported graph: probabilities, so every consumer skips its own softmax."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(pixels), dim=1)
+
+
+def build_model(
+    p: ModelParams,
+    in_channels: int,
+    num_classes: int,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> PixelModel:
+    """Instantiate ``p.name`` wrapped in :class:`PixelModel` with the right normalisation."""
+    backbone = REGISTRY[p.name](in_channels, num_classes, image_size, p)
+    if p.pretrained and p.name in NEEDS_RGB:  # pretrained weights expect ImageNet statistics
+        mean, std = IMAGENET_MEAN[:in_channels], IMAGENET_STD[:in_channels]
+    repeat = 3 if p.name in NEEDS_RGB else 0
+    return PixelModel(backbone, mean, std, repeat_to=repeat)

@@ -1,0 +1,95 @@
+"""Load the serving artifact (ONNX + JSON card) and predict — without torch.
+
+``evaluate``, ``imgclf predict`` and the API all go through :class:`Predictor`,
+so the numbers in ``metrics/`` are the numbers of the model that is served.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from imgclf.preprocessing import PreprocessSpec, preprocess
+
+MODEL_FILE = "model.onnx"
+CARD_FILE = "model.json"
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """The model directory lacks the ONNX file or its card."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's result: the winning class and the full distribution."""
+
+    label: str
+    index: int
+    confidence: float
+    probabilities: dict[str, float]
+
+    def top(self, k: int) -> list[tuple[str, float]]:
+        return sorted(self.probabilities.items(), key=lambda kv: -kv[1])[:k]
+
+
+class Predictor:
+    """An onnxruntime session plus the card that says how to feed it."""
+
+    def __init__(self, model_dir: Path | str, threads: int = 1) -> None:
+        import onnxruntime as ort  # deferred: importing the package should stay cheap
+
+        model_dir = Path(model_dir)
+        onnx_path, card_path = model_dir / MODEL_FILE, model_dir / CARD_FILE
+        for path in (onnx_path, card_path):
+            if not path.is_file():
+                raise ModelNotFoundError(
+                    f"{path} not found: run `dvc repro` (or `dvc pull`) to produce the model"
+                )
+        self.card: dict[str, Any] = json.loads(card_path.read_text())
+        self.classes: list[str] = list(self.card["classes"])
+        self.spec = PreprocessSpec.from_dict(self.card["preprocess"])
+        options = ort.SessionOptions()
+        # A fixed thread count keeps results identical run to run.
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(
+            str(onnx_path), options, providers=["CPUExecutionProvider"]
+        )
+        self.input_name = self.session.get_inputs()[0].name
+
+    @property
+    def version(self) -> str:
+        """Short content hash of the ONNX model: changes whenever the weights do."""
+        return str(self.card.get("model_sha256", ""))[:12]
+
+    def predict_proba(self, pixels: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """uint8 ``(N, H, W, C)`` → float32 probabilities ``(N, classes)``."""
+        pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
+        out = [
+            self.session.run(None, {self.input_name: pixels[i : i + batch_size]})[0]
+            for i in range(0, len(pixels), batch_size)
+        ]
+        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
+
+    def to_prediction(self, probs: np.ndarray) -> Prediction:
+        index = int(np.argmax(probs))
+        return Prediction(
+            label=self.classes[index],
+            index=index,
+            confidence=float(probs[index]),
+            probabilities={c: float(p) for c, p in zip(self.classes, probs, strict=True)},
+        )
+
+    def predict_pixels(self, pixels: np.ndarray) -> list[Prediction]:
+        return [self.to_prediction(p) for p in self.predict_proba(pixels)]
+
+    def predict_images(self, sources: list[bytes | Path | BinaryIO]) -> list[Prediction]:
+        """Raw images (bytes, paths, files) → predictions, through :func:`preprocess`."""
+        if not sources:
+            return []
+        return self.predict_pixels(np.stack([preprocess(s, self.spec) for s in sources]))

@@ -1,0 +1,310 @@
+"""train: prepared uint8 arrays → a checkpoint and the serving artifact (ONNX + card).
+
+Deterministic on the CPU path (seeded everything, deterministic algorithms, a
+fixed thread count, per-sample augmentation seeds), so the same inputs give a
+byte-identical ``dvc.lock``. On CUDA it uses bf16 autocast and channels_last.
+Under ``torchrun`` it trains with DistributedDataParallel; rank 0 alone writes.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import math
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from tqdm import tqdm
+
+from imgclf.augment import build_augment
+from imgclf.models import PixelModel, WithSoftmax, build_model
+from imgclf.params import Params
+from imgclf.predictor import CARD_FILE, MODEL_FILE
+from imgclf.prepare import load_meta, load_split, write_json
+
+CHECKPOINT_FILE = "checkpoint.pt"
+INPUT_NAME, OUTPUT_NAME = "pixels", "probabilities"
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where this process trains: device, and its place in a DDP group (if any)."""
+
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_runtime(params: Params) -> Runtime:
+    """Pick the device, seed everything, pin threads, join the DDP group under torchrun."""
+    t = params.train
+    if t.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but no CUDA device is available")
+    use_cuda = t.device == "cuda" or (t.device == "auto" and torch.cuda.is_available())
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    else:
+        torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(t.threads)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    random.seed(params.seed)
+    np.random.seed(params.seed)
+    torch.manual_seed(params.seed)
+    return Runtime(device, rank, world_size)
+
+
+class AugmentedArrays(Dataset):
+    """uint8 images from a (memory-mapped) array, augmented with a per-sample seed.
+
+    The seed of sample ``i`` in epoch ``e`` is a function of (seed, e, i) alone,
+    so the augmentation is identical whatever the worker count or DDP rank.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, augment: Any, seed: int) -> None:
+        self.images, self.labels, self.augment, self.seed = images, labels, augment, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        image = np.array(self.images[i])
+        if self.augment is not None:
+            self.augment.set_random_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + i)
+            image = self.augment(image=image)["image"].reshape(image.shape)
+        return torch.from_numpy(image), int(self.labels[i])
+
+
+def _loader(
+    data: AugmentedArrays, batch_size: int, shuffle: bool, params: Params, rt: Runtime
+) -> DataLoader:
+    sampler = None
+    if rt.world_size > 1:
+        sampler = DistributedSampler(
+            data, rt.world_size, rt.rank, shuffle=shuffle, seed=params.seed, drop_last=False
+        )
+    workers = params.train.num_workers
+    return DataLoader(
+        data,
+        batch_size=batch_size,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=rt.device.type == "cuda",
+        persistent_workers=False,  # re-forked each epoch so workers see the new epoch number
+        prefetch_factor=4 if workers else None,
+        generator=torch.Generator().manual_seed(params.seed),
+    )
+
+
+def _run_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    rt: Runtime,
+    params: Params,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    desc: str = "",
+) -> tuple[float, float]:
+    """One pass; trains when ``optimizer`` is given. Returns (mean loss, accuracy) over all ranks."""
+    training = optimizer is not None
+    model.train(training)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=params.train.label_smoothing if training else 0.0)
+    amp = rt.device.type == "cuda" and params.train.amp
+    totals = torch.zeros(3, dtype=torch.float64, device=rt.device)  # loss sum, correct, count
+    # disable=None: a live bar on a terminal, nothing in CI logs (the epoch lines remain).
+    quiet = not rt.is_main or not desc
+    bar = tqdm(loader, desc=desc, leave=False, disable=True if quiet else None, ncols=90)
+    with torch.set_grad_enabled(training):
+        for pixels, labels in bar:
+            pixels = pixels.to(rt.device, non_blocking=True)
+            labels = labels.to(rt.device, non_blocking=True)
+            with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = model(pixels)
+                loss = loss_fn(logits.float(), labels)
+            if training:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+            totals[0] += loss.detach().double() * len(labels)
+            totals[1] += (logits.argmax(1) == labels).sum()
+            totals[2] += len(labels)
+    if rt.world_size > 1:
+        dist.all_reduce(totals)
+    loss_sum, correct, count = totals.tolist()
+    return loss_sum / count, correct / count
+
+
+def export_onnx(model: PixelModel, shape: tuple[int, int, int], path: Path) -> str:
+    """Export uint8 NHWC → probabilities with a dynamic batch; return the file's sha256.
+
+    The serialised graph carries no paths, timestamps or producer stack traces,
+    so the same weights give the same bytes.
+    """
+    import onnx
+
+    wrapped = WithSoftmax(copy.deepcopy(model).cpu().float()).eval()
+    dummy = torch.zeros((1, *shape), dtype=torch.uint8)
+    buffer = io.BytesIO()
+    torch.onnx.export(
+        wrapped,
+        (dummy,),
+        buffer,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
+    proto = onnx.load_from_string(buffer.getvalue())
+    proto.doc_string = ""
+    for node in proto.graph.node:
+        node.doc_string = ""
+    data = proto.SerializeToString(deterministic=True)
+    path.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def model_card(params: Params, meta: dict[str, Any], history: dict[str, Any], sha: str) -> dict:
+    """The JSON card served as ``GET /model`` and read by every consumer of the ONNX file."""
+    spec = meta["preprocess"]
+    channels = 1 if spec["color_mode"] == "grayscale" else 3
+    return {
+        "format": "imgclf-model/1",
+        "classes": meta["classes"],
+        "input": {
+            "name": INPUT_NAME,
+            "dtype": "uint8",
+            "layout": "NHWC",
+            "shape": ["batch", spec["image_size"], spec["image_size"], channels],
+        },
+        "output": {"name": OUTPUT_NAME, "meaning": "softmax probabilities per class"},
+        "preprocess": spec,
+        "normalization": {"mean": meta["mean"], "std": meta["std"], "inside_model": True},
+        "model": params.model.model_dump(),
+        "training": {
+            "seed": params.seed,
+            "lr": params.lr,
+            "epochs": params.epochs,
+            "batch_size": params.batch_size,
+            "augment": params.augment.model_dump(),
+            **history,
+        },
+        "dataset": {**meta["dataset"], "counts": meta["counts"]},
+        "model_sha256": sha,
+    }
+
+
+def _schedule(optimizer: torch.optim.Optimizer, params: Params, steps: int) -> Any:
+    total = params.epochs * steps
+    if params.train.scheduler == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=params.lr, total_steps=total)
+    if params.train.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+
+
+def train(params: Params, prepared: Path, model_dir: Path, live_dir: Path) -> dict[str, Any]:
+    """Run the whole stage and return the model card (on every rank)."""
+    rt = setup_runtime(params)
+    meta = load_meta(prepared)
+    train_x, train_y = load_split(prepared, "train")
+    val_x, val_y = load_split(prepared, "val")
+    image_size, channels = int(train_x.shape[1]), int(train_x.shape[3])
+
+    model = build_model(
+        params.model, channels, len(meta["classes"]), image_size, meta["mean"], meta["std"]
+    ).to(rt.device)
+    if rt.device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    net: nn.Module = model
+    if rt.world_size > 1:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None
+        )
+    augment = build_augment(params.augment, image_size)
+    per_rank_batch = max(1, params.batch_size // rt.world_size)
+    train_data = AugmentedArrays(train_x, train_y, augment, params.seed)
+    train_loader = _loader(train_data, per_rank_batch, True, params, rt)
+    val_loader = _loader(AugmentedArrays(val_x, val_y, None, params.seed), 256, False, params, rt)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=params.lr, weight_decay=params.train.weight_decay
+    )
+    scheduler = _schedule(optimizer, params, len(train_loader))
+
+    live = None
+    if rt.is_main:
+        from dvclive import Live
+
+        live = Live(str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None)
+    best = {"val_loss": math.inf, "epoch": 0, "state": copy.deepcopy(model.state_dict())}
+    epochs_run = 0
+    for epoch in range(params.epochs):
+        train_data.epoch = epoch
+        if isinstance(train_loader.sampler, DistributedSampler):
+            train_loader.sampler.set_epoch(epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        desc = f"epoch {epoch + 1}/{params.epochs}"
+        tr_loss, tr_acc = _run_epoch(net, train_loader, rt, params, optimizer, scheduler, desc)
+        va_loss, va_acc = _run_epoch(net, val_loader, rt, params)
+        epochs_run = epoch + 1
+        if live is not None:
+            for name, value in (("train/loss", tr_loss), ("train/accuracy", tr_acc),
+                                ("val/loss", va_loss), ("val/accuracy", va_acc), ("lr", lr)):  # fmt: skip
+                live.log_metric(name, round(value, 6))
+            live.next_step()
+            tqdm.write(
+                f"{desc}: train loss {tr_loss:.4f} acc {tr_acc:.4f} | "
+                f"val loss {va_loss:.4f} acc {va_acc:.4f}"
+            )
+        if va_loss < best["val_loss"] - 1e-6:
+            best = {"val_loss": va_loss, "val_accuracy": va_acc, "epoch": epochs_run,
+                    "state": copy.deepcopy(model.state_dict())}  # fmt: skip
+        elif epochs_run - best["epoch"] >= params.train.patience:
+            if rt.is_main:
+                tqdm.write(f"early stop: val loss has not improved for {params.train.patience} epochs")
+            break
+
+    model.load_state_dict(best["state"])
+    history = {
+        "epochs_run": epochs_run,
+        "best_epoch": best["epoch"],
+        "best_val_loss": round(best["val_loss"], 6),
+        "best_val_accuracy": round(best.get("val_accuracy", 0.0), 6),
+        "processes": rt.world_size,
+    }
+    card: dict[str, Any] = {}
+    if rt.is_main:
+        model_dir.mkdir(parents=True, exist_ok=True)
+        sha = export_onnx(model, (image_size, image_size, channels), model_dir / MODEL_FILE)
+        card = model_card(params, meta, history, sha)
+        torch.save({"state_dict": model.state_dict(), "card": card}, model_dir / CHECKPOINT_FILE)
+        write_json(model_dir / CARD_FILE, card)
+        live.summary.update({"best_epoch": best["epoch"], "epochs_run": epochs_run})
+        live.end()
+    if rt.world_size > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return card

@@ -1,0 +1,34 @@
+"""Stage train: fit the model, write the checkpoint and the ONNX serving artifact.
+
+Usage: python stages/train.py PREPARED_DIR MODEL_DIR LIVE_DIR
+With ``train.processes: N > 1`` it relaunches itself under torchrun (DDP).
+"""
+
+import os
+import sys
+
+# Pin CPU kernels before torch loads so results do not depend on the CPU's ISA.
+os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
+os.environ.setdefault("MKL_CBWR", "COMPATIBLE")
+
+from pathlib import Path  # noqa: E402
+
+from imgclf.params import Params  # noqa: E402
+from imgclf.stage import run_stage  # noqa: E402
+
+
+def main(params: Params) -> None:
+    from imgclf.distributed import relaunch_under_torchrun
+    from imgclf.train import train
+
+    if relaunch_under_torchrun(params.train.processes, sys.argv):
+        return
+    prepared, model_dir, live_dir = map(Path, sys.argv[1:4])
+    card = train(params, prepared, model_dir, live_dir)
+    if card:
+        t = card["training"]
+        print(f"best epoch {t['best_epoch']}/{t['epochs_run']}: val accuracy {t['best_val_accuracy']}")
+
+
+if __name__ == "__main__":
+    run_stage("train", main)
