@@ -11,10 +11,10 @@ import sys
 os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
 os.environ.setdefault("MKL_CBWR", "COMPATIBLE")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-from imgclf.params import Params  # noqa: E402
-from imgclf.stage import run_stage  # noqa: E402
+from imgclf.params import Params
+from imgclf.stage import run_stage
 
 
 def main(params: Params) -> None:
@@ -27,7 +27,9 @@ def main(params: Params) -> None:
     card = train(params, prepared, model_dir, live_dir)
     if card:
         t = card["training"]
-        print(f"best epoch {t['best_epoch']}/{t['epochs_run']}: val accuracy {t['best_val_accuracy']}")
+        print(
+            f"best epoch {t['best_epoch']}/{t['epochs_run']}: val accuracy {t['best_val_accuracy']}"
+        )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ pixels and served pixels go through the same graph.
 
 from __future__ import annotations
 
-import albumentations as A
+import albumentations as A  # noqa: N812 - the library's documented alias
 import cv2
 
 from imgclf.params import AugmentParams

@@ -33,9 +33,7 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
     return float(ece)
 
 
-def score(
-    probs: np.ndarray, labels: np.ndarray, classes: list[str], bins: int
-) -> dict[str, Any]:
+def score(probs: np.ndarray, labels: np.ndarray, classes: list[str], bins: int) -> dict[str, Any]:
     """Headline and per-class metrics from predicted probabilities and true labels."""
     predicted = probs.argmax(1)
     confidence = probs.max(1)

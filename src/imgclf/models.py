@@ -52,7 +52,9 @@ def _torchvision(name: str) -> Callable[[int, int, int, ModelParams], nn.Module]
         weights = "DEFAULT" if p.pretrained else None
         model = getattr(torchvision.models, name)(weights=weights)
         if name == "resnet18":
-            model.fc = nn.Sequential(nn.Dropout(p.dropout), nn.Linear(model.fc.in_features, num_classes))
+            model.fc = nn.Sequential(
+                nn.Dropout(p.dropout), nn.Linear(model.fc.in_features, num_classes)
+            )
         else:
             last = model.classifier[-1]
             model.classifier[-1] = nn.Linear(last.in_features, num_classes)
@@ -86,7 +88,9 @@ class PixelModel(nn.Module):
         self.backbone = backbone
         self.repeat_to = repeat_to
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0)
+        self.register_buffer(
+            "std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+        )
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         x = pixels.permute(0, 3, 1, 2).float()

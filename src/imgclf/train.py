@@ -127,7 +127,7 @@ def _run_epoch(
     scheduler: Any = None,
     desc: str = "",
 ) -> tuple[float, float]:
-    """One pass; trains when ``optimizer`` is given. Returns (mean loss, accuracy) over all ranks."""
+    """One pass (training if ``optimizer`` is given) → (mean loss, accuracy) over all ranks."""
     training = optimizer is not None
     model.train(training)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=params.train.label_smoothing if training else 0.0)
@@ -271,8 +271,9 @@ def train(params: Params, prepared: Path, model_dir: Path, live_dir: Path) -> di
         va_loss, va_acc = _run_epoch(net, val_loader, rt, params)
         epochs_run = epoch + 1
         if live is not None:
-            for name, value in (("train/loss", tr_loss), ("train/accuracy", tr_acc),
-                                ("val/loss", va_loss), ("val/accuracy", va_acc), ("lr", lr)):  # fmt: skip
+            logged = {"train/loss": tr_loss, "train/accuracy": tr_acc, "val/loss": va_loss,
+                      "val/accuracy": va_acc, "lr": lr}  # fmt: skip
+            for name, value in logged.items():
                 live.log_metric(name, round(value, 6))
             live.next_step()
             tqdm.write(
@@ -284,7 +285,9 @@ def train(params: Params, prepared: Path, model_dir: Path, live_dir: Path) -> di
                     "state": copy.deepcopy(model.state_dict())}  # fmt: skip
         elif epochs_run - best["epoch"] >= params.train.patience:
             if rt.is_main:
-                tqdm.write(f"early stop: val loss has not improved for {params.train.patience} epochs")
+                tqdm.write(
+                    f"early stop: val loss has not improved for {params.train.patience} epochs"
+                )
             break
 
     model.load_state_dict(best["state"])
