@@ -124,14 +124,29 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     return model
 
 
+# Names people type for our keys (other frameworks' spellings).
+SYNONYMS = {"learning_rate": "lr", "n_epochs": "epochs", "num_epochs": "epochs", "bs": "batch_size"}
+
+
+def suggest(key: str, known: list[str]) -> str | None:
+    """The key the user probably meant: a synonym, a prefix (``lr_rate`` → ``lr``), or a near miss."""
+    if SYNONYMS.get(key) in known:
+        return SYNONYMS[key]
+    prefixes = [k for k in known if len(k) >= 2 and (key.startswith(k) or k.startswith(key))]
+    if prefixes:
+        return max(prefixes, key=len)
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
 def _describe(err: dict[str, Any]) -> str:
     loc = err["loc"]
     key = ".".join(str(p) for p in loc)
     if err["type"] == "extra_forbidden":
         owner = _model_at(loc)
         known = sorted(owner.model_fields) if owner else []
-        close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.5)
-        hint = f" Did you mean '{'.'.join([*map(str, loc[:-1]), close[0]])}'?" if close else ""
+        close = suggest(str(loc[-1]), known)
+        hint = f" Did you mean '{'.'.join([*map(str, loc[:-1]), close])}'?" if close else ""
         return f"unknown key '{key}'.{hint} Allowed here: {', '.join(known)}."
     return f"'{key}' = {err.get('input')!r}: {err['msg']}."
 

@@ -14,6 +14,7 @@ import io
 import math
 import os
 import random
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,16 +169,18 @@ def export_onnx(model: PixelModel, shape: tuple[int, int, int], path: Path) -> s
     wrapped = WithSoftmax(copy.deepcopy(model).cpu().float()).eval()
     dummy = torch.zeros((1, *shape), dtype=torch.uint8)
     buffer = io.BytesIO()
-    torch.onnx.export(
-        wrapped,
-        (dummy,),
-        buffer,
-        input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
-        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-        opset_version=17,
-        dynamo=False,
-    )
+    with warnings.catch_warnings():  # the TorchScript exporter is deprecated but byte-stable
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            wrapped,
+            (dummy,),
+            buffer,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
     proto = onnx.load_from_string(buffer.getvalue())
     proto.doc_string = ""
     for node in proto.graph.node:

@@ -1,0 +1,146 @@
+"""Real ``dvc repro`` / ``dvc exp run`` in temp git repos copied from this checkout."""
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, run
+from tests.images import write_shapes_dataset
+
+pytestmark = pytest.mark.slow
+
+
+def metrics(repo: Path) -> dict:
+    return json.loads((repo / "metrics" / "evaluate.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One shrunk repo after a real `dvc repro`, shared by the read-only checks."""
+    from tests.conftest import SHRINK, copy_repo
+
+    repo = copy_repo(tmp_path_factory.mktemp("repro"), SHRINK)
+    run(["dvc", "repro"], repo)
+    return repo
+
+
+def test_repro_produces_model_and_sane_metrics(reproduced: Path) -> None:
+    m = metrics(reproduced)
+    assert 0.5 < m["accuracy"] <= 1.0  # two epochs on digits
+    assert 0.0 <= m["ece"] <= 1.0
+    assert set(m["per_class"]) == {str(d) for d in range(10)}
+    for name in ("model.onnx", "model.json", "checkpoint.pt"):
+        assert (reproduced / "models" / name).stat().st_size > 0
+    card = json.loads((reproduced / "models" / "model.json").read_text())
+    assert card["classes"] == [str(d) for d in range(10)]
+    assert card["input"]["shape"] == ["batch", 8, 8, 1]
+    assert m["model_sha256"] == card["model_sha256"]
+    rows = (reproduced / "metrics" / "predictions.csv").read_text().splitlines()
+    assert rows[0] == "position,path,actual,predicted,confidence,correct"
+    assert len(rows) == m["n_test"] + 1
+    curves = (reproduced / "metrics/train/plots/metrics/val/accuracy.tsv").read_text().split()
+    assert curves[:2] == ["step", "accuracy"] and len(curves) == 2 + 2 * 2
+
+
+def test_second_repro_changes_nothing(reproduced: Path) -> None:
+    lock = (reproduced / "dvc.lock").read_bytes()
+    out = run(["dvc", "repro"], reproduced).stdout
+    assert "didn't change, skipping" in out and "Running stage" not in out
+    assert (reproduced / "dvc.lock").read_bytes() == lock
+    assert "up to date" in run(["dvc", "status"], reproduced).stdout
+
+
+def test_metrics_and_plots_commands_show_results(reproduced: Path) -> None:
+    shown = run(["dvc", "metrics", "show", "--json"], reproduced).stdout
+    assert '"accuracy"' in shown and "metrics/evaluate.json" in shown
+    plots = run(["dvc", "plots", "show", "--json"], reproduced).stdout
+    for name in ("Loss", "Accuracy", "Confusion matrix (test)", "confusion_matrix.png"):
+        assert name in plots
+
+
+def test_default_params_reproduce_the_committed_lock(repo_factory: Callable[..., Path]) -> None:
+    """The core promise: the committed dvc.lock is exactly what the code produces."""
+    repo = repo_factory({"epochs": yaml_epochs()})
+    committed = (ROOT / "dvc.lock").read_text()
+    run(["dvc", "repro"], repo)
+    assert (repo / "dvc.lock").read_text() == committed
+    for name in ("evaluate.json", "prepare.json", "predictions.csv", "train/metrics.json"):
+        assert (repo / "metrics" / name).read_bytes() == (ROOT / "metrics" / name).read_bytes()
+    m = metrics(repo)
+    assert m["accuracy"] >= 0.99 and m["macro_f1"] >= 0.99
+
+
+def yaml_epochs() -> int:
+    import yaml
+
+    return yaml.safe_load((ROOT / "params.yaml").read_text())["epochs"]
+
+
+def test_experiments_with_top_level_and_nested_params(reproduced: Path) -> None:
+    run(
+        ["dvc", "exp", "run", "-S", "lr=1e-3", "-S", "model.width=16", "-n", "small-lr"], reproduced
+    )
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], reproduced).stdout)
+    text = json.dumps(shown)
+    assert "small-lr" in text and '"lr": 0.001' in text
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        # DVC itself refuses -S on a key that does not exist, naming it...
+        ("lr_rate=1e-3", "Could not override 'lr_rate'"),
+        # ...and when it is forced in with '+', our schema refuses it and suggests 'lr'.
+        ("+lr_rate=1e-3", "unknown key 'lr_rate'. Did you mean 'lr'?"),
+        ("lr=-1", "'lr' = -1: Input should be greater than 0"),
+        ("model.name=nope", "'model.name' = 'nope'"),
+    ],
+)
+def test_bad_params_fail_the_experiment_with_a_clear_message(
+    repo_factory: Callable[..., Path], setting: str, expected: str
+) -> None:
+    repo = repo_factory()
+    proc = run(["dvc", "exp", "run", "-S", setting], repo, check=False)
+    assert proc.returncode != 0
+    assert expected in proc.stdout + proc.stderr
+
+
+def test_user_jpeg_folder_trains_with_no_code_change(repo_factory: Callable[..., Path]) -> None:
+    """The README's bring-your-own-data steps: dvc add a JPEG ImageFolder, switch one param."""
+    repo = repo_factory(
+        {
+            "epochs": 4,
+            "data": {"dataset": "data/raw/shapes"},
+            "prepare": {"image_size": 32, "color_mode": "rgb", "min_side": 16},
+        }
+    )
+    shapes = write_shapes_dataset(repo / "data/raw/shapes", per_class=20)
+    (shapes / "class_1" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    run(["dvc", "add", "data/raw/shapes"], repo)
+    run(["dvc", "repro"], repo)
+    report = json.loads((repo / "metrics" / "prepare.json").read_text())
+    assert report["n_used"] == 60 and report["n_skipped"] == 1
+    assert report["skipped"][0]["path"] == "class_1/broken.jpg"
+    assert report["image_size"]["max_width"] > report["image_size"]["min_width"]
+    m = metrics(repo)
+    assert set(m["per_class"]) == {"class_0", "class_1", "class_2"}
+    assert m["accuracy"] >= 0.6  # shapes are easy; 4 epochs from scratch
+    card = json.loads((repo / "models" / "model.json").read_text())
+    assert card["input"]["shape"] == ["batch", 32, 32, 3]
+    predicted = run(
+        ["imgclf", "predict", "data/raw/shapes/class_0/img_000.jpg", "--top-k", "2"], repo
+    ).stdout
+    assert predicted.startswith("data/raw/shapes/class_0/img_000.jpg: class_")
+
+
+def test_a_failed_experiment_keeps_the_earlier_outputs(reproduced: Path) -> None:
+    model = (reproduced / "models" / "model.onnx").read_bytes()
+    evaluation = metrics(reproduced)
+    proc = run(["dvc", "exp", "run", "-S", "lr=-1"], reproduced, check=False)
+    assert proc.returncode != 0
+    assert (reproduced / "models" / "model.onnx").read_bytes() == model
+    assert metrics(reproduced) == evaluation
+    run(["git", "checkout", "params.yaml"], reproduced)
+    assert "up to date" in run(["dvc", "status"], reproduced).stdout

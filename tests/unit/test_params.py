@@ -1,0 +1,84 @@
+"""The params schema: the real file is valid, every kind of mistake is named clearly."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from imgclf.params import ParamsError, load_params, validate_params
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def real() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_committed_params_are_valid() -> None:
+    params = load_params(ROOT / "params.yaml")
+    assert params.model.name == "small_cnn"
+    assert params.lr > 0
+
+
+def test_misspelled_top_level_key_suggests_the_right_one() -> None:
+    with pytest.raises(ParamsError) as err:
+        validate_params({**real(), "lr_rate": 1e-3})
+    assert "unknown key 'lr_rate'" in str(err.value)
+    assert "Did you mean 'lr'?" in str(err.value)
+
+
+def test_misspelled_nested_key_names_the_section() -> None:
+    raw = real()
+    raw["model"]["nmae"] = "resnet18"
+    with pytest.raises(ParamsError, match=r"unknown key 'model\.nmae'.*Did you mean 'model\.name'"):
+        validate_params(raw)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("lr", -1, "'lr' = -1: Input should be greater than 0"),
+        ("epochs", 0, "'epochs'"),
+        ("batch_size", "big", "'batch_size' = 'big'"),
+    ],
+)
+def test_impossible_values_name_the_key(key: str, value: object, expected: str) -> None:
+    with pytest.raises(ParamsError) as err:
+        validate_params({**real(), key: value})
+    assert expected in str(err.value)
+
+
+def test_unknown_model_lists_the_allowed_names() -> None:
+    raw = real()
+    raw["model"]["name"] = "nope"
+    with pytest.raises(ParamsError) as err:
+        validate_params(raw)
+    message = str(err.value)
+    assert "'model.name' = 'nope'" in message
+    for allowed in ("small_cnn", "resnet18", "mobilenet_v3_small"):
+        assert allowed in message
+
+
+def test_all_problems_are_reported_at_once() -> None:
+    with pytest.raises(ParamsError) as err:
+        validate_params({**real(), "lr": -1, "epochs": -3, "foo": 1})
+    assert str(err.value).count("\n- ") == 3
+
+
+def test_split_fractions_must_leave_training_data() -> None:
+    raw = real()
+    raw["prepare"].update(val_fraction=0.45, test_fraction=0.45)
+    with pytest.raises(ParamsError, match="val_fraction \\+ test_fraction"):
+        validate_params(raw)
+
+
+def test_unreadable_files_give_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "missing.yaml")
+    bad = tmp_path / "params.yaml"
+    bad.write_text("lr: [1, 2\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(bad)
+    bad.write_text("- just a list\n")
+    with pytest.raises(ParamsError, match="expected a mapping"):
+        load_params(bad)

@@ -1,0 +1,141 @@
+"""prepare on user-style folders: bad files are reported, not fatal; impossible splits are."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from imgclf.params import Params, validate_params
+from imgclf.prepare import (
+    PrepareError,
+    load_meta,
+    load_split,
+    prepare,
+    scan_imagefolder,
+    stratified_split,
+)
+from tests.images import bad_files, encode, odd_images, shape_image, write_shapes_dataset
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def photo_params(**prepare: object) -> Params:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["prepare"].update({"image_size": 16, "color_mode": "rgb", "min_side": 4, **prepare})
+    return validate_params(raw)
+
+
+def tree_digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            h.update(path.relative_to(root).as_posix().encode() + path.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture
+def messy(tmp_path: Path) -> Path:
+    """Three classes of JPEGs plus every bad and odd file a real folder collects."""
+    root = write_shapes_dataset(tmp_path / "raw", per_class=8)
+    base = shape_image(0, (40, 40), seed=9)
+    for name, data in bad_files(encode(base, "JPEG")).items():
+        (root / "class_0" / name).write_bytes(data)
+    for name, data in odd_images(base).items():
+        (root / "class_1" / name).write_bytes(data)
+    (root / "class_2" / ".DS_Store").write_bytes(b"\0\1")
+    dup = (root / "class_2" / "img_000.jpg").read_bytes()
+    (root / "class_2" / "copy_of_000.jpg").write_bytes(dup)
+    return root
+
+
+def test_bad_files_are_skipped_with_reasons_and_raw_is_untouched(
+    messy: Path, tmp_path: Path
+) -> None:
+    before = tree_digest(messy)
+    report = prepare(messy, tmp_path / "prepared", tmp_path / "prepare.json", photo_params())
+    assert tree_digest(messy) == before
+    reasons = {s["path"]: s["reason"] for s in report["skipped"]}
+    assert reasons.pop("class_0/truncated.jpg") in {"truncated", "corrupt"}
+    assert reasons == {
+        "class_0/bomb.png": "too_many_pixels",
+        "class_0/empty.jpg": "empty_file",
+        "class_0/text.jpg": "not_an_image",
+        "class_0/tiny.png": "too_small",
+        # files are read in sorted order: the first copy is kept
+        "class_2/img_000.jpg": "duplicate",
+    }
+    assert "class_2/copy_of_000.jpg" in report["skipped"][-1]["detail"]
+    # all six odd-but-valid images were used
+    assert report["classes"]["class_1"]["used"] == 8 + 6
+    assert json.loads((tmp_path / "prepare.json").read_text()) == report
+
+
+def test_outputs_are_uint8_arrays_with_an_index(messy: Path, tmp_path: Path) -> None:
+    out = tmp_path / "prepared"
+    report = prepare(messy, out, tmp_path / "prepare.json", photo_params())
+    total = 0
+    for split in ("train", "val", "test"):
+        images, labels = load_split(out, split)
+        assert images.dtype == np.uint8 and images.shape[1:] == (16, 16, 3)
+        assert len(images) == len(labels) == report["split"][split]
+        total += len(images)
+    assert total == report["n_used"]
+    meta = load_meta(out)
+    assert meta["classes"] == ["class_0", "class_1", "class_2"]
+    assert len(meta["dataset"]["fingerprint"]) == 64
+    index = (out / "index.csv").read_text().splitlines()
+    assert index[0] == "split,position,label,class,path,sha256,width,height"
+    assert len(index) == total + 1
+    assert str(tmp_path) not in (out / "index.csv").read_text()  # no absolute paths
+
+
+def test_prepare_is_byte_deterministic(messy: Path, tmp_path: Path) -> None:
+    for run in ("a", "b"):
+        prepare(messy, tmp_path / run, tmp_path / f"{run}.json", photo_params())
+    assert tree_digest(tmp_path / "a") == tree_digest(tmp_path / "b")
+    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
+
+
+def test_a_class_without_usable_images_is_refused(tmp_path: Path) -> None:
+    root = write_shapes_dataset(tmp_path / "raw", per_class=5)
+    for path in (root / "class_2").iterdir():
+        path.write_bytes(b"broken")
+    earlier = tmp_path / "prepared"
+    earlier.mkdir()
+    (earlier / "keep.txt").write_text("earlier output")
+    with pytest.raises(PrepareError, match=r"class 'class_2' has 0 usable images.*not_an_image"):
+        prepare(root, earlier, tmp_path / "prepare.json", photo_params())
+    assert (earlier / "keep.txt").read_text() == "earlier output"  # nothing lost
+    assert not (tmp_path / "prepare.json").exists()
+
+
+def test_an_empty_class_folder_is_refused(tmp_path: Path) -> None:
+    root = write_shapes_dataset(tmp_path / "raw", per_class=5)
+    (root / "empty_class").mkdir()
+    with pytest.raises(PrepareError, match="class 'empty_class' has 0 usable images"):
+        prepare(root, tmp_path / "p", tmp_path / "r.json", photo_params())
+
+
+def test_missing_or_flat_folders_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(PrepareError, match="does not exist"):
+        scan_imagefolder(tmp_path / "nope")
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "a.jpg").write_bytes(b"x")
+    with pytest.raises(PrepareError, match="one sub-folder per class"):
+        scan_imagefolder(tmp_path / "flat")
+
+
+def test_split_is_stratified_seeded_and_complete() -> None:
+    labels = np.repeat(np.arange(4), [100, 50, 20, 3])
+    split = stratified_split(labels, 0.15, 0.2, seed=7)
+    assert (split == stratified_split(labels, 0.15, 0.2, seed=7)).all()
+    assert not (split == stratified_split(labels, 0.15, 0.2, seed=8)).all()
+    for label, n in enumerate([100, 50, 20, 3]):
+        mine = split[labels == label]
+        assert {"train", "val", "test"} <= set(mine)  # every class in every split
+        if n >= 20:
+            assert abs((mine == "test").mean() - 0.2) < 0.03
+            assert abs((mine == "val").mean() - 0.15) < 0.03
