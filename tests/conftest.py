@@ -47,9 +47,8 @@ def run(
         args, cwd=cwd, env=tool_env(cwd), capture_output=True, text=True, timeout=timeout
     )
     if check and proc.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(args)} exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-        )
+        output = f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        raise AssertionError(f"{' '.join(args)} exited {proc.returncode}\n{output}")
     return proc
 
 

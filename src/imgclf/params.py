@@ -129,7 +129,7 @@ SYNONYMS = {"learning_rate": "lr", "n_epochs": "epochs", "num_epochs": "epochs",
 
 
 def suggest(key: str, known: list[str]) -> str | None:
-    """The key the user probably meant: a synonym, a prefix (``lr_rate`` → ``lr``), or a near miss."""
+    """The key the user probably meant: synonym, prefix (``lr_rate`` → ``lr``) or near miss."""
     if SYNONYMS.get(key) in known:
         return SYNONYMS[key]
     prefixes = [k for k in known if len(k) >= 2 and (key.startswith(k) or k.startswith(key))]
