@@ -23,7 +23,7 @@ def test_torch_and_onnx_agree(tmp_path: Path) -> None:
             "color_mode": "rgb",
             "resize": "squash",
             "max_pixels": 10**6,
-        },  # fmt: skip
+        },
         "model_sha256": sha,
     }
     write_json(tmp_path / "model.json", card)
