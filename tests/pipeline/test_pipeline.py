@@ -56,7 +56,7 @@ def test_metrics_and_plots_commands_show_results(reproduced: Path) -> None:
     shown = run(["dvc", "metrics", "show", "--json"], reproduced).stdout
     assert '"accuracy"' in shown and "metrics/evaluate.json" in shown
     plots = run(["dvc", "plots", "show", "--json"], reproduced).stdout
-    for name in ("Loss", "Accuracy", "Confusion matrix (test)", "confusion_matrix.png"):
+    for name in ("Loss", "Accuracy", "predictions.csv", "confusion_matrix.png", "lr.tsv"):
         assert name in plots
 
 

@@ -1,0 +1,67 @@
+"""Scale-out paths for real: 2-process DDP (gloo on CPU), queued sweeps, the run cache."""
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run
+
+pytestmark = pytest.mark.slow
+
+
+def accuracy(repo: Path) -> float:
+    return json.loads((repo / "metrics" / "evaluate.json").read_text())["accuracy"]
+
+
+def test_two_process_ddp_trains_from_dvc_exp_run(repo_factory: Callable[..., Path]) -> None:
+    repo = repo_factory({"epochs": 3})
+    run(["dvc", "repro"], repo)
+    single = accuracy(repo)
+    run(["dvc", "exp", "run", "-S", "train.processes=2"], repo)
+    card = json.loads((repo / "models" / "model.json").read_text())
+    assert card["training"]["processes"] == 2
+    for name in ("model.onnx", "checkpoint.pt"):
+        assert (repo / "models" / name).stat().st_size > 0
+    curve = (repo / "metrics/train/plots/metrics/val/loss.tsv").read_text().splitlines()
+    assert len(curve) == 1 + 3  # one writer (rank 0), one row per epoch
+    assert abs(accuracy(repo) - single) < 0.05, (accuracy(repo), single)
+
+
+def wait_for_queue(repo: Path, timeout: float = 300) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = run(["dvc", "queue", "status"], repo).stdout
+        if "Queued" not in status and "Running" not in status:
+            return status
+        time.sleep(2)
+    raise AssertionError(f"queue did not finish:\n{status}")
+
+
+def test_queued_sweep_runs_with_two_workers_and_reuses_the_run_cache(
+    repo_factory: Callable[..., Path],
+) -> None:
+    repo = repo_factory()
+    run(["dvc", "exp", "run", "--queue", "-S", "lr=0.0005,0.02"], repo)
+    run(["dvc", "queue", "start", "-j", "2"], repo)
+    status = wait_for_queue(repo)
+    assert status.count("Success") == 2, status
+    rows = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
+    results = {}
+    for baseline in rows:
+        for exp in baseline.get("experiments") or []:
+            for rev in exp["revs"]:
+                data = rev["data"]
+                lr = data["params"]["params.yaml"]["data"]["lr"]
+                results[lr] = data["metrics"]["metrics/evaluate.json"]["data"]["accuracy"]
+    assert set(results) == {0.0005, 0.02}
+    assert results[0.0005] != results[0.02]
+    table = run(["dvc", "exp", "show", "--md", "--sort-by", "accuracy"], repo).stdout
+    assert "accuracy" in table and "0.02" in table
+    # The same params again are served from the run cache that the queue filled.
+    again = run(["dvc", "exp", "run", "-S", "lr=0.02"], repo).stdout
+    assert "Running stage 'train'" not in again
+    assert "Stage 'train' is cached - skipping run" in again
+    assert accuracy(repo) == results[0.02]
