@@ -60,8 +60,11 @@ def copy_repo(dest: Path, params: dict[str, Any] | None = None) -> Path:
     """
     files = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
-    ).stdout.split()  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     for rel in files:
         src = ROOT / rel
         if src.is_file():

@@ -107,8 +107,9 @@ def evaluate(params: Params, prepared: Path, model_dir: Path, out_dir: Path) -> 
     metrics = score(probs, labels, predictor.classes, params.evaluate.calibration_bins)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_predictions(out_dir / "predictions.csv", probs, labels, predictor.classes, sources)
-    plot_confusion(out_dir / "confusion_matrix.png", np.array(metrics["confusion_matrix"]),
-                   predictor.classes)  # fmt: skip
+    plot_confusion(
+        out_dir / "confusion_matrix.png", np.array(metrics["confusion_matrix"]), predictor.classes
+    )
     metrics["model_sha256"] = predictor.card["model_sha256"]
     write_json(out_dir / "evaluate.json", metrics)
     return metrics

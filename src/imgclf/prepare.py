@@ -82,9 +82,14 @@ def decode_one(root: Path, rel: str, label: int, spec: PreprocessSpec, min_side:
         width, height = img.size
         if min(width, height) < min_side:
             return Decoded(
-                rel, label, digest, width, height, reason="too_small",
+                rel,
+                label,
+                digest,
+                width,
+                height,
+                reason="too_small",
                 detail=f"{width}x{height} is below prepare.min_side={min_side}",
-            )  # fmt: skip
+            )
         return Decoded(rel, label, digest, width, height, pixels=preprocess(img, spec))
     except ImageError as exc:
         return Decoded(rel, label, digest, reason=exc.reason, detail=str(exc))

@@ -274,8 +274,13 @@ def train(params: Params, prepared: Path, model_dir: Path, live_dir: Path) -> di
         va_loss, va_acc = _run_epoch(net, val_loader, rt, params)
         epochs_run = epoch + 1
         if live is not None:
-            logged = {"train/loss": tr_loss, "train/accuracy": tr_acc, "val/loss": va_loss,
-                      "val/accuracy": va_acc, "lr": lr}  # fmt: skip
+            logged = {
+                "train/loss": tr_loss,
+                "train/accuracy": tr_acc,
+                "val/loss": va_loss,
+                "val/accuracy": va_acc,
+                "lr": lr,
+            }
             for name, value in logged.items():
                 live.log_metric(name, round(value, 6))
             live.next_step()
@@ -284,8 +289,12 @@ def train(params: Params, prepared: Path, model_dir: Path, live_dir: Path) -> di
                 f"val loss {va_loss:.4f} acc {va_acc:.4f}"
             )
         if va_loss < best["val_loss"] - 1e-6:
-            best = {"val_loss": va_loss, "val_accuracy": va_acc, "epoch": epochs_run,
-                    "state": copy.deepcopy(model.state_dict())}  # fmt: skip
+            best = {
+                "val_loss": va_loss,
+                "val_accuracy": va_acc,
+                "epoch": epochs_run,
+                "state": copy.deepcopy(model.state_dict()),
+            }
         elif epochs_run - best["epoch"] >= params.train.patience:
             if rt.is_main:
                 tqdm.write(

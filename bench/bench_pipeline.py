@@ -1,0 +1,93 @@
+"""The default pipeline's wall-clock: `dvc repro` from clean and up to date, per stage.
+
+Runs in a temp git copy of this checkout (tracked files only), so it measures
+what a fresh clone experiences. Goals on 2 cores: ≤ 30 s clean, ≤ 1 s up to date.
+
+Usage: python bench/bench_pipeline.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import RESULTS, ROOT, report, table
+
+STAGES = ("params_check", "digits", "prepare", "train", "evaluate")
+IMPORTS = {
+    "python": "pass",
+    "torch": "import torch",
+    "imgclf.train (torch, torchvision, albumentations, dvclive)": "import imgclf.train",
+    "imgclf.evaluate (onnxruntime, sklearn)": "import imgclf.evaluate",
+}
+
+
+def sh(args: list[str], cwd: Path, env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(args, cwd=cwd, env=env, check=True, capture_output=True, text=True)
+    return time.perf_counter() - start
+
+
+def copy_checkout(dest: Path) -> None:
+    files = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    for rel in files:
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, dest / rel)
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "b"],
+    ):
+        subprocess.run(cmd, cwd=dest, check=True, capture_output=True)
+
+
+def run(quick: bool, results: Path | None) -> dict[str, float]:
+    bin_dir = str(Path(sys.executable).parent)
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = Path(tmp)
+        copy_checkout(repo)
+        if quick:
+            text = (repo / "params.yaml").read_text()
+            (repo / "params.yaml").write_text(re.sub(r"(?m)^epochs: \d+", "epochs: 1", text))
+        env = {
+            **os.environ,
+            "PATH": f"{bin_dir}:{os.environ['PATH']}",
+            "PYTHONPATH": str(repo / "src"),
+            "DVC_NO_ANALYTICS": "1",
+        }
+        clean = sh(["dvc", "repro"], repo, env)
+        uptodate = min(sh(["dvc", "repro"], repo, env) for _ in range(3))
+        per_stage = {s: sh(["dvc", "repro", "-f", "-s", s], repo, env) for s in STAGES}
+        dvc_only = min(sh(["dvc", "status"], repo, env) for _ in range(3))
+        imports = {
+            name: min(sh([sys.executable, "-c", code], repo, env) for _ in range(2))
+            for name, code in IMPORTS.items()
+        }
+    rows = [
+        ["`dvc repro` from clean (all stages)", f"{clean:.1f}", "≤ 30"],
+        ["`dvc repro` up to date", f"{uptodate:.2f}", "≤ 1"],
+        ["`dvc status` (DVC's own start-up)", f"{dvc_only:.2f}", ""],
+    ]
+    rows += [
+        [f"stage `{s}` alone (`dvc repro -f -s`)", f"{t:.1f}", ""] for s, t in per_stage.items()
+    ]
+    rows += [[f"import: {name}", f"{t:.2f}", ""] for name, t in imports.items()]
+    note = " (quick: epochs=1)" if quick else ""
+    report(f"Default pipeline wall-clock{note}", table(["what", "seconds", "goal"], rows), results)
+    return {"clean": clean, "uptodate": uptodate, **per_stage}
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="epochs=1; results not recorded")
+    args = parser.parse_args()
+    run(args.quick, None if args.quick else RESULTS)

@@ -1,0 +1,51 @@
+"""Shared by the bench scripts: machine description and the RESULTS.md appender."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))  # bench scripts run from a checkout, like stages/
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def machine() -> str:
+    """CPU model, cores, GPU: what a reader needs to compare numbers."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = "no GPU"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {gpu}, Python {platform.python_version()}"
+
+
+def table(header: list[str], rows: list[list[object]]) -> str:
+    """A markdown table (what both the terminal and RESULTS.md show)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def report(title: str, body: str, results: Path | None) -> None:
+    """Print, and append to RESULTS.md (or ``results``) with machine and date."""
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    text = f"\n## {title}\n\n{stamp} — {machine()}\n\n{body}\n"
+    print(text)
+    if results is not None:
+        with results.open("a") as fh:
+            fh.write(text)

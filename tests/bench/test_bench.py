@@ -1,0 +1,56 @@
+"""Every bench script runs end to end in --quick mode, so none of them can rot.
+
+Speed is not asserted here (timings live in bench/RESULTS.md); only that the
+scripts work and print their tables.
+"""
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, tool_env
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize(
+    ("script", "expected"),
+    [
+        ("bench_train.py", "ratio vs baseline"),
+        ("bench_gpu.py", "ceiling: random tensors"),
+        ("bench_pipeline.py", "`dvc repro` up to date"),
+    ],
+)
+def test_bench_script_quick_mode(script: str, expected: str) -> None:
+    results = (
+        (ROOT / "bench" / "RESULTS.md").read_bytes()
+        if (ROOT / "bench/RESULTS.md").exists()
+        else b""
+    )
+    proc = subprocess.run(
+        [sys.executable, f"bench/{script}", "--quick"],
+        cwd=ROOT,
+        env=tool_env(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert expected in proc.stdout
+    after = (
+        (ROOT / "bench/RESULTS.md").read_bytes() if (ROOT / "bench/RESULTS.md").exists() else b""
+    )
+    assert after == results  # quick runs are not recorded
+
+
+def test_photo_generator_is_deterministic(tmp_path) -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    from make_photos import make_photos
+
+    a = make_photos(tmp_path / "a", images=6, classes=3)
+    b = make_photos(tmp_path / "b", images=6, classes=3)
+    files = sorted(p.relative_to(a) for p in a.rglob("*.jpg"))
+    assert len(files) == 6
+    for rel in files:
+        assert (a / rel).read_bytes() == (b / rel).read_bytes()
