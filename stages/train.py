@@ -10,6 +10,9 @@ import sys
 # Pin CPU kernels before torch loads so results do not depend on the CPU's ISA.
 os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
 os.environ.setdefault("MKL_CBWR", "COMPATIBLE")
+# Idle OpenMP threads sleep instead of spinning, leaving the cores to augmentation
+# between steps (measured: ~3x faster epochs with albumentations on 2 cores).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from pathlib import Path
 

@@ -12,6 +12,11 @@ import cv2
 
 from imgclf.params import AugmentParams
 
+# OpenCV's thread pool fights torch's OpenMP threads for the cores: on 2 cores that
+# made training with augmentation several times slower. Parallelism comes from
+# loader workers instead (see also OMP_WAIT_POLICY in stages/train.py).
+cv2.setNumThreads(0)
+
 
 def build_augment(p: AugmentParams, image_size: int) -> A.Compose | None:
     """The albumentations pipeline for ``augment:`` in params.yaml, or None if all are off."""
