@@ -14,8 +14,9 @@ import json
 import os
 import shutil
 from collections import Counter
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +42,14 @@ class Decoded:
     sha256: str
     width: int = 0
     height: int = 0
-    pixels: np.ndarray | None = None
+    pixels: np.ndarray | None = None  # only between a decoder and the scratch array
     reason: str = ""
     detail: str = ""
+    slot: int = -1  # row in the scratch array once stored
+
+    @property
+    def usable(self) -> bool:
+        return not self.reason
 
 
 def scan_imagefolder(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
@@ -101,16 +107,34 @@ def _decode_chunk(args: tuple[Path, list[tuple[str, int]], PreprocessSpec, int])
 
 
 def decode_all(
-    root: Path, files: list[tuple[str, int]], spec: PreprocessSpec, min_side: int
-) -> list[Decoded]:
-    """Decode every file, in parallel for large trees; the order of results is the input order."""
+    root: Path, files: list[tuple[str, int]], spec: PreprocessSpec, min_side: int, scratch: Path
+) -> tuple[list[Decoded], np.ndarray]:
+    """Decode every file (in parallel for large trees) into a memory-mapped scratch array.
+
+    Pixels go to disk as they arrive, so tens of thousands of photos never have to
+    fit in memory at once. Results keep the input order; ``slot`` is the row.
+    """
+    shape = (len(files), spec.image_size, spec.image_size, spec.channels)
+    store = np.lib.format.open_memmap(scratch, mode="w+", dtype=np.uint8, shape=shape)
     workers = min(os.cpu_count() or 1, 8)
-    if len(files) < 4000 or workers == 1:
-        return _decode_chunk((root, files, spec, min_side))
-    size = -(-len(files) // (workers * 4))
+    size = 256
     chunks = [(root, files[i : i + size], spec, min_side) for i in range(0, len(files), size)]
+    if len(files) < 4000 or workers == 1:
+        parts = map(_decode_chunk, chunks)
+        return _store(parts, store), store
     with ProcessPoolExecutor(workers) as pool:
-        return [d for part in pool.map(_decode_chunk, chunks) for d in part]
+        return _store(pool.map(_decode_chunk, chunks), store), store
+
+
+def _store(parts: Iterable[list[Decoded]], store: np.ndarray) -> list[Decoded]:
+    out: list[Decoded] = []
+    for part in parts:
+        for d in part:
+            if d.pixels is not None:
+                store[len(out)] = d.pixels
+                d = replace(d, pixels=None, slot=len(out))
+            out.append(d)
+    return out
 
 
 def stratified_split(
@@ -131,20 +155,16 @@ def stratified_split(
     return split
 
 
-def _skip(d: Decoded, reason: str, detail: str) -> Decoded:
-    return Decoded(d.path, d.label, d.sha256, d.width, d.height, reason=reason, detail=detail)
-
-
 def drop_duplicates(decoded: list[Decoded]) -> list[Decoded]:
     """Skip byte-identical copies (they would leak between splits); keep the first seen."""
     first: dict[str, Decoded] = {}
     out = []
     for d in decoded:
-        if d.pixels is not None and d.sha256 in first:
+        if d.usable and d.sha256 in first:
             other = first[d.sha256]
             clash = " (in another class!)" if other.label != d.label else ""
-            d = _skip(d, "duplicate", f"same bytes as {other.path}{clash}")
-        elif d.pixels is not None:
+            d = replace(d, reason="duplicate", detail=f"same bytes as {other.path}{clash}")
+        elif d.usable:
             first[d.sha256] = d
         out.append(d)
     return out
@@ -183,16 +203,14 @@ def build_report(
     per_class: dict[str, dict[str, int]] = {}
     for label, name in enumerate(classes):
         mine = [d for d in decoded if d.label == label]
-        row = {"found": len(mine), "used": sum(d.pixels is not None for d in mine)}
+        row = {"found": len(mine), "used": sum(d.usable for d in mine)}
         row.update({s: sum(split.get(d.path) == s for d in mine) for s in SPLITS})
         per_class[name] = row
-    used = [d for d in decoded if d.pixels is not None]
+    used = [d for d in decoded if d.usable]
     widths = np.array([d.width for d in used])
     heights = np.array([d.height for d in used])
     skipped = [
-        {"path": d.path, "reason": d.reason, "detail": d.detail}
-        for d in decoded
-        if d.pixels is None
+        {"path": d.path, "reason": d.reason, "detail": d.detail} for d in decoded if not d.usable
     ]
     return {
         "dataset": root.as_posix(),
@@ -223,44 +241,83 @@ def write_json(path: Path, data: Any) -> None:
     tmp.replace(path)
 
 
+def channel_stats(store: np.ndarray, rows: np.ndarray, chunk: int = 4096) -> tuple[list, list]:
+    """Per-channel mean and std (0–1 scale) of the given rows, streamed in chunks."""
+    total = np.zeros(store.shape[-1])
+    squares = np.zeros(store.shape[-1])
+    for i in range(0, len(rows), chunk):
+        block = store[rows[i : i + chunk]].reshape(-1, store.shape[-1]).astype(np.float64) / 255
+        total += block.sum(axis=0)
+        squares += (block**2).sum(axis=0)
+    count = len(rows) * store.shape[1] * store.shape[2]
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
+    return [round(float(v), 6) for v in mean], [round(max(float(v), 1e-3), 6) for v in std]
+
+
+def write_split(path: Path, store: np.ndarray, rows: np.ndarray, chunk: int = 4096) -> None:
+    """Copy the given scratch rows into a standalone ``.npy`` without loading them all."""
+    out = np.lib.format.open_memmap(
+        path, mode="w+", dtype=np.uint8, shape=(len(rows), *store.shape[1:])
+    )
+    for i in range(0, len(rows), chunk):
+        out[i : i + chunk] = store[rows[i : i + chunk]]
+    out.flush()
+    del out
+
+
 def prepare(raw: Path, out_dir: Path, report_path: Path, params: Params) -> dict[str, Any]:
     """Run the whole stage; on any error nothing is written and earlier outputs stay."""
     p = params.prepare
     spec = PreprocessSpec(p.image_size, p.color_mode, p.resize, p.max_pixels)
     classes, files = scan_imagefolder(raw)
-    decoded = decode_all(raw, files, spec, p.min_side)
-    if p.dedupe:
-        decoded = drop_duplicates(decoded)
-    used = [d for d in decoded if d.pixels is not None]
-    check_classes(classes, used, [d for d in decoded if d.pixels is None])
-
-    labels = np.array([d.label for d in used], dtype=np.int64)
-    split_of = stratified_split(labels, p.val_fraction, p.test_fraction, params.seed)
-    train_pixels = np.stack([d.pixels for d, s in zip(used, split_of, strict=True) if s == "train"])
-    scaled = train_pixels.reshape(-1, spec.channels).astype(np.float64) / 255.0
-    meta = {
-        "classes": classes,
-        "preprocess": spec.to_dict(),
-        "mean": [round(float(v), 6) for v in scaled.mean(axis=0)],
-        "std": [round(max(float(v), 1e-3), 6) for v in scaled.std(axis=0)],
-        "dataset": {"path": raw.as_posix(), "fingerprint": dataset_fingerprint(used, classes)},
-        "counts": {s: int((split_of == s).sum()) for s in SPLITS},
-    }
-
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    with (tmp / "index.csv").open("w", newline="") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(INDEX_FIELDS)
-        for name in SPLITS:
-            members = [d for d, s in zip(used, split_of, strict=True) if s == name]
-            np.save(tmp / f"{name}.npy", np.stack([d.pixels for d in members]))
-            np.save(tmp / f"{name}_labels.npy", np.array([d.label for d in members], np.int64))
-            for pos, d in enumerate(members):
-                row = (name, pos, d.label, classes[d.label], d.path, d.sha256, d.width, d.height)
-                writer.writerow(row)
-    write_json(tmp / "meta.json", meta)
+    try:
+        decoded, store = decode_all(raw, files, spec, p.min_side, tmp / "scratch.npy")
+        if p.dedupe:
+            decoded = drop_duplicates(decoded)
+        used = [d for d in decoded if d.usable]
+        check_classes(classes, used, [d for d in decoded if not d.usable])
+
+        labels = np.array([d.label for d in used], dtype=np.int64)
+        split_of = stratified_split(labels, p.val_fraction, p.test_fraction, params.seed)
+        slots = np.array([d.slot for d in used], dtype=np.int64)
+        mean, std = channel_stats(store, slots[split_of == "train"])
+        meta = {
+            "classes": classes,
+            "preprocess": spec.to_dict(),
+            "mean": mean,
+            "std": std,
+            "dataset": {"path": raw.as_posix(), "fingerprint": dataset_fingerprint(used, classes)},
+            "counts": {s: int((split_of == s).sum()) for s in SPLITS},
+        }
+        with (tmp / "index.csv").open("w", newline="") as fh:
+            writer = csv.writer(fh, lineterminator="\n")
+            writer.writerow(INDEX_FIELDS)
+            for name in SPLITS:
+                members = [d for d, s in zip(used, split_of, strict=True) if s == name]
+                write_split(tmp / f"{name}.npy", store, slots[split_of == name])
+                np.save(tmp / f"{name}_labels.npy", np.array([d.label for d in members], np.int64))
+                for pos, d in enumerate(members):
+                    row = (
+                        name,
+                        pos,
+                        d.label,
+                        classes[d.label],
+                        d.path,
+                        d.sha256,
+                        d.width,
+                        d.height,
+                    )
+                    writer.writerow(row)
+        del store
+        (tmp / "scratch.npy").unlink()
+        write_json(tmp / "meta.json", meta)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     split_by_path = dict(zip((d.path for d in used), split_of, strict=True))
     report = build_report(raw, classes, decoded, split_by_path)
     shutil.rmtree(out_dir, ignore_errors=True)
