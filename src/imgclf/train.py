@@ -66,7 +66,8 @@ def setup_runtime(params: Params) -> Runtime:
         torch.backends.cudnn.allow_tf32 = True
     else:
         torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(t.threads)
+    # train.threads is the machine's budget: DDP processes on the CPU share it.
+    torch.set_num_threads(t.threads if use_cuda else max(1, t.threads // world_size))
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     random.seed(params.seed)

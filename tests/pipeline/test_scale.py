@@ -28,6 +28,10 @@ def test_two_process_ddp_trains_from_dvc_exp_run(repo_factory: Callable[..., Pat
     curve = (repo / "metrics/train/plots/metrics/val/loss.tsv").read_text().splitlines()
     assert len(curve) == 1 + 3  # one writer (rank 0), one row per epoch
     assert abs(accuracy(repo) - single) < 0.05, (accuracy(repo), single)
+    # Deterministic for a fixed number of processes: retraining gives the same bytes.
+    model = (repo / "models" / "model.onnx").read_bytes()
+    run(["dvc", "repro", "-f", "-s", "train"], repo)
+    assert (repo / "models" / "model.onnx").read_bytes() == model
 
 
 def wait_for_queue(repo: Path, timeout: float = 300) -> str:
