@@ -1,13 +1,14 @@
 """Scale-out paths for real: 2-process DDP (gloo on CPU), queued sweeps, the run cache."""
 
 import json
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import run
+from tests.conftest import run, tool_env
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +50,17 @@ def test_queued_sweep_runs_with_two_workers_and_reuses_the_run_cache(
 ) -> None:
     repo = repo_factory()
     run(["dvc", "exp", "run", "--queue", "-S", "lr=0.0005,0.02"], repo)
-    run(["dvc", "queue", "start", "-j", "2"], repo)
+    # The workers outlive `dvc queue start` and inherit its stdout: no pipes, or we would
+    # wait for them to exit.
+    subprocess.run(
+        ["dvc", "queue", "start", "-j", "2"],
+        cwd=repo,
+        env=tool_env(repo),
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=120,
+    )
     status = wait_for_queue(repo)
     assert status.count("Success") == 2, status
     rows = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
