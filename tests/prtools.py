@@ -48,9 +48,8 @@ def run(
         args, cwd=cwd, env=env or tool_env(cwd), capture_output=True, text=True, timeout=timeout
     )
     if check and proc.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(args)} exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-        )
+        tail = f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        raise AssertionError(f"{' '.join(args)} exited {proc.returncode}\n{tail}")
     return proc
 
 

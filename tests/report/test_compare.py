@@ -17,9 +17,7 @@ from imgclf.compare import (
 
 def preds(correct: list[bool], prefix: str = "s") -> dict[str, Prediction]:
     """Samples of class 'a'; a wrong one is predicted as 'b'."""
-    return {
-        f"{prefix}{i}": Prediction("a", "a" if ok else "b", ok) for i, ok in enumerate(correct)
-    }
+    return {f"{prefix}{i}": Prediction("a", "a" if ok else "b", ok) for i, ok in enumerate(correct)}
 
 
 def test_identical_predictions_are_no_change() -> None:
