@@ -205,6 +205,7 @@ class ModelReport:
     head_predictions: dict[str, Prediction] | None = None
     paired: PairedComparison | None = None
     not_paired_reason: str | None = None
+    different_test_sets: bool = False
 
     @property
     def changed_params(self) -> list[tuple[str, Any, Any]]:
@@ -277,6 +278,7 @@ def build_model_report(root: Path, base: str, label: str = "workspace") -> Model
             report.paired = compare_predictions(report.base_predictions, report.head_predictions)
         except NotPairedError as exc:
             report.not_paired_reason = str(exc)
+            report.different_test_sets = True
     elif report.base_eval is not None:
         report.not_paired_reason = f"{PREDICTIONS} is missing at one of the two revisions"
     return report
@@ -349,7 +351,7 @@ def render_model_report(report: ModelReport, images: bool = False) -> str:
         ]
     if report.base_eval is not None:
         lines += [noise_sentence(report), ""]
-    if report.not_paired_reason and report.base_eval is not None:
+    if report.different_test_sets:
         lines += [
             f"> **Note:** the two revisions evaluated different test sets "
             f"({report.not_paired_reason}): the comparison is **not paired**, so per-sample "
