@@ -24,6 +24,7 @@ def baseline(tmp_path_factory: pytest.TempPathFactory) -> Path:
     `dvc repro` must not need any remote access.
     """
     repo = copy_repo(tmp_path_factory.mktemp("pr") / "repo", SHRINK)
+    assert "url = gs://" in (repo / ".dvc/config").read_text()
     run(["dvc", "repro"], repo)
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "baseline")

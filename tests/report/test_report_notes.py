@@ -75,6 +75,18 @@ def test_different_test_sets_are_not_paired(tiny: Path) -> None:
     assert "| accuracy | 0.9000 | 1.0000 | +0.1000 |" in out
 
 
+def test_base_without_predictions_is_not_paired(tiny: Path) -> None:
+    write_metrics(tiny, ["a/1.png", "b/1.png"], [True, True])
+    (tiny / "metrics/predictions.csv").unlink()
+    commit(tiny, "metrics from before per-sample predictions were kept")
+    write_metrics(tiny, ["a/1.png", "b/1.png"], [True, False])
+    out = imgclf(tiny, "report", "--base", "main").stdout
+    assert "predictions.csv is missing at one of the two revisions" in out
+    assert "**not paired**" in out
+    assert "evaluated different test sets" not in out
+    assert "| accuracy | 1.0000 | 0.5000 | -0.5000 |" in out
+
+
 def test_unknown_base_and_missing_workspace_metrics_are_errors(tiny: Path) -> None:
     commit(tiny, "nothing")
     proc = imgclf(tiny, "report", "--base", "origin/main", check=False)
