@@ -30,7 +30,9 @@ def tool_env(repo: Path, **extra: str) -> dict[str, str]:
     env["DVC_NO_ANALYTICS"] = "1"
     env["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
     env["NO_GCE_CHECK"] = "true"
-    for key in ("GOOGLE_APPLICATION_CREDENTIALS", "STORAGE_EMULATOR_HOST"):
+    # No real credentials, no emulator from the caller, no proxy: only loopback traffic.
+    for key in ("GOOGLE_APPLICATION_CREDENTIALS", "STORAGE_EMULATOR_HOST", "HTTPS_PROXY",
+                "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):  # fmt: skip
         env.pop(key, None)
     env.update(extra)
     return env

@@ -149,7 +149,8 @@ def check_reachable(endpoint: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
     parts = urlsplit(endpoint)
     host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    if _proxy_in_use():  # the proxy, not us, connects: let the real request decide
+    loopback = host in {"localhost", "127.0.0.1", "::1"}
+    if _proxy_in_use() and not loopback:  # the proxy, not us, connects: let the request decide
         return
     try:
         with socket.create_connection((host, port), timeout=timeout):
