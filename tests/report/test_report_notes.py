@@ -96,3 +96,23 @@ def test_unknown_base_and_missing_workspace_metrics_are_errors(tiny: Path) -> No
     proc = imgclf(tiny, "report", "--base", "main", check=False)
     assert proc.returncode == 2
     assert "run `dvc repro` first" in proc.stderr
+
+
+def test_base_predictions_come_from_dvc_when_not_in_git(tiny: Path) -> None:
+    """A project that caches predictions.csv with DVC (not git): read through DVC's API."""
+    cached = DVC_YAML.replace(
+        "- metrics/predictions.csv:\n          cache: false", "- metrics/predictions.csv"
+    )
+    assert cached != DVC_YAML
+    (tiny / "dvc.yaml").write_text(cached)
+    paths = [f"a/{i}.png" for i in range(20)]
+    write_metrics(tiny, paths, [True] * 20)
+    run(["dvc", "commit", "-f", "-q"], tiny)
+    commit(tiny, "baseline, predictions in the DVC cache")
+    tracked = git(tiny, "ls-files").stdout
+    assert "metrics/predictions.csv" not in tracked and "metrics/evaluate.json" in tracked
+    write_metrics(tiny, paths, [False] * 20)
+    out = imgclf(tiny, "report", "--base", "main").stdout
+    assert "not paired" not in out
+    assert "changed test accuracy from 1.0000 to 0.0000" in out
+    assert "0 fixed / 20 broken of 20 samples): **likely real**" in out
