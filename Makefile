@@ -11,7 +11,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # gcsfs otherwise waits 60 s on a gRPC probe at every call (see README, remote).
 export GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT := false
 
-.PHONY: help install install-dev repro test lint format bench clean
+.PHONY: help install install-dev repro test lint format bench clean report remote-check push pull
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -47,6 +47,19 @@ lint: install-dev  ## ruff check + format check only
 format: install-dev  ## Apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+BASE ?= main
+report: install  ## Compare the workspace's model with BASE (default main) → report.md
+	$(PY) -m imgclf.cli report --base $(BASE) --out report.md
+
+remote-check: install  ## Is the DVC remote usable? (says: down, missing bucket or credentials)
+	$(PY) -m imgclf.cli remote-check
+
+push: install  ## dvc push, with a clear message when the remote is not usable
+	$(PY) -m imgclf.cli push
+
+pull: install  ## dvc pull, with a clear message when the remote is not usable
+	$(PY) -m imgclf.cli pull
 
 clean:  ## Remove caches (not .venv, not DVC outputs)
 	rm -rf .pytest_cache .ruff_cache

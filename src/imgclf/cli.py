@@ -62,5 +62,105 @@ def check_params(
     typer.echo(f"{path} is valid")
 
 
+@app.command()
+def report(
+    base: Annotated[str, typer.Option(help="Git revision to compare with (e.g. main).")] = "main",
+    out: Annotated[Path | None, typer.Option(help="Markdown file to write (default: stdout).")] = (
+        None
+    ),
+    label: Annotated[str, typer.Option(help="Column name for this revision.")] = "workspace",
+    images: Annotated[
+        bool, typer.Option(help="Link PNG plots (only where image publishing is enabled).")
+    ] = False,
+    repo: Annotated[Path, typer.Option(help="Repository root.")] = Path(),
+) -> None:
+    """Markdown comparing the workspace's model with BASE: metrics, params, noise test."""
+    from imgclf.report import ReportError, model_report
+
+    try:
+        text = model_report(repo, base, label=label, images=images)
+    except ReportError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    _write(text, out)
+
+
+@app.command("data-report")
+def data_report(
+    base: Annotated[str, typer.Option(help="Git revision to compare with (e.g. main).")] = "main",
+    out: Annotated[Path | None, typer.Option(help="Markdown file to write (default: stdout).")] = (
+        None
+    ),
+    label: Annotated[str, typer.Option(help="Column name for this revision.")] = "workspace",
+    repo: Annotated[Path, typer.Option(help="Repository root.")] = Path(),
+) -> None:
+    """Markdown dataset report (class counts, image sizes, skipped files) against BASE."""
+    from imgclf.report import ReportError
+    from imgclf.report import data_report as build
+
+    try:
+        text = build(repo, base, label=label)
+    except ReportError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    _write(text, out)
+
+
+def _write(text: str, out: Path | None) -> None:
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text)
+        typer.echo(f"wrote {out}", err=True)
+
+
+RemoteOpt = Annotated[
+    str | None, typer.Option("--remote", "-r", help="DVC remote name (default: the default).")
+]
+
+
+@app.command("remote-check")
+def remote_check(remote: RemoteOpt = None) -> None:
+    """Check the DVC remote: configured, credentials found, reachable, bucket exists."""
+    from imgclf.remote import RemoteError, check_remote
+
+    try:
+        _, line = check_remote(Path(), remote)
+    except RemoteError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(3) from None
+    typer.echo(line)
+
+
+def _transfer(command: str, remote: str | None, targets: list[str] | None) -> None:
+    from imgclf.remote import RemoteError, run_dvc
+
+    try:
+        code = run_dvc(Path(), command, list(targets or []), remote)
+    except RemoteError as exc:
+        typer.echo(f"error: dvc {command} failed: {exc}", err=True)
+        raise typer.Exit(3) from None
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
+def push(
+    targets: Annotated[list[str] | None, typer.Argument(help="Stages or outputs.")] = None,
+    remote: RemoteOpt = None,
+) -> None:
+    """`dvc push` with a clear message when the remote is down, missing or locked."""
+    _transfer("push", remote, targets)
+
+
+@app.command()
+def pull(
+    targets: Annotated[list[str] | None, typer.Argument(help="Stages or outputs.")] = None,
+    remote: RemoteOpt = None,
+) -> None:
+    """`dvc pull` with a clear message when the remote is down, missing or locked."""
+    _transfer("pull", remote, targets)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -1,0 +1,115 @@
+"""The GitHub workflows: actionlint-clean, and the promises the PR loop depends on."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.prtools import ROOT
+
+WORKFLOWS = sorted((ROOT / ".github/workflows").glob("*.yaml"))
+
+
+def actionlint() -> str | None:
+    """The actionlint binary of this venv (requirements-dev.txt), else one on PATH."""
+    here = Path(sys.executable).parent / "actionlint"
+    return str(here) if here.exists() else shutil.which("actionlint")
+
+
+def load(name: str) -> dict[str, Any]:
+    data = yaml.safe_load((ROOT / ".github/workflows" / name).read_text())
+    data["on"] = data.pop(True, data.get("on"))  # YAML 1.1 reads the key `on` as True
+    return data
+
+
+def steps(workflow: dict[str, Any]) -> list[dict[str, Any]]:
+    return [s for job in workflow["jobs"].values() for s in job["steps"]]
+
+
+def step_running(all_steps: list[dict[str, Any]], command: str) -> int:
+    """Index of the first step whose script runs ``command`` (annotation texts ignored)."""
+    for i, step in enumerate(all_steps):
+        lines = step.get("run", "").splitlines()
+        if any(command in line and "::" not in line for line in lines):
+            return i
+    raise AssertionError(f"no step runs {command!r}")
+
+
+def test_the_four_workflows_exist() -> None:
+    assert {p.name for p in WORKFLOWS} >= {"ci.yaml", "cml.yaml", "data.yaml", "docker.yaml"}
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_actionlint(path: Path) -> None:
+    binary = actionlint()
+    if binary is None:
+        pytest.skip("actionlint not installed: pip install -r requirements-dev.txt")
+    proc = subprocess.run(
+        [binary, "-no-color", "-oneline", str(path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_cml_workflow_promises() -> None:
+    wf = load("cml.yaml")
+    assert set(wf["on"]) == {"pull_request"}
+    assert wf["permissions"] == {"contents": "read", "pull-requests": "write"}
+    assert "pull_request.number" in wf["concurrency"]["group"]
+    all_steps = steps(wf)
+    checkout = next(s for s in all_steps if s.get("uses", "").startswith("actions/checkout"))
+    assert checkout["with"]["fetch-depth"] == 0
+    setup = next(s for s in all_steps if s.get("uses", "").startswith("actions/setup-python"))
+    assert setup["with"]["cache"] == "pip"
+    assert any(s.get("uses") == "iterative/setup-cml@v2" for s in all_steps)
+    runs = "\n".join(s.get("run", "") for s in all_steps)
+    assert "pip install -r requirements.txt" in runs
+    assert "GCP_CREDENTIALS" in (ROOT / ".github/workflows/cml.yaml").read_text()
+    assert "::notice" in runs, "a missing secret skips the pull with a notice"
+    wanted = [
+        "imgclf pull",
+        "dvc repro",
+        "git diff --quiet -- dvc.lock",
+        'imgclf report --base "origin/$BASE_REF"',
+        "cml comment update report.md",
+    ]
+    order = [step_running(all_steps, w) for w in wanted]
+    assert order == sorted(order), "pull → repro → lock check → report → comment"
+    assert '--watermark-title="imgclf model report"' in runs
+    assert "exit 1" in runs, "a stale dvc.lock fails the job"
+    assert "--images" not in runs.replace("'--images'", ""), "images only when enabled"
+
+
+def test_data_workflow_triggers_on_data_and_prepare() -> None:
+    wf = load("data.yaml")
+    paths = wf["on"]["pull_request"]["paths"]
+    assert "data/**.dvc" in paths and "src/imgclf/prepare.py" in paths
+    assert wf["permissions"] == {"contents": "read", "pull-requests": "write"}
+    runs = "\n".join(s.get("run", "") for s in steps(wf))
+    assert "imgclf data-report" in runs and "cml comment update data-report.md" in runs
+
+
+def test_docker_workflow_smoke_tests_and_pushes_only_with_secrets() -> None:
+    wf = load("docker.yaml")
+    assert wf["on"]["push"] == {"branches": ["main"], "tags": ["v*"]}
+    all_steps = steps(wf)
+    runs = "\n".join(s.get("run", "") for s in all_steps)
+    assert "docker build -f dockerfiles/api.dockerfile -t imgclf-api ." in runs
+    assert "localhost:8000/health" in runs and "localhost:8000/predict" in runs
+    push = [s for s in all_steps if "docker push" in s.get("run", "")]
+    assert push and all("REGISTRY_PASSWORD != ''" in s["if"] for s in push)
+
+
+def test_ci_workflow_runs_make_test_with_pip_cache() -> None:
+    wf = load("ci.yaml")
+    assert {"push", "pull_request"} <= set(wf["on"])
+    all_steps = steps(wf)
+    assert any(s.get("run", "").strip() == "make test" for s in all_steps)
+    setup = next(s for s in all_steps if s.get("uses", "").startswith("actions/setup-python"))
+    assert setup["with"]["cache"] == "pip"
