@@ -11,7 +11,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # gcsfs otherwise waits 60 s on a gRPC probe at every call (see README, remote).
 export GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT := false
 
-.PHONY: help install install-dev repro test lint format bench clean
+.PHONY: help install install-dev repro test lint format bench serve clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -47,6 +47,12 @@ lint: install-dev  ## ruff check + format check only
 format: install-dev  ## Apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+HOST ?= 127.0.0.1
+PORT ?= 8000
+serve: install  ## Serve models/ (from `make repro` or `dvc pull`) on http://$(HOST):$(PORT)
+	@test -f models/model.onnx || { echo "models/model.onnx missing: run 'make repro' (or 'dvc pull') first" >&2; exit 2; }
+	$(BIN)/imgclf serve --host $(HOST) --port $(PORT) --model-dir models
 
 clean:  ## Remove caches (not .venv, not DVC outputs)
 	rm -rf .pytest_cache .ruff_cache

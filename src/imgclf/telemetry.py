@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info, ProcessCollector
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -33,6 +33,8 @@ class Telemetry:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        # Memory and CPU of the server process: how a decompression bomb would show up.
+        ProcessCollector(registry=self.registry)
         self.requests = Counter(
             "imgclf_http_requests",
             "HTTP requests by endpoint, method and status code.",
