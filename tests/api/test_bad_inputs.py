@@ -64,7 +64,7 @@ def rss_bytes(client: httpx.Client) -> float:
         "bad_png_header",
         "png_bomb",
         "gif_bomb",
-    ],  # fmt: skip
+    ],
 )
 def test_bad_image_is_a_clear_4xx(
     client: httpx.Client, digit: Image.Image, make, status, reason

@@ -56,8 +56,7 @@ def test_prometheus_metrics(client: httpx.Client, project: ProjectTree) -> None:
     client.post("/predict", files={"file": ("a.png", png)})
     client.post("/predict", files={"file": ("a.png", b"junk")})
     text = client.get("/metrics").text
-    assert re.search(r'imgclf_http_requests_total\{endpoint="/predict",method="POST",status="200"\}',
-                     text)  # fmt: skip
+    assert 'imgclf_http_requests_total{endpoint="/predict",method="POST",status="200"}' in text
     assert 'imgclf_http_requests_total{endpoint="/predict",method="POST",status="415"}' in text
     assert 'imgclf_http_request_duration_seconds_bucket{endpoint="/predict",le="0.005"}' in text
     assert re.search(r'imgclf_predictions_total\{label="\w+"\} [1-9]', text)
@@ -117,9 +116,11 @@ def test_bad_setting_fails_with_its_name(tmp_path) -> None:
 
 
 def test_serving_code_never_imports_torch(project: ProjectTree) -> None:
+    model_dir = str(project.model_dir)
     code = (
-        "import sys; from imgclf.api import create_app, Service; from imgclf.settings import "
-        f"Settings; s = Service(Settings(model_dir=__import__('pathlib').Path({str(project.model_dir)!r}))); "
+        "import sys, pathlib; from imgclf.api import create_app, Service; "
+        "from imgclf.settings import Settings; "
+        f"s = Service(Settings(model_dir=pathlib.Path({model_dir!r}))); "
         "s.load(); assert s.backend is not None, s.error; create_app(s.settings); "
         "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'dvc')]; "
         "assert not bad, bad"
