@@ -42,7 +42,8 @@ REASON_STATUS: dict[str, int] = {
     "not_multipart": 415,
     "malformed_request": 400,
     "missing_file": 422,
-    "too_many_files": 413,
+    "not_a_file": 422,
+    "too_many_files": 422,  # the schema's maxItems: a validation error, like FastAPI's
     "too_many_parts": 413,
     "too_large": 413,
     # one image
@@ -87,7 +88,7 @@ class PredictionOut(BaseModel):
 class BatchItem(BaseModel):
     """One file of a batch: a prediction (``ok``) or that file's own error."""
 
-    filename: str | None
+    filename: str | None = None
     ok: bool
     label: str | None = None
     index: int | None = None
@@ -116,9 +117,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorOut, "description": text}
     for code, text in (
         (400, "corrupt, truncated or empty image, or malformed multipart body"),
-        (413, "file or request too large, too many pixels, or too many files"),
+        (413, "file or request too large, or too many pixels"),
         (415, "not multipart/form-data, or the content is not a supported image"),
-        (422, "the file field is missing"),
+        (422, "the file field is missing or not a file, or too many files"),
         (503, "the model is not loaded"),
     )
 }

@@ -1,9 +1,9 @@
 """Prometheus metrics for the API, and the ASGI middleware that records them.
 
 One registry per app instance (not the global default) so tests and the
-benchmark can build several apps in one process. Endpoint labels come from a
-fixed list, never from the raw path, so a scanner hitting random URLs cannot
-blow up the metric cardinality.
+benchmark can build several apps in one process. Endpoint and method labels
+come from fixed lists, never from the raw request, so a scanner hitting random
+URLs with random methods cannot blow up the metric cardinality.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ ENDPOINTS = frozenset(
         *("/openapi.json", "/docs", "/redoc"),
     }
 )
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Milliseconds matter here: the digits model answers in about one.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25,
                    0.5, 1.0, 2.5, 5.0)  # fmt: skip
@@ -101,4 +102,6 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             self.telemetry.latency.labels(endpoint).observe(time.perf_counter() - start)
-            self.telemetry.requests.labels(endpoint, scope.get("method", ""), str(status)).inc()
+            method = scope.get("method", "")
+            method = method if method in METHODS else "other"
+            self.telemetry.requests.labels(endpoint, method, str(status)).inc()

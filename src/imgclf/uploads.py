@@ -134,10 +134,17 @@ class _Collector:
                 "too_many_files", f"at most {self.limits.max_files} file(s) per request"
             )
         filename = options.get(b"filename")
+        if filename is None:
+            # A plain form field, not a file: the schema says binary file, say so clearly.
+            raise RequestRejectedError(
+                "not_a_file",
+                f"field {name!r} must be a file upload with a filename "
+                f"(e.g. curl -F {name}=@image.png)",
+            )
         declared = self._headers.get(b"content-type")
         self._current = Upload(
             field=name,
-            filename=filename.decode("utf-8", "replace") if filename is not None else None,
+            filename=filename.decode("utf-8", "replace"),
             declared_type=declared.decode("latin-1") if declared else None,
         )
         self.uploads.append(self._current)

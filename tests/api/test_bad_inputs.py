@@ -127,16 +127,16 @@ def test_malformed_multipart_is_400(client: httpx.Client) -> None:
     assert_rejected(resp, 400, "malformed_request")
 
 
-def test_two_files_on_single_endpoint_is_413(client: httpx.Client, digit: Image.Image) -> None:
+def test_two_files_on_single_endpoint_is_422(client: httpx.Client, digit: Image.Image) -> None:
     png = samples.encode(digit, "PNG")
     resp = client.post("/predict", files=[("file", ("a.png", png)), ("file", ("b.png", png))])
-    assert_rejected(resp, 413, "too_many_files")
+    assert_rejected(resp, 422, "too_many_files")
 
 
-def test_too_many_files_in_batch_is_413(client: httpx.Client, digit: Image.Image) -> None:
+def test_too_many_files_in_batch_is_422(client: httpx.Client, digit: Image.Image) -> None:
     png = samples.encode(digit, "PNG")
     files = [("files", (f"{i}.png", png)) for i in range(MAX_BATCH + 1)]
-    assert_rejected(client.post("/predict/batch", files=files), 413, "too_many_files")
+    assert_rejected(client.post("/predict/batch", files=files), 422, "too_many_files")
 
 
 def test_batch_isolates_bad_files(client: httpx.Client, digit: Image.Image) -> None:
