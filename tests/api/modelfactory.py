@@ -111,10 +111,15 @@ def build_in_copy(dest: Path) -> ProjectTree:
     return tree
 
 
+_built: list[ProjectTree] = []  # one shrunk run per test session, shared by all test groups
+
+
 def project_tree(scratch: Path) -> ProjectTree:
     """The checkout itself when it holds a consistent model, else a fresh shrunk run."""
     here = ProjectTree(ROOT)
     if os.environ.get(MODE_VAR, "auto") != "fresh" and here.is_complete():
         return here
-    scratch.mkdir(parents=True, exist_ok=True)
-    return build_in_copy(scratch)
+    if not _built:
+        scratch.mkdir(parents=True, exist_ok=True)
+        _built.append(build_in_copy(scratch))
+    return _built[0]
