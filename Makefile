@@ -48,6 +48,9 @@ format: install-dev  ## Apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+bench: install-dev  ## Benchmark the API, onnxruntime vs torch eager (appends bench/RESULTS.md)
+	$(PY) bench/bench_api.py
+
 HOST ?= 127.0.0.1
 PORT ?= 8000
 serve: install  ## Serve models/ (from `make repro` or `dvc pull`) on http://$(HOST):$(PORT)

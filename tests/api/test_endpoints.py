@@ -156,3 +156,34 @@ async def test_uploads_never_touch_disk(
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
         resp = await c.post("/predict", files={"file": ("big.bmp", big)})
     assert resp.status_code == 200, resp.text
+
+
+def test_cli_serve_serves_the_model(project: ProjectTree, tmp_path) -> None:
+    """``imgclf serve --model-dir`` (what ``make serve`` runs) answers /predict."""
+    import time
+
+    from tests.api.server import free_port
+
+    port = free_port()
+    log = (tmp_path / "serve.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "imgclf.cli", "serve", "--port", str(port),
+         "--model-dir", str(project.model_dir), "--no-access-log"],
+        env=tool_env(ROOT), stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                if httpx.get(url + "/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        image = next(iter(sorted((project.raw / "2").iterdir())))
+        resp = httpx.post(url + "/predict", files={"file": (image.name, image.read_bytes())})
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["label"] in {p.name for p in project.raw.iterdir()}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+        log.close()
