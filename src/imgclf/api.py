@@ -56,10 +56,12 @@ REASON_STATUS: dict[str, int] = {
 }
 # Room for the multipart boundary and part headers around a single file.
 MULTIPART_OVERHEAD = 64 * 1024
-# Uploads decoding to at most this many pixels in total are classified on the event
-# loop (well under a millisecond); bigger ones go to the thread pool so that a 40 MP
-# photo cannot stall every other request. The hop costs more than the work for tiny ones.
+# Uploads decoding to at most this many pixels in total, for a model whose input is
+# at most INLINE_MAX_INPUT pixels a side, are classified on the event loop (well under
+# a millisecond, less than the thread hop costs); anything bigger goes to the thread
+# pool so that a 40 MP photo or a ResNet forward pass cannot stall other requests.
 INLINE_MAX_PIXELS = 512 * 512
+INLINE_MAX_INPUT = 64
 
 
 def status_for(reason: str) -> int:
@@ -234,6 +236,8 @@ class Service:
 
     def is_cheap(self, uploads: list[bytearray]) -> bool:
         """Whether decoding all ``uploads`` is small work (header-only look, no decode)."""
+        if self.spec is None or self.spec.image_size > INLINE_MAX_INPUT:
+            return False
         total = 0
         for data in uploads:
             if sniff(data) is None:
