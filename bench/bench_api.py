@@ -270,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{len(image)} bytes; one uvicorn worker, onnxruntime/torch 1 intra-op thread; "
             "client and server share the machine's cores.",
         ]
+        end_load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+        section.append(f"- load average at the end: {end_load} (1 / 5 / 15 min)")
         if args.note:
             section.append(f"- note: {args.note}")
         if verdict:
