@@ -11,7 +11,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # gcsfs otherwise waits 60 s on a gRPC probe at every call (see README, remote).
 export GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT := false
 
-.PHONY: help install install-dev repro test lint format bench clean report remote-check push pull
+.PHONY: help install install-dev repro test lint format bench serve clean report remote-check push pull
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -60,6 +60,18 @@ push: install  ## dvc push, with a clear message when the remote is not usable
 
 pull: install  ## dvc pull, with a clear message when the remote is not usable
 	$(PY) -m imgclf.cli pull
+
+bench: install-dev  ## Run every benchmark (appends bench/RESULTS.md; best on an idle machine)
+	$(PY) bench/bench_pipeline.py
+	$(PY) bench/bench_train.py
+	$(PY) bench/bench_api.py
+	$(PY) bench/bench_gpu.py
+
+HOST ?= 127.0.0.1
+PORT ?= 8000
+serve: install  ## Serve models/ (from `make repro` or `dvc pull`) on http://$(HOST):$(PORT)
+	@test -f models/model.onnx || { echo "models/model.onnx missing: run 'make repro' (or 'dvc pull') first" >&2; exit 2; }
+	$(BIN)/imgclf serve --host $(HOST) --port $(PORT) --model-dir models
 
 clean:  ## Remove caches (not .venv, not DVC outputs)
 	rm -rf .pytest_cache .ruff_cache

@@ -162,5 +162,33 @@ def pull(
     _transfer("pull", remote, targets)
 
 
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind (0.0.0.0 in a container).")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
+    model_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder with model.onnx and model.json [default: $IMGCLF_MODEL_DIR or models]."
+        ),
+    ] = None,
+    access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
+) -> None:
+    """Serve the model over HTTP (the API of `imgclf.api`; limits from IMGCLF_* variables)."""
+    from imgclf.api import run
+    from imgclf.settings import Settings, SettingsError
+
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if model_dir is not None:
+        settings = settings.with_model_dir(model_dir)
+    run(settings, host=host, port=port, access_log=access_log)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

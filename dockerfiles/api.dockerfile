@@ -1,0 +1,43 @@
+# The serving image: the evaluated ONNX artifact behind FastAPI + onnxruntime.
+# No torch, no dvc, no credentials: fetch the model *before* the build, e.g.
+#   dvc pull models/model.onnx models/model.json     # or: dvc repro
+#   docker build -f dockerfiles/api.dockerfile \
+#     --build-arg GIT_REVISION="$(git rev-parse HEAD)" -t imgclf-api .
+#   docker run --rm -p 8000:8000 imgclf-api
+FROM python:3.11-slim
+
+ARG GIT_REVISION=""
+LABEL org.opencontainers.image.title="imgclf-api" \
+      org.opencontainers.image.description="imgclf image classifier API (FastAPI + onnxruntime)" \
+      org.opencontainers.image.revision="${GIT_REVISION}"
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    PYTHONPATH=/app \
+    IMGCLF_MODEL_DIR=/app/models \
+    IMGCLF_GIT_REVISION=${GIT_REVISION}
+
+# Dependencies first: this layer is reused until requirements-serve.txt changes.
+COPY requirements-serve.txt /tmp/requirements-serve.txt
+RUN python -m venv /opt/venv \
+ && pip install --no-cache-dir -r /tmp/requirements-serve.txt \
+ && rm /tmp/requirements-serve.txt \
+ && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin imgclf
+
+WORKDIR /app
+# Code and artifact stay root-owned and read-only for the service user.
+COPY src/imgclf /app/imgclf
+COPY models/model.onnx models/model.json /app/models/
+# The evaluate stage's metrics for this artifact, served by GET /model.
+COPY metrics/evaluate.json /app/models/evaluate.json
+
+USER 10001
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/ready', timeout=4)"]
+# UVICORN_* variables tune the server (e.g. UVICORN_ACCESS_LOG=false), IMGCLF_* the API.
+CMD ["uvicorn", "imgclf.api:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000"]

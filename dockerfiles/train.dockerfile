@@ -1,0 +1,40 @@
+# The pipeline's environment: run `dvc repro` / `dvc exp run` on a mounted checkout.
+# The image holds the pinned dependencies; code, params, data, models and the DVC
+# cache come from the mounted repository, so a run reproduces *that* commit.
+#   docker build -f dockerfiles/train.dockerfile -t imgclf-train .
+#   docker run --rm -u "$(id -u):$(id -g)" -v "$PWD":/workspace imgclf-train            # dvc repro
+#   docker run --rm -u "$(id -u):$(id -g)" -v "$PWD":/workspace imgclf-train exp run -S lr=1e-3
+# torch comes from the CPU wheel index by default (a few hundred MB instead of CUDA's GBs);
+# pass --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 for a GPU image.
+FROM python:3.11-slim
+
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    PYTHONPATH=/workspace/src \
+    DVC_NO_ANALYTICS=1 \
+    GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false \
+    HOME=/tmp
+
+# git: DVC needs it for `exp run`; safe.directory because the mount belongs to the host user.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends git \
+ && rm -rf /var/lib/apt/lists/* \
+ && git config --system --add safe.directory '*'
+
+COPY requirements.txt requirements-serve.txt /tmp/req/
+RUN python -m venv /opt/venv \
+ && pip install --no-cache-dir --extra-index-url "${TORCH_INDEX_URL}" -r /tmp/req/requirements.txt \
+ && rm -rf /tmp/req \
+ && useradd --create-home --uid 1000 trainer
+
+USER 1000
+WORKDIR /workspace
+VOLUME ["/workspace"]
+ENTRYPOINT ["dvc"]
+CMD ["repro"]

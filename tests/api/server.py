@@ -1,0 +1,80 @@
+"""Start the API as a real uvicorn process on a free loopback port (not TestClient).
+
+The bad-input, fuzzing and browser tests must see what a client sees: HTTP
+parsing, streaming bodies, connection handling, and a process that must still
+be alive afterwards.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from tests.api.modelfactory import ROOT, tool_env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerProcess:
+    """A running ``uvicorn imgclf.api:create_app --factory`` and its log."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
+        self.proc = proc
+        self.url = url
+        self.log = log
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-chars:]
+
+
+def _wait_ready(server: ServerProcess, path: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not server.alive():
+            raise RuntimeError(f"server exited early:\n{server.log_tail()}")
+        try:
+            if httpx.get(server.url + path, timeout=1).status_code < 500:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"server not answering {path} after {timeout}s:\n{server.log_tail()}")
+
+
+@contextmanager
+def uvicorn_server(
+    env: dict[str, str], log: Path, wait_path: str = "/ready", timeout: float = 60
+) -> Iterator[ServerProcess]:
+    """Run the API with ``IMGCLF_*`` settings in ``env``; stop it (SIGTERM) on exit."""
+    port = free_port()
+    args = [sys.executable, "-m", "uvicorn", "imgclf.api:create_app", "--factory",
+            "--host", "127.0.0.1", "--port", str(port), "--no-access-log"]  # fmt: skip
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            args, env={**tool_env(ROOT), **env}, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT
+        )
+    server = ServerProcess(proc, f"http://127.0.0.1:{port}", log)
+    try:
+        _wait_ready(server, wait_path, timeout)
+        yield server
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -1,0 +1,62 @@
+"""What is served is what was evaluated: API answers on the test split equal evaluate's."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from imgclf.predictor import Predictor
+from imgclf.prepare import load_split
+from tests.api.conftest import TEST_LIMITS
+from tests.api.modelfactory import ProjectTree
+
+
+def test_api_predictions_equal_evaluate_outputs(
+    client: httpx.Client, project: ProjectTree, test_split_files: list[Path]
+) -> None:
+    """Every test image, uploaded as its raw file, through the batch endpoint.
+
+    Labels must equal ``metrics/predictions.csv`` (written by ``evaluate``), the
+    confidence must match its 6-decimal value, and the full distribution must
+    match the artifact's output on the evaluated arrays within 1e-6.
+    """
+    with (project.metrics_dir / "predictions.csv").open() as fh:
+        expected = list(csv.DictReader(fh))
+    assert [r["path"] for r in expected] == [
+        str(p.relative_to(project.raw)) for p in test_split_files
+    ]
+    images, _ = load_split(project.prepared, "test")
+    evaluated = Predictor(project.model_dir).predict_proba(images)
+
+    batch = int(TEST_LIMITS["IMGCLF_MAX_BATCH"])
+    served: list[dict] = []
+    for i in range(0, len(test_split_files), batch):
+        chunk = test_split_files[i : i + batch]
+        files = [("files", (p.name, p.read_bytes(), "image/png")) for p in chunk]
+        resp = client.post("/predict/batch", files=files)
+        assert resp.status_code == 200, resp.text
+        served += resp.json()["results"]
+
+    assert len(served) == len(expected) == len(evaluated)
+    classes = list(served[0]["probabilities"])
+    for row, got, probs in zip(expected, served, evaluated, strict=True):
+        assert got["ok"], got
+        assert got["label"] == row["predicted"], row["path"]
+        assert abs(got["confidence"] - float(row["confidence"])) <= 1e-6 + 5e-7, row["path"]
+        np.testing.assert_allclose(
+            [got["probabilities"][c] for c in classes], probs, rtol=0, atol=1e-6
+        )
+
+
+def test_single_endpoint_matches_batch(client: httpx.Client, test_split_files: list[Path]) -> None:
+    files = test_split_files[:5]
+    batch = client.post(
+        "/predict/batch", files=[("files", (p.name, p.read_bytes())) for p in files]
+    ).json()["results"]
+    for path, item in zip(files, batch, strict=True):
+        one = client.post("/predict", files={"file": (path.name, path.read_bytes())}).json()
+        assert one["label"] == item["label"]
+        assert one["probabilities"] == item["probabilities"]

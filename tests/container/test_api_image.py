@@ -1,0 +1,130 @@
+"""Build the API image with the model, run it, and ask it what the local artifact says.
+
+Uses ``../shared/tools/container-engine.sh`` (rootful podman with a local
+``python:3.11-slim``) when present, else a working ``docker``; skips with the
+reason when neither can run containers. The train image is never built here
+(it would download torch).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from imgclf.predictor import Predictor
+from tests.api.modelfactory import ROOT, ProjectTree, project_tree
+from tests.api.server import free_port
+
+pytestmark = [pytest.mark.container, pytest.mark.slow]
+
+ENGINE_SCRIPT = Path(os.environ.get(
+    "IMGCLF_CONTAINER_ENGINE_SCRIPT", ROOT.parent / "shared" / "tools" / "container-engine.sh"
+))  # fmt: skip
+IMAGE = "localhost/imgclf-api:test"
+REVISION = "feedfacefeedfacefeedfacefeedfacefeedface"
+
+
+def _engine() -> list[str]:
+    """The container CLI to use, or skip with the reason none can run here."""
+    if ENGINE_SCRIPT.is_file() and os.geteuid() == 0:
+        proc = subprocess.run(["bash", str(ENGINE_SCRIPT), "setup"], capture_output=True,
+                              text=True, timeout=600)  # fmt: skip
+        if proc.returncode == 0 and shutil.which("podman"):
+            return ["podman"]
+        reason = proc.stderr.strip().splitlines()[-1:] or ["unknown"]
+    else:
+        reason = [f"{ENGINE_SCRIPT} missing or not root"]
+    docker = shutil.which("docker")
+    if docker and subprocess.run([docker, "info"], capture_output=True, timeout=60).returncode == 0:
+        return [docker]
+    pytest.skip(f"no container engine can run here ({reason[0]})")
+
+
+def _run(cmd: list[str], timeout: float = 900) -> str:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> ProjectTree:
+    return project_tree(tmp_path_factory.mktemp("project"))
+
+
+@pytest.fixture(scope="module")
+def container(tree: ProjectTree) -> Iterator[tuple[list[str], str, str]]:
+    engine = _engine()
+    build = [*engine, "build", "-f", str(tree.root / "dockerfiles" / "api.dockerfile"),
+             "--build-arg", f"GIT_REVISION={REVISION}", "-t", IMAGE, str(tree.root)]  # fmt: skip
+    if engine[0].endswith("podman"):
+        build[2:2] = ["--format", "docker"]  # OCI images would drop the HEALTHCHECK
+    _run(build)
+    size = int(_run([*engine, "image", "inspect", "--format", "{{.Size}}", IMAGE]).strip())
+    print(f"\nimage {IMAGE}: {size / 1e6:.0f} MB")
+    port = free_port()
+    cid = _run([*engine, "run", "-d", "-p", f"127.0.0.1:{port}:8000", IMAGE]).strip()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url + "/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        else:
+            logs = subprocess.run([*engine, "logs", cid], capture_output=True, text=True)
+            pytest.fail(f"container not ready:\n{logs.stdout}\n{logs.stderr}")
+        yield engine, cid, url
+    finally:
+        subprocess.run([*engine, "rm", "-f", cid], capture_output=True, timeout=120)
+
+
+def test_image_serves_the_local_artifact(
+    container: tuple[list[str], str, str], tree: ProjectTree
+) -> None:
+    _, _, url = container
+    assert httpx.get(url + "/health").json() == {"status": "ok"}
+
+    image = next(iter(sorted((tree.raw / "8").iterdir())))
+    resp = httpx.post(url + "/predict", files={"file": (image.name, image.read_bytes())})
+    assert resp.status_code == 200, resp.text
+    served = resp.json()
+    (local,) = Predictor(tree.model_dir).predict_images([image.read_bytes()])
+    assert served["label"] == local.label
+    for cls, p in local.probabilities.items():
+        assert abs(served["probabilities"][cls] - p) <= 1e-6
+
+    card = httpx.get(url + "/model").json()
+    evaluated = json.loads((tree.metrics_dir / "evaluate.json").read_text())
+    assert card["git_revision"] == REVISION
+    assert card["metrics"]["accuracy"] == evaluated["accuracy"]
+    assert card["metrics_match_model"] is True
+
+    metrics = httpx.get(url + "/metrics").text
+    assert 'imgclf_http_requests_total{endpoint="/predict",method="POST",status="200"}' in metrics
+    assert f'git_revision="{REVISION}"' in metrics
+
+    assert httpx.post(url + "/predict", files={"file": ("x.png", b"nope")}).status_code == 415
+
+
+def test_image_runs_as_non_root_with_healthcheck(container: tuple[list[str], str, str]) -> None:
+    engine, cid, _ = container
+    assert _run([*engine, "exec", cid, "id", "-u"]).strip() != "0"
+    health = _run([*engine, "image", "inspect", "--format", "{{json .Config.Healthcheck}}", IMAGE])
+    assert "/ready" in health
+    if engine[0].endswith("podman"):
+        _run([*engine, "healthcheck", "run", cid], timeout=60)
+    files = _run([*engine, "exec", cid, "ls", "/app/models"]).split()
+    assert sorted(files) == ["evaluate.json", "model.json", "model.onnx"]
+    pip = _run([*engine, "exec", cid, "pip", "list", "--format", "freeze"]).lower()
+    assert "torch" not in pip and "dvc" not in pip
