@@ -11,7 +11,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # gcsfs otherwise waits 60 s on a gRPC probe at every call (see README, remote).
 export GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT := false
 
-.PHONY: help install install-dev repro test lint format bench serve clean report remote-check push pull
+.PHONY: help install install-dev system-deps repro test lint format bench serve clean report remote-check push pull
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -31,6 +31,14 @@ $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
 install: $(VENV)/.installed  ## Create .venv and install the pipeline's requirements
 
 install-dev: $(VENV)/.installed-dev  ## Also install test and lint tools
+
+ENGINE_SCRIPT := ../shared/tools/container-engine.sh
+system-deps:  ## Optional, as root: Chromium (browser test) and podman (container test)
+	@if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+	  echo "system-deps: needs root and apt-get; the browser/container tests will skip"; exit 0; fi; \
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }; \
+	if [ -f $(ENGINE_SCRIPT) ]; then bash $(ENGINE_SCRIPT) setup; fi
 
 repro: install  ## Run the pipeline (dvc repro) on the current params
 	$(BIN)/dvc repro

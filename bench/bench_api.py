@@ -29,9 +29,10 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import common
 import numpy as np
+from common import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 BENCH = Path(__file__).resolve().parent
 GOAL_P99_MS, GOAL_CONCURRENCY = 15.0, 8
 
@@ -193,17 +194,9 @@ def run_backend(backend: str, args: argparse.Namespace, image: bytes) -> list[Re
 
 
 def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    """The shared machine line plus the load average, since client and server share cores."""
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
-    return f"{model}, {cores} cores usable, load average at start {load}"
+    return f"{common.machine()}, load average at start {load}"
 
 
 def versions() -> str:

@@ -11,19 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
+from tests.support import ROOT, SHRINK, copy_repo, run
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 # IMGCLF_TEST_MODEL=fresh forces the temp-copy run even when the checkout has a model.
 MODE_VAR = "IMGCLF_TEST_MODEL"
-SHRINK = {"epochs": 2}
 
 
 @dataclass(frozen=True)
@@ -67,44 +61,10 @@ class ProjectTree:
         return card.get("model_sha256") == metrics.get("model_sha256")
 
 
-def tool_env(src_root: Path) -> dict[str, str]:
-    """Subprocess environment: this venv's tools first, the given tree's ``src`` on the path."""
-    env = dict(os.environ)
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env["PYTHONPATH"] = str(src_root / "src")
-    env["DVC_NO_ANALYTICS"] = "1"
-    env["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
-    return env
-
-
-def _run(args: list[str], cwd: Path) -> None:
-    proc = subprocess.run(
-        args, cwd=cwd, env=tool_env(cwd), capture_output=True, text=True, timeout=600
-    )
-    if proc.returncode != 0:
-        tail = f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-        raise RuntimeError(f"{' '.join(args)} exited {proc.returncode}\n{tail}")
-
-
 def build_in_copy(dest: Path) -> ProjectTree:
-    """Copy the checkout's tracked (and new, unignored) files, shrink params, ``dvc repro``."""
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
-    ).stdout.splitlines()  # fmt: skip
-    for rel in files:
-        src = ROOT / rel
-        if src.is_file() and not src.is_symlink():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
-    params = yaml.safe_load((dest / "params.yaml").read_text())
-    params.update(SHRINK)
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid"]
-    _run(["git", "init", "-q", "-b", "main"], dest)
-    _run([*git, "add", "-A"], dest)
-    _run([*git, "commit", "-qm", "baseline"], dest)
-    _run(["dvc", "repro", "--quiet"], dest)
+    """A shrunk temp copy of the checkout after a real ``dvc repro``."""
+    copy_repo(dest, SHRINK)
+    run(["dvc", "repro", "--quiet"], dest)
     tree = ProjectTree(dest)
     if not tree.is_complete():
         raise RuntimeError(f"dvc repro in {dest} did not produce a complete model")

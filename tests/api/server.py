@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.api.modelfactory import ROOT, tool_env
+from tests.support import ROOT, tool_env
 
 
 def free_port() -> int:

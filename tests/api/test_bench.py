@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.api.modelfactory import ROOT, ProjectTree, tool_env
+from tests.api.modelfactory import ProjectTree
 from tests.api.server import ServerProcess
+from tests.support import ROOT, tool_env
 
 pytestmark = pytest.mark.slow
 

@@ -14,8 +14,9 @@ from PIL import Image
 
 from tests.api import samples
 from tests.api.conftest import TEST_LIMITS
-from tests.api.modelfactory import ROOT, ProjectTree, tool_env
+from tests.api.modelfactory import ProjectTree
 from tests.api.server import uvicorn_server
+from tests.support import ROOT, tool_env
 
 
 def test_health_and_ready(client: httpx.Client, project: ProjectTree) -> None:

@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.api.modelfactory import ROOT, tool_env
 from tests.api.server import ServerProcess
+from tests.support import ROOT, tool_env
 
 pytestmark = pytest.mark.slow
 MIN_REQUESTS = 500

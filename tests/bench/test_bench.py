@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, tool_env
+from tests.support import ROOT, tool_env
 
 pytestmark = pytest.mark.slow
 

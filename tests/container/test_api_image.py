@@ -20,8 +20,9 @@ import httpx
 import pytest
 
 from imgclf.predictor import Predictor
-from tests.api.modelfactory import ROOT, ProjectTree, project_tree
+from tests.api.modelfactory import ProjectTree, project_tree
 from tests.api.server import free_port
+from tests.support import ROOT
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]
 

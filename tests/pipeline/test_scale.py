@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run, tool_env
+from tests.support import run, tool_env
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.prtools import free_port
+from tests.support import free_port
 
 
 @pytest.fixture(scope="module")

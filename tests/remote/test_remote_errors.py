@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from imgclf.remote import RemoteInfo, classify
-from tests.prtools import ROOT, free_port, git, imgclf, run
+from tests.support import ROOT, free_port, git, imgclf, run
 
 
 @pytest.fixture

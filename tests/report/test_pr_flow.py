@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from imgclf.report import fmt, fmt_change
-from tests.prtools import copy_repo, git, imgclf, run
+from tests.support import copy_repo, git, imgclf, run
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.prtools import git, imgclf, run
+from tests.support import git, imgclf, run
 
 DVC_YAML = """\
 stages:

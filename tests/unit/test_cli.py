@@ -4,7 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import ROOT, tool_env
+from tests.support import ROOT, tool_env
 
 IMGCLF = str(Path(sys.executable).parent / "imgclf")
 

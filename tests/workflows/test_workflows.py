@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.prtools import ROOT
+from tests.support import ROOT
 
 WORKFLOWS = sorted((ROOT / ".github/workflows").glob("*.yaml"))
 

@@ -1,7 +1,7 @@
-"""Helpers for the pull-request and remote tests: real git, real dvc, temp repo copies.
+"""Helpers every test group shares: real subprocesses, real git, temp copies of the repo.
 
-Kept apart from the suite-wide conftest so these groups stand alone; the copy works
-like the pipeline tests' one (tracked files of this checkout, shrunk params).
+One place for them, so the pipeline, API, report and remote tests all copy the
+repository, shrink params and call tools the same way.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 GIT_ID = ["-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+# Shrinks the *real* params.yaml to a quick CPU run instead of inventing a second config.
+SHRINK: dict[str, Any] = {"epochs": 2}
 
 
 def tool_env(repo: Path, **extra: str) -> dict[str, str]:
@@ -67,7 +69,7 @@ def imgclf(repo: Path, *args: str, check: bool = True, **env: str) -> subprocess
 
 
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """Deep-merge ``over`` into a copy of ``base``."""
+    """Deep-merge ``over`` into a copy of ``base`` (nested sections update key by key)."""
     out = dict(base)
     for key, value in over.items():
         nested = isinstance(value, dict) and isinstance(out.get(key), dict)
@@ -76,7 +78,11 @@ def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def copy_repo(dest: Path, params: dict[str, Any] | None = None) -> Path:
-    """A temp git repo (branch main) holding this checkout's tracked files, params shrunk."""
+    """A temp git repo (branch main) with this checkout's files (uncommitted edits too).
+
+    ``params`` are deep-merged into the real params.yaml, then everything is
+    committed so ``dvc exp run`` and ``imgclf report`` have a baseline.
+    """
     files = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
         cwd=ROOT, capture_output=True, text=True, check=True,
@@ -84,7 +90,7 @@ def copy_repo(dest: Path, params: dict[str, Any] | None = None) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     for rel in files:
         src = ROOT / rel
-        if src.is_file() and not rel.startswith("tests/"):
+        if src.is_file() and not src.is_symlink() and not rel.startswith("tests/"):
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
     if params:
@@ -92,12 +98,12 @@ def copy_repo(dest: Path, params: dict[str, Any] | None = None) -> Path:
         (dest / "params.yaml").write_text(yaml.safe_dump(merge(real, params), sort_keys=False))
     run(["git", "init", "-q", "-b", "main"], dest)
     git(dest, "add", "-A")
-    git(dest, "commit", "-qm", "copy")
+    git(dest, "commit", "-qm", "baseline")
     return dest
 
 
 def free_port() -> int:
-    """A loopback port nothing listens on (for the emulator, or for a 'down' remote)."""
+    """A loopback port nothing listens on (for a server, the emulator, or a 'down' remote)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
