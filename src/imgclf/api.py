@@ -32,7 +32,14 @@ from pydantic import BaseModel
 from imgclf.preprocessing import ImageError, PreprocessSpec, preprocess
 from imgclf.settings import Settings
 from imgclf.telemetry import MetricsMiddleware, Telemetry
-from imgclf.uploads import SUPPORTED_FORMATS, Limits, RequestRejectedError, read_uploads, sniff
+from imgclf.uploads import (
+    SUPPORTED_FORMATS,
+    Limits,
+    RequestRejectedError,
+    Upload,
+    read_uploads,
+    sniff,
+)
 
 log = logging.getLogger("imgclf.api")
 
@@ -370,6 +377,15 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         max_parts=settings.max_batch + 16,
     )
 
+    async def _uploads(request: Request, field: str, limits: Limits) -> list[Upload]:
+        """The request's files under ``field`` (limits enforced while reading), or a 422."""
+        uploads = await read_uploads(request.headers, request.stream(), (field,), limits)
+        if not uploads:
+            raise RequestRejectedError(
+                "missing_file", f"no multipart field named '{field}' in the request"
+            )
+        return uploads
+
     @app.get("/health", summary="Liveness: the process answers")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
@@ -402,11 +418,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     )
     async def predict(request: Request) -> dict[str, Any]:
         version = _require_model(service).version
-        uploads = await read_uploads(request.headers, request.stream(), ("file",), single)
-        if not uploads:
-            raise RequestRejectedError(
-                "missing_file", "no multipart field named 'file' in the request"
-            )
+        uploads = await _uploads(request, "file", single)
         if uploads[0].error is not None:
             raise uploads[0].error
         (result,) = await service.classify_async([uploads[0].data])
@@ -424,11 +436,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     )
     async def predict_batch(request: Request) -> dict[str, Any]:
         version = _require_model(service).version
-        uploads = await read_uploads(request.headers, request.stream(), ("files",), several)
-        if not uploads:
-            raise RequestRejectedError(
-                "missing_file", "no multipart field named 'files' in the request"
-            )
+        uploads = await _uploads(request, "files", several)
         ok = [u for u in uploads if u.error is None]
         results = iter(await service.classify_async([u.data for u in ok]))
         items: list[dict[str, Any]] = []

@@ -109,6 +109,15 @@ def _json_at(root: Path, path: str, rev: str | None) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def _workspace_json(root: Path, path: str, target: str = "") -> dict[str, Any]:
+    """A metrics file of the workspace, or a clear error saying what to run to get it."""
+    data = _json_at(root, path, None)
+    if data is None:
+        command = f"dvc repro {target}".strip()
+        raise ReportError(f"{path} is missing in the workspace: run `{command}` first")
+    return data
+
+
 def _strip(diff: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """DVC's diff keyed by repo-relative file; DVC prints paths relative to the cwd."""
     out: dict[str, dict[str, Any]] = {}
@@ -262,9 +271,7 @@ def build_model_report(root: Path, base: str, label: str = "workspace") -> Model
     """Collect DVC's diffs, both revisions' evaluation files and the paired comparison."""
     root = root.resolve()
     commit = resolve_revision(root, base)
-    head_eval = _json_at(root, EVALUATE, None)
-    if head_eval is None:
-        raise ReportError(f"{EVALUATE} is missing in the workspace: run `dvc repro` first")
+    head_eval = _workspace_json(root, EVALUATE)
     metrics, params = dvc_diffs(root, base)
     report = ModelReport(base=base, label=label, base_commit=commit, metrics=metrics, params=params)
     report.head_eval = head_eval
@@ -465,9 +472,7 @@ def data_report(root: Path, base: str, label: str = "workspace") -> str:
     """The dataset report: class counts, image sizes, skipped files, changes against base."""
     root = root.resolve()
     commit = resolve_revision(root, base)
-    head = _json_at(root, PREPARE, None)
-    if head is None:
-        raise ReportError(f"{PREPARE} is missing in the workspace: run `dvc repro prepare` first")
+    head = _workspace_json(root, PREPARE, "prepare")
     old = _json_at(root, PREPARE, commit) or {}
     b, t = base, label
     lines = [f"## Dataset report: {code(t)} vs {code(b)} ({commit[:8]})", ""]
