@@ -23,16 +23,17 @@ def predict(
     top_k: Annotated[int, typer.Option(min=1, help="How many classes to show per image.")] = 3,
 ) -> None:
     """Top-k classes for local image files, with the exact artifact that is served."""
-    from imgclf.predictor import ModelNotFoundError, Predictor
+    from imgclf.predictor import ModelIntegrityError, ModelNotFoundError, Predictor
     from imgclf.preprocessing import ImageError
 
     try:
         predictor = Predictor(model_dir)
-    except ModelNotFoundError as exc:
+    except (ModelNotFoundError, ModelIntegrityError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     failed = 0
     for path in images:
+        # preprocess sniffs the content and opens it with that one format (formats=…).
         try:
             (result,) = predictor.predict_images([path.read_bytes()])
         except (OSError, ImageError) as exc:

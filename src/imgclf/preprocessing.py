@@ -16,11 +16,18 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
+
+from imgclf.formats import SNIFF_BYTES, describe_supported, sniff
 
 # We enforce our own pixel limit *before* decoding (see ``max_pixels``);
 # Pillow's global guard would otherwise warn or raise with a different message.
 Image.MAX_IMAGE_PIXELS = None
+# PNG text chunks (tEXt/zTXt/iTXt) are never used here, yet Pillow inflates up to
+# 64 MB of them per file: a few kB of zTXt chunks cost seconds of CPU. 1 MB in all
+# is plenty for real metadata; past it the file is refused as corrupt.
+PngImagePlugin.MAX_TEXT_MEMORY = 1024 * 1024
+PngImagePlugin.MAX_TEXT_CHUNK = 256 * 1024
 
 ColorMode = Literal["grayscale", "rgb"]
 ResizeMode = Literal["squash", "center_crop", "pad"]
@@ -55,21 +62,121 @@ class PreprocessSpec:
         return cls(**{k: data[k] for k in ("image_size", "color_mode", "resize", "max_pixels")})
 
 
-def open_image(source: bytes | Path | BinaryIO, max_pixels: int, draft_to: int = 0) -> Image.Image:
-    """Open, bound-check and fully decode an image; raise :class:`ImageError` if unusable.
+# Bytes Pillow keeps per pixel for a mode once decoded (everything not listed: 4).
+# The decode budget counts these, not pixels: a 16-bit or RGBA image costs 2-4x an 8-bit one.
+_STORED_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
 
-    The pixel count is checked from the header *before* decoding, so a tiny file
-    declaring 30000×30000 pixels (a decompression bomb) is refused without
-    allocating it. ``draft_to`` lets JPEG decode at a reduced scale (DCT scaling),
-    which is exact for a given size and far faster than decoding a 12 MP photo
-    only to shrink it.
+
+def decoded_bytes(img: Image.Image) -> int:
+    """Memory the decoded image will take (from the header, before decoding)."""
+    width, height = img.size
+    return width * height * _STORED_BYTES_PER_PIXEL.get(img.mode, 4)
+
+
+@dataclass
+class DecodeBudget:
+    """Decoded bytes one request may still allocate, shared by every file of a batch.
+
+    Pixels alone undercount: a 16-bit or RGBA image of the same size takes 2-4x
+    the memory (and the CPU) of an 8-bit gray one, and a batch multiplies it.
     """
-    fp = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
+
+    left: int
+
+    def take(self, img: Image.Image) -> None:
+        """Charge ``img``'s decoded size, or refuse it (413) when it does not fit."""
+        cost = decoded_bytes(img)
+        if cost > self.left:
+            raise ImageError(
+                "too_many_bytes",
+                f"{img.size[0]}x{img.size[1]} {img.mode} image would take {cost} bytes decoded; "
+                f"{self.left} bytes of this request's decode budget are left",
+            )
+        self.left -= cost
+
+
+def _open(source: bytes | bytearray | Path | BinaryIO) -> tuple[BinaryIO, str]:
+    """A seekable file for ``source`` and its sniffed format; :class:`ImageError` if none."""
+    if isinstance(source, Path):
+        try:
+            fp: BinaryIO = io.BytesIO(source.read_bytes())
+        except OSError as exc:
+            raise ImageError("unreadable", f"cannot read {source.name}: {exc.strerror}") from None
+    elif isinstance(source, bytes | bytearray):
+        fp = io.BytesIO(source)
+    else:
+        fp = source
+    start = fp.tell()
+    head = fp.read(SNIFF_BYTES)
+    fp.seek(start)
+    if not head:
+        raise ImageError("empty", "the file is empty")
+    fmt = sniff(head)
+    if fmt is None:
+        raise ImageError(
+            "not_an_image",
+            f"content is not a supported image ({describe_supported()}); "
+            "the filename and Content-Type are not trusted",
+        )
+    return fp, fmt
+
+
+# Pillow walks the markers in front of a JPEG's image data in Python, one by one: a
+# file of 4-byte empty COM markers costs ~1.5 s of CPU per MB. Real files have a few
+# dozen (EXIF thumbnails, ICC profiles and progressive scans included).
+MAX_JPEG_MARKERS = 4096
+
+
+def _check_jpeg_markers(data: memoryview) -> None:
+    """Refuse a JPEG with an absurd number of segment markers before Pillow parses them.
+
+    Counts ``FF xx`` for xx in C0–FE except the RST/SOI/EOI codes D0–D9, which
+    is every segment header. Entropy-coded data cannot contain one (``FF`` is
+    stuffed as ``FF 00``), so only headers and binary metadata do; vectorised,
+    it takes a few ms for a 10 MB file.
+    """
+    arr = np.frombuffer(data, dtype=np.uint8)
+    nxt = arr[1:]
+    marker = (arr[:-1] == 0xFF) & (nxt >= 0xC0) & (nxt != 0xFF) & ((nxt < 0xD0) | (nxt > 0xD9))
+    count = int(np.count_nonzero(marker))
+    del arr, nxt, marker  # release the view on the buffer
+    if count > MAX_JPEG_MARKERS:
+        raise ImageError(
+            "corrupt", f"JPEG has {count} segment markers, more than {MAX_JPEG_MARKERS}"
+        )
+
+
+def open_image(
+    source: bytes | bytearray | Path | BinaryIO,
+    max_pixels: int,
+    draft_to: int = 0,
+    budget: DecodeBudget | None = None,
+) -> Image.Image:
+    """Sniff, open, bound-check and fully decode an image; raise :class:`ImageError` if unusable.
+
+    The format is decided by the magic bytes and Pillow is told to use that
+    plugin only (``formats=``): without it, a file whose PNG or JPEG decoder
+    fails is handed to every other plugin Pillow has (PCD, SPIDER, IM…).
+
+    The pixel count and the decoded size in bytes (charged to ``budget``, which
+    counts bytes per pixel of the stored mode) are checked from the header *before*
+    decoding, so a tiny file declaring 30000×30000 pixels (a decompression
+    bomb) is refused without allocating it. ``draft_to`` lets JPEG decode at a
+    reduced scale (DCT scaling), which is exact for a given size and far faster
+    than decoding a 12 MP photo only to shrink it; the byte budget is checked
+    after that reduction, since that is what will be allocated.
+    """
+    fp, fmt = _open(source)
+    if fmt == "JPEG" and isinstance(fp, io.BytesIO):
+        _check_jpeg_markers(fp.getbuffer())
     try:
-        img = Image.open(fp)
+        img = Image.open(fp, formats=[fmt])
     except UnidentifiedImageError:
-        raise ImageError("not_an_image", "not a recognised image format") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+        # The sniffed plugin refused it, and no other plugin is asked (formats=).
+        raise ImageError(
+            "not_an_image", f"content starts like {fmt} but is not a valid one"
+        ) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError("corrupt", f"cannot read image header: {exc}") from None
     width, height = img.size
     if width * height > max_pixels:
@@ -82,6 +189,11 @@ def open_image(source: bytes | Path | BinaryIO, max_pixels: int, draft_to: int =
     try:
         if draft_to and img.format == "JPEG":
             img.draft(img.mode if img.mode in ("L", "RGB") else None, (draft_to, draft_to))
+    except (OSError, ValueError) as exc:
+        raise ImageError("corrupt", f"cannot read image header: {exc}") from None
+    if budget is not None:
+        budget.take(img)
+    try:
         img.seek(0)  # animated GIF/WebP/APNG: the first frame
         img.load()
     except Image.DecompressionBombError as exc:  # pragma: no cover - guard disabled above
@@ -94,12 +206,37 @@ def open_image(source: bytes | Path | BinaryIO, max_pixels: int, draft_to: int =
         return img
 
 
+# round(x / 257) for every 16-bit value, as a table: exact, and no float64 copy of the image.
+_U16_TO_U8 = ((np.arange(65536, dtype=np.uint32) + 128) // 257).astype(np.uint8)
+# Rows converted at a time, so the temporary arrays stay a few MB whatever the image size.
+_STRIP_BYTES = 4 * 1024 * 1024
+
+
 def _wide_to_uint8(img: Image.Image) -> Image.Image:
-    """16/32-bit integer and float images: scale to 8 bit instead of clipping."""
-    arr = np.asarray(img)
-    if img.mode.startswith("I;16") or arr.dtype == np.uint16 or arr.max(initial=0) > 255:
-        arr = (arr.astype(np.float64) / 257.0).round()
-    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode="L")
+    """16/32-bit integer and float images → 8 bit, scaled (``round(x / 257)``) not clipped.
+
+    Values are scaled when the mode is 16-bit or any value exceeds 255. The work
+    is done strip by strip into one uint8 array: a 40 MP 16-bit image costs its
+    own 80 MB plus the 40 MB result, not the 320 MB a float64 copy would.
+    """
+    width, height = img.size
+    sixteen = img.mode.startswith("I;16")
+    extrema = img.getextrema()
+    high = extrema[1] if isinstance(extrema[1], int | float) else 0
+    scale = sixteen or high > 255
+    out = np.empty((height, width), dtype=np.uint8)
+    rows = max(1, _STRIP_BYTES // (8 * width))
+    for top in range(0, height, rows):
+        strip = np.asarray(img.crop((0, top, width, min(height, top + rows))))
+        if sixteen:
+            out[top : top + rows] = _U16_TO_U8[strip.astype(np.uint16, copy=False)]
+        elif scale and strip.dtype.kind in "iu":
+            out[top : top + rows] = np.clip((strip.astype(np.int64) + 128) // 257, 0, 255)
+        elif scale:
+            out[top : top + rows] = np.clip(np.round(strip / 257.0), 0, 255)
+        else:
+            out[top : top + rows] = np.clip(strip, 0, 255)
+    return Image.fromarray(out, mode="L")
 
 
 def to_color_mode(img: Image.Image, color_mode: ColorMode) -> Image.Image:
@@ -129,16 +266,29 @@ def fit_to_square(img: Image.Image, size: int, resize: ResizeMode) -> Image.Imag
     return img.resize((size, size), Image.Resampling.BILINEAR)
 
 
-def preprocess(source: bytes | Path | BinaryIO | Image.Image, spec: PreprocessSpec) -> np.ndarray:
+def preprocess(
+    source: bytes | bytearray | Path | BinaryIO | Image.Image,
+    spec: PreprocessSpec,
+    budget: DecodeBudget | None = None,
+) -> np.ndarray:
     """Decode, orient, convert and resize one image → uint8 array ``(H, W, C)``.
 
     This is the single function shared by ``prepare``, ``evaluate`` (through the
-    arrays ``prepare`` wrote), ``imgclf predict`` and the API.
+    arrays ``prepare`` wrote), ``imgclf predict`` and the API. Every way an input
+    can be unusable ends as an :class:`ImageError` with a reason, so callers
+    (the API, ``prepare``) report it instead of crashing. ``budget`` bounds
+    the decoded size (see :func:`open_image`).
     """
     if isinstance(source, Image.Image):
         img = source
     else:
-        img = open_image(source, spec.max_pixels, draft_to=2 * spec.image_size)
-    img = fit_to_square(to_color_mode(img, spec.color_mode), spec.image_size, spec.resize)
+        img = open_image(source, spec.max_pixels, draft_to=2 * spec.image_size, budget=budget)
+    try:
+        img = fit_to_square(to_color_mode(img, spec.color_mode), spec.image_size, spec.resize)
+    except (ValueError, OSError) as exc:
+        # e.g. a LAB or HSV TIFF: Pillow has no conversion from it to L/RGB.
+        raise ImageError(
+            "unsupported_mode", f"cannot convert a {img.mode} image to {spec.color_mode}: {exc}"
+        ) from None
     arr = np.asarray(img, dtype=np.uint8)
     return arr[:, :, None] if arr.ndim == 2 else arr
