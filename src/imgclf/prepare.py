@@ -78,8 +78,11 @@ def scan_imagefolder(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
 
 
 def decode_one(root: Path, rel: str, label: int, spec: PreprocessSpec, min_side: int) -> Decoded:
-    """Read, verify and preprocess one file; never raises for a bad image."""
-    data = (root / rel).read_bytes()
+    """Read, verify and preprocess one file; never raises for a bad or unreadable file."""
+    try:
+        data = (root / rel).read_bytes()
+    except OSError as exc:  # a dangling link, no permission, an I/O error
+        return Decoded(rel, label, "", reason="unreadable", detail=f"cannot read: {exc.strerror}")
     digest = hashlib.sha256(data).hexdigest()
     if not data:
         return Decoded(rel, label, digest, reason="empty_file", detail="file has 0 bytes")
@@ -99,6 +102,8 @@ def decode_one(root: Path, rel: str, label: int, spec: PreprocessSpec, min_side:
         return Decoded(rel, label, digest, width, height, pixels=preprocess(img, spec))
     except ImageError as exc:
         return Decoded(rel, label, digest, reason=exc.reason, detail=str(exc))
+    except Exception as exc:  # noqa: BLE001 - decoders raise a zoo of types; one file, not the stage
+        return Decoded(rel, label, digest, reason="corrupt", detail=f"{type(exc).__name__}: {exc}")
 
 
 def _decode_chunk(args: tuple[Path, list[tuple[str, int]], PreprocessSpec, int]) -> list[Decoded]:
