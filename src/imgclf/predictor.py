@@ -6,6 +6,7 @@ so the numbers in ``metrics/`` are the numbers of the model that is served.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,33 @@ CARD_FILE = "model.json"
 
 class ModelNotFoundError(FileNotFoundError):
     """The model directory lacks the ONNX file or its card."""
+
+
+class ModelIntegrityError(ValueError):
+    """``model.onnx`` is not the file its card describes (``model_sha256`` differs or is missing).
+
+    A half-copied artifact, a card from another training run, or a swapped file
+    would otherwise be served (and reported with the card's metrics) silently.
+    """
+
+
+def verify_model_file(onnx_bytes: bytes, card: dict[str, Any]) -> None:
+    """Refuse ``onnx_bytes`` unless its SHA-256 is the card's ``model_sha256``.
+
+    The messages name files relative to the model directory only: they end up
+    in ``/ready`` answers, which must not reveal the server's file layout.
+    """
+    expected = str(card.get("model_sha256") or "")
+    if not expected:
+        raise ModelIntegrityError(
+            f"{CARD_FILE} has no model_sha256: cannot check {MODEL_FILE}; re-run `dvc repro`"
+        )
+    actual = hashlib.sha256(onnx_bytes).hexdigest()
+    if actual != expected:
+        raise ModelIntegrityError(
+            f"{MODEL_FILE} does not match {CARD_FILE}: sha256 {actual[:12]}…, the card says "
+            f"{expected[:12]}… (a changed, truncated or foreign model file); refusing to serve it"
+        )
 
 
 @dataclass(frozen=True)
@@ -40,6 +68,11 @@ class Predictor:
     """An onnxruntime session plus the card that says how to feed it."""
 
     def __init__(self, model_dir: Path | str, threads: int = 1) -> None:
+        """Load and verify the artifact: the ONNX bytes must hash to the card's ``model_sha256``.
+
+        The session is built from the very bytes that were hashed, so the file
+        cannot change between the check and the load.
+        """
         import onnxruntime as ort  # deferred: importing the package should stay cheap
 
         model_dir = Path(model_dir)
@@ -50,6 +83,8 @@ class Predictor:
                     f"{path} not found: run `dvc repro` (or `dvc pull`) to produce the model"
                 )
         self.card: dict[str, Any] = json.loads(card_path.read_text())
+        onnx_bytes = onnx_path.read_bytes()
+        verify_model_file(onnx_bytes, self.card)
         self.classes: list[str] = list(self.card["classes"])
         self.spec = PreprocessSpec.from_dict(self.card["preprocess"])
         options = ort.SessionOptions()
@@ -57,9 +92,7 @@ class Predictor:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        self.session = ort.InferenceSession(
-            str(onnx_path), options, providers=["CPUExecutionProvider"]
-        )
+        self.session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
 
     @property
