@@ -29,10 +29,26 @@ class Settings:
     max_request_bytes: int = 32 * MiB
     # Decoded size guard (decompression bombs): checked from the header, before decoding.
     max_pixels: int = 40_000_000
+    # Decoded bytes per request, summed over the files of a batch and counting bytes per
+    # pixel (an RGB/RGBA pixel takes 4, 16-bit gray 2, 8-bit gray 1): 128 MiB lets one
+    # 8-bit image reach max_pixels, refuses a 40 MP RGBA or 16-bit RGB one.
+    max_decode_bytes: int = 128 * MiB
     max_batch: int = 32
     cors_origins: tuple[str, ...] = ()
     # onnxruntime intra-op threads per inference; requests already run concurrently.
     threads: int = 1
+    # Decode + inference run in this many worker threads (0: one per CPU core) …
+    workers: int = 0
+    # … and at most this many more requests wait for one; past that: 503 "overloaded".
+    max_queue: int = 64
+    # Open connections uvicorn accepts (``imgclf serve``); past it: 503 from uvicorn.
+    max_connections: int = 256
+    # Seconds to receive the whole request body (a slow or stalled client: 408) …
+    body_timeout_s: float = 30.0
+    # … and for the whole request, queue and decode included (503 "timeout").
+    request_timeout_s: float = 60.0
+    # Seconds an idle keep-alive connection is kept open (uvicorn's default is 5).
+    keep_alive_s: float = 5.0
     metrics_file: Path | None = None
     git_revision: str | None = None
 
@@ -43,6 +59,16 @@ class Settings:
             return self.metrics_file
         beside = self.model_dir / "evaluate.json"
         return beside if beside.is_file() else self.model_dir.parent / "metrics" / "evaluate.json"
+
+    @property
+    def worker_threads(self) -> int:
+        """Decode/inference threads: ``workers``, or the cores this process may use."""
+        if self.workers:
+            return self.workers
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # pragma: no cover - not on Linux
+            return os.cpu_count() or 1
 
     def with_model_dir(self, model_dir: Path | str) -> Settings:
         return replace(self, model_dir=Path(model_dir))
@@ -65,6 +91,18 @@ class Settings:
                 raise SettingsError(f"{name}={value} must be >= {minimum}")
             return value
 
+        def seconds(name: str, default: float) -> float:
+            raw = env.get(name)
+            if raw is None or raw.strip() == "":
+                return default
+            try:
+                value = float(raw)
+            except ValueError:
+                raise SettingsError(f"{name}={raw!r} is not a number of seconds") from None
+            if not value > 0 or value == float("inf"):
+                raise SettingsError(f"{name}={value} must be a positive number of seconds")
+            return value
+
         cors = env.get("IMGCLF_CORS_ORIGINS", "")
         origins = tuple(o.strip() for o in cors.split(",") if o.strip())
         metrics = env.get("IMGCLF_METRICS_FILE")
@@ -73,9 +111,16 @@ class Settings:
             max_upload_bytes=integer("IMGCLF_MAX_UPLOAD_BYTES", d.max_upload_bytes),
             max_request_bytes=integer("IMGCLF_MAX_REQUEST_BYTES", d.max_request_bytes),
             max_pixels=integer("IMGCLF_MAX_PIXELS", d.max_pixels),
+            max_decode_bytes=integer("IMGCLF_MAX_DECODE_BYTES", d.max_decode_bytes),
             max_batch=integer("IMGCLF_MAX_BATCH", d.max_batch),
             cors_origins=origins,
             threads=integer("IMGCLF_THREADS", d.threads),
+            workers=integer("IMGCLF_WORKERS", d.workers, minimum=0),
+            max_queue=integer("IMGCLF_MAX_QUEUE", d.max_queue, minimum=0),
+            max_connections=integer("IMGCLF_MAX_CONNECTIONS", d.max_connections),
+            body_timeout_s=seconds("IMGCLF_BODY_TIMEOUT_S", d.body_timeout_s),
+            request_timeout_s=seconds("IMGCLF_REQUEST_TIMEOUT_S", d.request_timeout_s),
+            keep_alive_s=seconds("IMGCLF_KEEP_ALIVE_S", d.keep_alive_s),
             metrics_file=Path(metrics) if metrics else None,
             git_revision=env.get("IMGCLF_GIT_REVISION") or None,
         )
@@ -83,5 +128,10 @@ class Settings:
             raise SettingsError(
                 f"IMGCLF_MAX_REQUEST_BYTES={settings.max_request_bytes} is smaller than "
                 f"IMGCLF_MAX_UPLOAD_BYTES={settings.max_upload_bytes}"
+            )
+        if settings.request_timeout_s < settings.body_timeout_s:
+            raise SettingsError(
+                f"IMGCLF_REQUEST_TIMEOUT_S={settings.request_timeout_s} is shorter than "
+                f"IMGCLF_BODY_TIMEOUT_S={settings.body_timeout_s}"
             )
         return settings

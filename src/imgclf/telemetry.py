@@ -11,7 +11,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, Info, ProcessCollector
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -68,6 +75,17 @@ class Telemetry:
             registry=self.registry,
         )
         self.model = Info("imgclf_model", "The served model artifact.", registry=self.registry)
+        self.queue = Gauge(
+            "imgclf_work_jobs",
+            "Decode+inference jobs running or queued in the work pool.",
+            registry=self.registry,
+        )
+        self.disconnects = Counter(
+            "imgclf_client_disconnects",
+            "Requests whose client went away before the answer (also counted as status 499).",
+            ["endpoint"],
+            registry=self.registry,
+        )
 
     def set_model(self, info: dict[str, Any]) -> None:
         self.model.info({k: str(v) for k, v in info.items()})

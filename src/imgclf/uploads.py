@@ -1,4 +1,4 @@
-"""Read multipart uploads into memory under hard limits, and sniff what they really are.
+"""Read multipart uploads into memory under hard limits.
 
 Why not FastAPI's ``UploadFile``: Starlette's form parser spools files over
 1 MiB to a temporary file on disk and only lets us check the size after the
@@ -12,7 +12,9 @@ push parser chunk by chunk, so
 * a batch file over the per-file limit only fails that file.
 
 The declared filename and content type are kept for the response but never
-trusted: :func:`sniff` decides the format from the leading bytes.
+trusted: :func:`imgclf.formats.sniff` decides the format from the leading bytes
+when the image is opened. How long the body may take to arrive is the
+caller's deadline (``IMGCLF_BODY_TIMEOUT_S`` in the API).
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
-from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MAX_BOUNDARY_LENGTH, MultipartParser, parse_options_header
 
 
 class RequestRejectedError(Exception):
@@ -30,31 +32,6 @@ class RequestRejectedError(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
-
-
-# Formats we decode. Pillow opens many more (EPS runs Ghostscript, PSD, ICNS, …):
-# sniffing first keeps that attack surface closed.
-_MAGIC: tuple[tuple[bytes, int, str], ...] = (
-    (b"\x89PNG\r\n\x1a\n", 0, "PNG"),
-    (b"\xff\xd8\xff", 0, "JPEG"),
-    (b"GIF87a", 0, "GIF"),
-    (b"GIF89a", 0, "GIF"),
-    (b"BM", 0, "BMP"),
-    (b"II*\x00", 0, "TIFF"),
-    (b"MM\x00*", 0, "TIFF"),
-)
-SUPPORTED_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")
-
-
-def sniff(data: bytes | bytearray) -> str | None:
-    """The image format from the magic bytes, or None when it is none we accept."""
-    head = bytes(data[:16])
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "WEBP"
-    for magic, offset, name in _MAGIC:
-        if head[offset : offset + len(magic)] == magic:
-            return name
-    return None
 
 
 @dataclass
@@ -207,6 +184,13 @@ async def read_uploads(
     boundary = options.get(b"boundary")
     if not boundary:
         raise RequestRejectedError("malformed_request", "multipart/form-data without a boundary")
+    if len(boundary) > MAX_BOUNDARY_LENGTH:
+        # RFC 2046 allows 70 characters; the parser refuses more than 256.
+        raise RequestRejectedError(
+            "malformed_request",
+            f"multipart boundary is {len(boundary)} bytes long, at most {MAX_BOUNDARY_LENGTH} "
+            "are accepted (RFC 2046 says 70)",
+        )
     declared = _declared_length(headers)
     too_large = RequestRejectedError(
         "too_large", f"request body is larger than {limits.max_body_bytes} bytes"
@@ -220,9 +204,10 @@ async def read_uploads(
         raise too_large
 
     collector = _Collector(fields, limits)
-    parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
     received = 0
     try:
+        # Inside the try: whatever python-multipart refuses is a 400, never a 500.
+        parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
         async for chunk in stream:
             received += len(chunk)
             if received > limits.max_body_bytes:
@@ -230,7 +215,7 @@ async def read_uploads(
                 raise too_large
             parser.write(chunk)
         parser.finalize()
-    except MultipartParseError as exc:
+    except FormParserError as exc:
         raise RequestRejectedError(
             "malformed_request", f"malformed multipart body: {exc}"
         ) from None

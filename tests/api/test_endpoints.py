@@ -119,7 +119,8 @@ def test_bad_setting_fails_with_its_name(tmp_path) -> None:
 def test_serving_code_never_imports_torch(project: ProjectTree) -> None:
     model_dir = str(project.model_dir)
     code = (
-        "import sys, pathlib; from imgclf.api import create_app, Service; "
+        "import sys, pathlib; from imgclf.api import create_app; "
+        "from imgclf.service import Service; "
         "from imgclf.settings import Settings; "
         f"s = Service(Settings(model_dir=pathlib.Path({model_dir!r}))); "
         "s.load(); assert s.backend is not None, s.error; create_app(s.settings); "

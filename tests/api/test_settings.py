@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from imgclf.api import REASON_STATUS, status_for
+from imgclf.api_schemas import REASON_STATUS, status_for
 from imgclf.preprocessing import ImageError
 from imgclf.settings import Settings, SettingsError
 from tests.api.modelfactory import ProjectTree
