@@ -1,0 +1,105 @@
+"""Issue 9 outside the API: one allow-list for prepare and predict, no float64 blow-up,
+and prepare skips (and reports) any file it cannot use instead of aborting."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from imgclf.params import Params, validate_params
+from imgclf.predictor import ModelIntegrityError, verify_model_file
+from imgclf.prepare import prepare
+from imgclf.preprocessing import (
+    DecodeBudget,
+    ImageError,
+    PreprocessSpec,
+    _wide_to_uint8,
+    open_image,
+    preprocess,
+)
+from tests.api import hostile
+from tests.images import write_shapes_dataset
+
+ROOT = Path(__file__).resolve().parents[2]
+PNG_MAGIC, JPEG_MAGIC = b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff"
+
+
+def gray_params() -> Params:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["prepare"].update({"image_size": 16, "color_mode": "grayscale", "min_side": 4})
+    return validate_params(raw)
+
+
+@pytest.mark.parametrize("magic", [PNG_MAGIC, JPEG_MAGIC], ids=["png", "jpeg"])
+def test_impostor_is_not_decoded_by_a_fallback_plugin(magic: bytes) -> None:
+    """Pillow alone opens these as PCD; with formats=[sniffed] they are refused."""
+    data = hostile.pcd_impostor(magic)
+    assert Image.open(io.BytesIO(data)).format == "PCD"  # the finding, reproduced
+    with pytest.raises(ImageError) as err:
+        preprocess(data, PreprocessSpec(8, "grayscale"))
+    assert err.value.reason == "not_an_image"
+
+
+def test_wide_to_uint8_matches_the_float64_formula_without_its_memory() -> None:
+    """round(x / 257) exactly as before, for 16-bit, 32-bit int and float images."""
+    rng = np.random.default_rng(0)
+    u16 = rng.integers(0, 65536, (37, 53), dtype=np.uint16)
+    i32 = rng.integers(-1000, 70000, (37, 53), dtype=np.int32)
+    f32 = rng.uniform(-10, 300, (37, 53)).astype(np.float32)
+    for arr, mode in ((u16, "I;16"), (i32, "I"), (f32, "F")):
+        img = Image.fromarray(arr)
+        assert img.mode == mode
+        expected = np.clip((arr.astype(np.float64) / 257.0).round(), 0, 255).astype(np.uint8)
+        if mode == "F" and arr.max() <= 255:
+            expected = np.clip(arr, 0, 255).astype(np.uint8)
+        assert np.array_equal(np.asarray(_wide_to_uint8(img)), expected), mode
+    # Converted in strips of rows: they join up exactly.
+    tall = rng.integers(0, 65536, (3000, 700), dtype=np.uint16)
+    got = np.asarray(_wide_to_uint8(Image.fromarray(tall)))
+    assert np.array_equal(got, ((tall.astype(np.uint32) + 128) // 257).astype(np.uint8))
+
+
+def test_decode_budget_counts_bytes_per_pixel() -> None:
+    gray = hostile.encode(Image.new("L", (100, 100)), "PNG")
+    rgb = hostile.encode(Image.new("RGB", (100, 100)), "PNG")
+    budget = DecodeBudget(30_000)
+    open_image(gray, 10**6, budget=budget)  # 10 000 bytes
+    assert budget.left == 20_000
+    with pytest.raises(ImageError) as err:
+        open_image(rgb, 10**6, budget=budget)  # 40 000 bytes: Pillow stores RGB in 4
+    assert err.value.reason == "too_many_bytes"
+
+
+def test_model_file_must_match_the_card() -> None:
+    verify_model_file(b"onnx", {"model_sha256": __import__("hashlib").sha256(b"onnx").hexdigest()})
+    for card in ({"model_sha256": "0" * 64}, {}):
+        with pytest.raises(ModelIntegrityError):
+            verify_model_file(b"onnx", card)
+
+
+def test_prepare_skips_what_it_cannot_use_and_says_why(tmp_path: Path) -> None:
+    """A LAB TIFF under grayscale params, a dangling link, impostors: skipped, not fatal."""
+    root = write_shapes_dataset(tmp_path / "raw", per_class=6)
+    odd = root / "class_0"
+    (odd / "lab.tif").write_bytes(hostile.lab_tiff())
+    (odd / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    (odd / "pcd.png").write_bytes(hostile.pcd_impostor(PNG_MAGIC))
+    (odd / "pcd.jpg").write_bytes(hostile.pcd_impostor(JPEG_MAGIC))
+    (odd / "markers.jpg").write_bytes(hostile.com_marker_jpeg(10_000))
+    report = prepare(root, tmp_path / "out", tmp_path / "prepare.json", gray_params())
+    reasons = {s["path"]: s["reason"] for s in report["skipped"]}
+    assert reasons == {
+        "class_0/gone.png": "unreadable",
+        "class_0/lab.tif": "unsupported_mode",
+        "class_0/markers.jpg": "corrupt",
+        "class_0/pcd.jpg": "not_an_image",
+        "class_0/pcd.png": "not_an_image",
+    }
+    assert json.loads((tmp_path / "prepare.json").read_text())["n_skipped"] == 5
+    assert all(str(tmp_path) not in s["detail"] for s in report["skipped"])
