@@ -22,8 +22,10 @@ never contains a server path.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import re
 import threading
 from collections.abc import Callable
@@ -63,6 +65,18 @@ class ServiceUnavailableError(Exception):
         self.reason = reason
 
 
+# Worker threads run at a lower CPU priority than the event loop's thread (Linux
+# schedules threads individually): when decodes keep every core busy, the loop still
+# gets the CPU at once to answer /health, /ready and to read other requests.
+WORKER_NICENESS = 5
+
+
+def _lower_priority() -> None:
+    """Thread initializer: renice this worker thread (a no-op where not supported)."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICENESS)
+
+
 class WorkPool:
     """A fixed set of worker threads and a bounded queue in front of them.
 
@@ -76,7 +90,9 @@ class WorkPool:
     def __init__(self, workers: int, max_queue: int) -> None:
         self.workers = workers
         self.capacity = workers + max_queue
-        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="imgclf-work")
+        self._executor = ThreadPoolExecutor(
+            workers, thread_name_prefix="imgclf-work", initializer=_lower_priority
+        )
         self._lock = threading.Lock()
         self._jobs = 0
 
@@ -212,6 +228,8 @@ class Service:
     def pixels(self, data: bytearray, budget: DecodeBudget) -> np.ndarray:
         """The shared :func:`preprocess` (which sniffs); every failure is an :class:`ImageError`."""
         assert self.spec is not None
+        if not data:
+            raise ImageError("empty", "the file is empty")
         try:
             return preprocess(data, self.spec, budget)
         except ImageError:

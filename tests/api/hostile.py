@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -204,6 +206,35 @@ class HealthProbe:
 
     def p99(self) -> float:
         return float(np.percentile(self.latencies, 99)) if self.latencies else float("nan")
+
+
+_PROBE_SCRIPT = """
+import json, sys, time, httpx
+url, seconds, every = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+out, failures = [], []
+with httpx.Client(base_url=url, timeout=5) as client:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        start = time.perf_counter()
+        try:
+            r = client.get("/health")
+            if r.status_code != 200:
+                failures.append(r.status_code)
+        except httpx.HTTPError as exc:
+            failures.append(repr(exc))
+        out.append((time.perf_counter() - start) * 1000)
+        time.sleep(every)
+print(json.dumps({"latencies": out, "failures": failures}))
+"""
+
+
+def probe_in_process(url: str, seconds: float, every: float = 0.02) -> subprocess.Popen[str]:
+    """A /health poller in its own process (the load's client threads cannot delay it).
+
+    ``json.loads(proc.communicate()[0])`` gives ``latencies`` (ms) and ``failures``.
+    """
+    args = [sys.executable, "-c", _PROBE_SCRIPT, url, str(seconds), str(every)]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
 
 
 def while_probing(url: str, action: Callable[[], object]) -> tuple[object, HealthProbe]:
