@@ -27,6 +27,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from imgclf.api_schemas import (
     ERROR_RESPONSES,
@@ -63,6 +64,45 @@ PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
+
+
+# Probes are never refused by the request cap: they must say "alive" whatever the load.
+PROBES = frozenset({"/health", "/ready"})
+
+
+class RequestCapMiddleware:
+    """At most ``limit`` requests in the app at once (probes excepted); past it, JSON 503.
+
+    ``imgclf serve`` also sets uvicorn's ``limit_concurrency`` (which counts idle
+    connections too); this cap holds however the app is started, e.g. by the
+    container's plain ``uvicorn`` command, and answers in the API's own format.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int, service: Service) -> None:
+        self.app = app
+        self.limit = limit
+        self.service = service
+        self.active = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") in PROBES:
+            await self.app(scope, receive, send)
+            return
+        if self.active >= self.limit:
+            self.service.reject("overloaded")
+            response = JSONResponse(
+                {"detail": f"more than {self.limit} requests in progress (IMGCLF_MAX_CONNECTIONS)",
+                 "reason": "overloaded"},
+                status_code=503,
+                headers={"Retry-After": str(RETRY_AFTER_S), "Connection": "close"},
+            )  # fmt: skip
+            await response(scope, receive, send)
+            return
+        self.active += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1
 
 
 def _configure_logging() -> None:
@@ -149,6 +189,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
             allow_methods=["GET", "POST"],
             allow_headers=["*"],
         )
+    app.add_middleware(RequestCapMiddleware, limit=settings.max_connections, service=service)
     app.add_middleware(MetricsMiddleware, telemetry=service.telemetry)
     _install_error_handlers(app, service)
 

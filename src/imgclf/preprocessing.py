@@ -259,7 +259,7 @@ def to_color_mode(img: Image.Image, color_mode: ColorMode) -> Image.Image:
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
+        rgba = img if img.mode == "RGBA" else img.convert("RGBA")  # no needless full copy
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, rgba).convert("RGB")
     target = "L" if color_mode == "grayscale" else "RGB"

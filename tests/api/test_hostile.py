@@ -252,6 +252,31 @@ def test_cli_serve_caps_connections(project: ProjectTree, tmp_path: Path) -> Non
         proc.wait(timeout=15)
 
 
+def test_request_cap_holds_under_plain_uvicorn_and_spares_probes(
+    project: ProjectTree, tmp_path: Path, digit: Image.Image
+) -> None:
+    """The container runs plain ``uvicorn``: the app's own cap still refuses the excess."""
+    env = {"IMGCLF_MODEL_DIR": str(project.model_dir), **HOSTILE_ENV,
+           "IMGCLF_MAX_CONNECTIONS": "2"}  # fmt: skip
+    with uvicorn_server(env, tmp_path / "log") as server:
+        slow = [threading.Thread(target=hostile.trickle, args=(server.url, "/predict", 3))
+                for _ in range(2)]  # fmt: skip
+        for t in slow:
+            t.start()
+        time.sleep(0.5)  # both slow uploads are inside the app now
+        extra = httpx.post(server.url + "/predict",
+                           files={"file": ("a.png", samples.encode(digit, "PNG"))})  # fmt: skip
+        assert_json_error(extra, 503, "overloaded")
+        assert extra.headers["retry-after"] == "1"
+        assert httpx.get(server.url + "/health").status_code == 200
+        assert httpx.get(server.url + "/ready").status_code == 200
+        for t in slow:
+            t.join()
+        again = httpx.post(server.url + "/predict",
+                           files={"file": ("a.png", samples.encode(digit, "PNG"))})  # fmt: skip
+        assert again.status_code == 200, again.text
+
+
 # 4. Format allow-list bypass -------------------------------------------------------------
 
 
