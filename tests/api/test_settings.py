@@ -33,6 +33,27 @@ def test_defaults_and_overrides(tmp_path: Path) -> None:
     assert s.cors_origins == ("https://a.example", "https://b.example")
 
 
+def test_limits_for_hostile_clients_are_settings() -> None:
+    """Work pool, queue, decode budget, deadlines and connection cap: IMGCLF_* like the rest."""
+    d = Settings()
+    assert d.worker_threads >= 1 and d.max_queue > 0 and d.max_decode_bytes >= 100 * 2**20
+    assert 0 < d.body_timeout_s <= d.request_timeout_s and d.max_connections > 32
+    s = Settings.from_env(
+        {
+            "IMGCLF_WORKERS": "3",
+            "IMGCLF_MAX_QUEUE": "0",
+            "IMGCLF_MAX_DECODE_BYTES": "1_000_000",
+            "IMGCLF_MAX_CONNECTIONS": "10",
+            "IMGCLF_BODY_TIMEOUT_S": "2.5",
+            "IMGCLF_REQUEST_TIMEOUT_S": "7",
+            "IMGCLF_KEEP_ALIVE_S": "3",
+        }
+    )
+    assert (s.worker_threads, s.max_queue, s.max_decode_bytes, s.max_connections) == (
+        3, 0, 1_000_000, 10)  # fmt: skip
+    assert (s.body_timeout_s, s.request_timeout_s, s.keep_alive_s) == (2.5, 7.0, 3.0)
+
+
 @pytest.mark.parametrize(
     ("env", "name"),
     [
@@ -41,6 +62,13 @@ def test_defaults_and_overrides(tmp_path: Path) -> None:
         ({"IMGCLF_MAX_UPLOAD_BYTES": "-1"}, "IMGCLF_MAX_UPLOAD_BYTES"),
         ({"IMGCLF_MAX_UPLOAD_BYTES": "100", "IMGCLF_MAX_REQUEST_BYTES": "10"},
          "IMGCLF_MAX_REQUEST_BYTES"),
+        ({"IMGCLF_BODY_TIMEOUT_S": "soon"}, "IMGCLF_BODY_TIMEOUT_S"),
+        ({"IMGCLF_BODY_TIMEOUT_S": "-1"}, "IMGCLF_BODY_TIMEOUT_S"),
+        ({"IMGCLF_REQUEST_TIMEOUT_S": "nan"}, "IMGCLF_REQUEST_TIMEOUT_S"),
+        ({"IMGCLF_BODY_TIMEOUT_S": "20", "IMGCLF_REQUEST_TIMEOUT_S": "10"},
+         "IMGCLF_REQUEST_TIMEOUT_S"),
+        ({"IMGCLF_MAX_CONNECTIONS": "0"}, "IMGCLF_MAX_CONNECTIONS"),
+        ({"IMGCLF_MAX_DECODE_BYTES": "x"}, "IMGCLF_MAX_DECODE_BYTES"),
     ],
 )  # fmt: skip
 def test_bad_values_name_the_variable(env: dict[str, str], name: str) -> None:
@@ -58,7 +86,8 @@ def test_metrics_file_found_next_to_model_or_in_metrics(tmp_path: Path) -> None:
 
 def test_every_image_error_reason_has_a_4xx() -> None:
     """Reasons raised by preprocessing must map to a deliberate status, not the fallback."""
-    for reason in ("not_an_image", "corrupt", "truncated", "too_many_pixels", "empty"):
+    for reason in ("not_an_image", "corrupt", "truncated", "too_many_pixels", "empty",
+                   "too_many_bytes", "unsupported_mode", "unreadable"):  # fmt: skip
         assert reason in REASON_STATUS
         assert 400 <= status_for(ImageError(reason, "").reason) < 500
 
