@@ -21,6 +21,13 @@ TEST_LIMITS = {
 }
 
 
+@pytest.fixture
+def anyio_backend() -> str:
+    """In-process tests run the app as uvicorn does: on asyncio (the work pool awaits
+    its thread futures with asyncio, so trio is not a backend the service supports)."""
+    return "asyncio"
+
+
 @pytest.fixture(scope="session")
 def project(tmp_path_factory: pytest.TempPathFactory) -> ProjectTree:
     """models/, metrics/ and data/ from the checkout, or from a shrunk ``dvc repro`` copy."""

@@ -192,6 +192,9 @@ class HealthProbe:
         stop = threading.Event()
         thread = threading.Thread(target=self._loop, args=(stop,), daemon=True)
         thread.start()
+        deadline = time.monotonic() + 10
+        while not self.latencies and time.monotonic() < deadline:
+            time.sleep(0.005)  # the probe is up and answered once: measure from here
         try:
             yield self
         finally:
@@ -241,9 +244,8 @@ def while_probing(url: str, action: Callable[[], object]) -> tuple[object, Healt
     """Run ``action`` while ``/health`` is polled; its result and the probe."""
     probe = HealthProbe(url, every=0.005)
     with probe.running():
-        time.sleep(0.05)
         result = action()
-        time.sleep(0.05)
+        time.sleep(0.1)
     return result, probe
 
 
