@@ -47,6 +47,7 @@ class Result:
     seconds: float
     latencies_ms: np.ndarray
     images_per_request: int
+    server_cpu_s: float = float("nan")
 
     @property
     def rps(self) -> float:
@@ -62,14 +63,25 @@ class Result:
             f"| {self.backend} | {self.endpoint} | {self.concurrency} | {self.requests} | "
             f"{self.errors} | {self.rps:.0f} | {self.rps * self.images_per_request:.0f} | "
             f"{self.pct(50):.2f} | {self.pct(90):.2f} | {self.pct(99):.2f} | "
-            f"{self.latencies_ms.max():.2f} |"
+            f"{self.latencies_ms.max():.2f} | {1000 * self.server_cpu_s / self.requests:.3f} |"
         )
 
 
+# Server CPU per request (user + system time of the server process, from /proc): far
+# less sensitive than req/s to other jobs sharing the machine, so revisions compare fairly.
 HEADER = (
     "| backend | endpoint | concurrency | requests | errors | req/s | images/s | p50 ms | "
-    "p90 ms | p99 ms | max ms |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    "p90 ms | p99 ms | max ms | server CPU ms/req |\n" + "|---" * 12 + "|"
 )
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def multipart_request(path: str, field: str, image: bytes, count: int, port: int) -> bytes:
@@ -143,10 +155,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(backend: str, model_dir: Path, port: int, max_batch: int) -> subprocess.Popen:
+def start_server(
+    backend: str, model_dir: Path, port: int, max_batch: int, src: Path = ROOT / "src"
+) -> subprocess.Popen:
     env = {
         **os.environ,
-        "PYTHONPATH": str(ROOT / "src"),
+        "PYTHONPATH": str(src),
         "IMGCLF_MODEL_DIR": str(model_dir),
         "IMGCLF_MAX_BATCH": str(max(32, max_batch)),
     }
@@ -175,7 +189,7 @@ def start_server(backend: str, model_dir: Path, port: int, max_batch: int) -> su
 
 def run_backend(backend: str, args: argparse.Namespace, image: bytes) -> list[Result]:
     port = free_port()
-    proc = start_server(backend, args.model_dir, port, args.batch_size)
+    proc = start_server(backend, args.model_dir, port, args.batch_size, args.src)
     results: list[Result] = []
     try:
         for endpoint, field, count in (("/predict", "file", 1),
@@ -183,9 +197,11 @@ def run_backend(backend: str, args: argparse.Namespace, image: bytes) -> list[Re
             request = multipart_request(endpoint, field, image, count, port)
             asyncio.run(_load(port, request, args.warmup, 4))
             for concurrency in args.concurrency:
+                cpu = cpu_seconds(proc.pid)
                 lat, errors, seconds = asyncio.run(_load(port, request, args.requests, concurrency))
                 results.append(Result(backend, endpoint, concurrency, args.requests, errors,
-                                      seconds, np.array(lat), count))  # fmt: skip
+                                      seconds, np.array(lat), count,
+                                      cpu_seconds(proc.pid) - cpu))  # fmt: skip
                 print(results[-1].row(), flush=True)
     finally:
         proc.terminate()
@@ -228,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--backends", default="onnxruntime,torch")
     parser.add_argument("--quick", action="store_true", help="a few hundred requests, no file")
+    parser.add_argument("--src", type=Path, default=ROOT / "src",
+                        help="code to serve, e.g. another revision's src/")  # fmt: skip
     parser.add_argument("--out", type=Path, default=BENCH / "RESULTS.md")
     parser.add_argument("--note", default="", help="free text for the results section")
     args = parser.parse_args(argv)
