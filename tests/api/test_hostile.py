@@ -219,6 +219,22 @@ def test_full_queue_answers_503_overloaded_with_retry_after(
         assert re.search(r'imgclf_rejected_inputs_total\{reason="overloaded"\} [1-9]', metrics)
 
 
+def test_request_past_its_deadline_gets_503_timeout(
+    project: ProjectTree, tmp_path: Path, wide_png: bytes
+) -> None:
+    """A decode longer than IMGCLF_REQUEST_TIMEOUT_S: 503 timeout, and the server goes on."""
+    env = {"IMGCLF_MODEL_DIR": str(project.model_dir), **TEST_LIMITS, "IMGCLF_WORKERS": "1",
+           "IMGCLF_BODY_TIMEOUT_S": "0.2", "IMGCLF_REQUEST_TIMEOUT_S": "0.2"}  # fmt: skip
+    with uvicorn_server(env, tmp_path / "log") as server:
+        late = httpx.post(server.url + "/predict", files={"file": ("w.png", wide_png)}, timeout=30)
+        assert_json_error(late, 503, "timeout")
+        assert late.headers["retry-after"] == "1"
+        time.sleep(2)  # the abandoned decode finishes and frees its worker
+        small = samples.encode(Image.new("L", (8, 8), 0), "PNG")
+        ok = httpx.post(server.url + "/predict", files={"file": ("s.png", small)}, timeout=30)
+        assert ok.status_code == 200, ok.text
+
+
 def test_cli_serve_caps_connections(project: ProjectTree, tmp_path: Path) -> None:
     """``imgclf serve`` passes IMGCLF_MAX_CONNECTIONS to uvicorn's limit_concurrency."""
     port = free_port()
