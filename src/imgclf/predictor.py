@@ -13,14 +13,11 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+# Re-exported for callers that load a model directory through the predictor.
+from imgclf.artifact import CARD_FILE as CARD_FILE
+from imgclf.artifact import MODEL_FILE as MODEL_FILE
+from imgclf.errors import ModelNotFoundError as ModelNotFoundError
 from imgclf.preprocessing import PreprocessSpec, preprocess
-
-MODEL_FILE = "model.onnx"
-CARD_FILE = "model.json"
-
-
-class ModelNotFoundError(FileNotFoundError):
-    """The model directory lacks the ONNX file or its card."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +54,12 @@ class Predictor:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        # Portable numerics (README, Reproducibility): onnxruntime picks AVX2 or AVX-512
+        # kernels by CPU. Below the layout level (NCHWc blocks of 8 vs 16 channels) the
+        # kernels it runs sum in the same order on both; flushing subnormals removes the
+        # one difference left (softmax's far tail, probabilities < 1e-38).
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.add_session_config_entry("session.set_denormal_as_zero", "1")
         self.session = ort.InferenceSession(
             str(onnx_path), options, providers=["CPUExecutionProvider"]
         )

@@ -18,20 +18,15 @@ from typing import Any, BinaryIO, Literal
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+# Re-exported: callers catch ``preprocessing.ImageError`` next to ``preprocess``.
+from imgclf.errors import ImageError as ImageError
+
 # We enforce our own pixel limit *before* decoding (see ``max_pixels``);
 # Pillow's global guard would otherwise warn or raise with a different message.
 Image.MAX_IMAGE_PIXELS = None
 
 ColorMode = Literal["grayscale", "rgb"]
 ResizeMode = Literal["squash", "center_crop", "pad"]
-
-
-class ImageError(ValueError):
-    """An input cannot be used as an image; ``reason`` is a short machine-readable tag."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 @dataclass(frozen=True)
