@@ -61,11 +61,16 @@ class LockVerdict:
         return "\n".join([head, *(f"  - {d}" for d in self.details)])
 
 
-def _git_show(repo: Path, ref: str, path: str) -> str | None:
+def _git_bytes(repo: Path, ref: str, path: str) -> bytes | None:
     proc = subprocess.run(
-        ["git", "show", f"{ref}:{path}"], cwd=repo, capture_output=True, text=True, check=False
+        ["git", "show", f"{ref}:{path}"], cwd=repo, capture_output=True, check=False
     )
     return proc.stdout if proc.returncode == 0 else None
+
+
+def _git_show(repo: Path, ref: str, path: str) -> str | None:
+    data = _git_bytes(repo, ref, path)
+    return None if data is None else data.decode("utf-8", errors="replace")
 
 
 def _git_files(repo: Path, ref: str, folder: str) -> list[str]:
@@ -137,8 +142,8 @@ def check_lock(repo: Path, ref: str = "HEAD") -> LockVerdict:
     )
     changed_metrics = []
     for rel in metric_files:
-        old = _git_show(repo, ref, rel)
-        new = (repo / rel).read_text() if (repo / rel).is_file() else None
+        old = _git_bytes(repo, ref, rel)
+        new = (repo / rel).read_bytes() if (repo / rel).is_file() else None
         if old != new:
             changed_metrics.append(rel)
 
