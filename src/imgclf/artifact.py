@@ -8,6 +8,7 @@ artifact (the API image) never load them.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import warnings
@@ -36,6 +37,9 @@ def export_onnx(model: torch.nn.Module, shape: tuple[int, int, int], path: Path)
     import onnx
     import torch
 
+    # A CPU float copy in eval mode: the exporter would otherwise flip the caller's
+    # module back to training mode on its way out.
+    model = copy.deepcopy(model).cpu().float().eval()
     dummy = torch.zeros((1, *shape), dtype=torch.uint8)
     buffer = io.BytesIO()
     with warnings.catch_warnings():  # the TorchScript exporter is deprecated but byte-stable
