@@ -33,11 +33,11 @@ install: $(VENV)/.installed  ## Create .venv and install the pipeline's requirem
 install-dev: $(VENV)/.installed-dev  ## Also install test and lint tools
 
 ENGINE_SCRIPT := ../shared/tools/container-engine.sh
-system-deps:  ## Optional, as root: Chromium (browser test) and podman (container test)
+system-deps:  ## Optional, as root: Chromium (browser test), qemu-user (cross-CPU test), podman (container test)
 	@if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
-	  echo "system-deps: needs root and apt-get; the browser/container tests will skip"; exit 0; fi; \
-	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }; \
+	  echo "system-deps: needs root and apt-get; the browser/cross-CPU/container tests will skip"; exit 0; fi; \
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v qemu-x86_64 >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver qemu-user >/dev/null; }; \
 	if [ -f $(ENGINE_SCRIPT) ]; then bash $(ENGINE_SCRIPT) setup; fi
 
 repro: install  ## Run the pipeline (dvc repro) on the current params
@@ -72,6 +72,7 @@ pull: install  ## dvc pull, with a clear message when the remote is not usable
 bench: install-dev  ## Run every benchmark (appends bench/RESULTS.md; best on an idle machine)
 	$(PY) bench/bench_pipeline.py
 	$(PY) bench/bench_train.py
+	$(PY) bench/bench_numerics.py
 	$(PY) bench/bench_api.py
 	$(PY) bench/bench_gpu.py
 

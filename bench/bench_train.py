@@ -26,9 +26,10 @@ def run(images: int, epochs: int, size: int, results: Path | None) -> dict[str, 
     from torchvision import datasets, transforms
 
     from imgclf.augment import build_augment
+    from imgclf.dataio import load_meta, load_split
     from imgclf.models import build_model
     from imgclf.params import validate_params
-    from imgclf.prepare import load_meta, load_split, prepare
+    from imgclf.prepare import prepare
     from imgclf.train import AugmentedArrays, Runtime, _run_epoch
 
     torch.set_num_threads(2)

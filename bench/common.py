@@ -8,9 +8,8 @@ import platform
 import sys
 from pathlib import Path
 
-# The same settings as stages/train.py, before torch loads.
+# The same setting as stages/train.py, before torch loads (numerics: see bench_numerics.py).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # bench scripts run from a checkout, like stages/
 RESULTS = Path(__file__).with_name("RESULTS.md")

@@ -7,20 +7,20 @@ With ``train.processes: N > 1`` it relaunches itself under torchrun (DDP).
 import os
 import sys
 
-# Pin CPU kernels before torch loads so results do not depend on the CPU's ISA.
-os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
-os.environ.setdefault("MKL_CBWR", "COMPATIBLE")
 # Idle OpenMP threads sleep instead of spinning, leaving the cores to augmentation
 # between steps (measured: ~3x faster epochs with albumentations on 2 cores).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from pathlib import Path
 
+from imgclf import numerics
 from imgclf.params import Params
 from imgclf.stage import run_stage
 
 
 def main(params: Params) -> None:
+    # Before torch loads: which CPU kernels run decides the weights (see numerics.py).
+    numerics.configure(params.train.numerics)
     from imgclf.distributed import relaunch_under_torchrun
     from imgclf.train import train
 

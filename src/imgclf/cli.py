@@ -63,6 +63,30 @@ def check_params(
     typer.echo(f"{path} is valid")
 
 
+@app.command("check-lock")
+def check_lock(
+    base: Annotated[str, typer.Option(help="Git revision holding the committed lock.")] = "HEAD",
+    repo: Annotated[Path, typer.Option(help="Repository root.")] = Path(),
+) -> None:
+    """After `dvc repro`: is the result the committed dvc.lock/metrics, or within noise of it?
+
+    Exit 0 when bit-identical or when only numerics differ within noise; 1 when an input
+    differs (stale lock, undeclared dep) or the metrics differ beyond noise; 2 when the
+    check cannot run.
+    """
+    from imgclf.lockcheck import LockCheckError
+    from imgclf.lockcheck import check_lock as run_check
+
+    try:
+        verdict = run_check(repo, base)
+    except LockCheckError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(verdict.render())
+    if not verdict.ok:
+        raise typer.Exit(1)
+
+
 @app.command()
 def report(
     base: Annotated[str, typer.Option(help="Git revision to compare with (e.g. main).")] = "main",

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
+from imgclf.dataio import load_split, read_index, write_json
 from imgclf.params import Params
 from imgclf.predictor import Predictor
-from imgclf.prepare import load_split, write_json
 
 PREDICTION_FIELDS = ("position", "path", "actual", "predicted", "confidence", "correct")
 
@@ -101,8 +101,7 @@ def evaluate(params: Params, prepared: Path, model_dir: Path, out_dir: Path) -> 
     """Run the whole stage: metrics JSON, per-sample predictions CSV, confusion PNG."""
     predictor = Predictor(model_dir)
     images, labels = load_split(prepared, "test")
-    with (prepared / "index.csv").open() as fh:
-        sources = [row["path"] for row in csv.DictReader(fh) if row["split"] == "test"]
+    sources = [row["path"] for row in read_index(prepared, "test")]
     probs = predictor.predict_proba(images, params.evaluate.batch_size)
     metrics = score(probs, labels, predictor.classes, params.evaluate.calibration_bins)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -88,6 +88,11 @@ class TrainParams(_Section):
     num_workers: int = Field(0, ge=0, le=64)
     amp: bool = Field(True, description="bf16 autocast, CUDA only")
     processes: int = Field(1, ge=1, le=64, description="DDP processes (torchrun)")
+    numerics: Literal["portable", "fast"] = Field(
+        "portable",
+        description="portable: bit-identical weights on any x86-64 CPU with AVX2; "
+        "fast: torch's CPU defaults (oneDNN), reproducible only on the same kind of CPU",
+    )
 
 
 class EvaluateParams(_Section):

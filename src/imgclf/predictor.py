@@ -14,22 +14,12 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+# Re-exported for callers that load a model directory through the predictor.
+from imgclf.artifact import CARD_FILE as CARD_FILE
+from imgclf.artifact import MODEL_FILE as MODEL_FILE
+from imgclf.errors import ModelIntegrityError as ModelIntegrityError
+from imgclf.errors import ModelNotFoundError as ModelNotFoundError
 from imgclf.preprocessing import PreprocessSpec, preprocess
-
-MODEL_FILE = "model.onnx"
-CARD_FILE = "model.json"
-
-
-class ModelNotFoundError(FileNotFoundError):
-    """The model directory lacks the ONNX file or its card."""
-
-
-class ModelIntegrityError(ValueError):
-    """``model.onnx`` is not the file its card describes (``model_sha256`` differs or is missing).
-
-    A half-copied artifact, a card from another training run, or a swapped file
-    would otherwise be served (and reported with the card's metrics) silently.
-    """
 
 
 def verify_model_file(onnx_bytes: bytes, card: dict[str, Any]) -> None:
@@ -92,6 +82,13 @@ class Predictor:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        # Portable numerics (README, Reproducibility): onnxruntime picks AVX2 or AVX-512
+        # kernels by CPU. Below the layout level (NCHWc blocks of 8 vs 16 channels) the
+        # kernels it runs sum in the same order on both; flushing subnormals removes the
+        # one difference left (softmax's far tail, probabilities < 1e-38).
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.add_session_config_entry("session.set_denormal_as_zero", "1")
+        # From the bytes that were hashed: the file cannot change between check and load.
         self.session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
 

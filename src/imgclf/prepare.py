@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 import os
 import shutil
 from collections import Counter
@@ -22,15 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from imgclf.dataio import INDEX_FIELDS, INDEX_FILE, META_FILE, SPLITS, write_json
+from imgclf.errors import PrepareError
 from imgclf.params import Params
 from imgclf.preprocessing import ImageError, PreprocessSpec, open_image, preprocess
-
-SPLITS = ("train", "val", "test")
-INDEX_FIELDS = ("split", "position", "label", "class", "path", "sha256", "width", "height")
-
-
-class PrepareError(RuntimeError):
-    """The dataset cannot be turned into a train/val/test split; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -238,14 +232,6 @@ def build_report(
     }
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Byte-stable JSON (sorted keys, fixed indent, trailing newline), written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
-
-
 def channel_stats(store: np.ndarray, rows: np.ndarray, chunk: int = 4096) -> tuple[list, list]:
     """Per-channel mean and std (0–1 scale) of the given rows, streamed in chunks."""
     total = np.zeros(store.shape[-1])
@@ -298,7 +284,7 @@ def prepare(raw: Path, out_dir: Path, report_path: Path, params: Params) -> dict
             "dataset": {"path": raw.as_posix(), "fingerprint": dataset_fingerprint(used, classes)},
             "counts": {s: int((split_of == s).sum()) for s in SPLITS},
         }
-        with (tmp / "index.csv").open("w", newline="") as fh:
+        with (tmp / INDEX_FILE).open("w", newline="") as fh:
             writer = csv.writer(fh, lineterminator="\n")
             writer.writerow(INDEX_FIELDS)
             for name in SPLITS:
@@ -319,7 +305,7 @@ def prepare(raw: Path, out_dir: Path, report_path: Path, params: Params) -> dict
                     writer.writerow(row)
         del store
         (tmp / "scratch.npy").unlink()
-        write_json(tmp / "meta.json", meta)
+        write_json(tmp / META_FILE, meta)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -329,14 +315,3 @@ def prepare(raw: Path, out_dir: Path, report_path: Path, params: Params) -> dict
     tmp.replace(out_dir)
     write_json(report_path, report)
     return report
-
-
-def load_split(prepared: Path, split: str, mmap: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 images ``(N, H, W, C)`` (memory-mapped) and int64 labels of one split."""
-    images = np.load(prepared / f"{split}.npy", mmap_mode="r" if mmap else None)
-    return images, np.load(prepared / f"{split}_labels.npy")
-
-
-def load_meta(prepared: Path) -> dict[str, Any]:
-    """Classes, preprocessing spec, normalisation stats and dataset fingerprint."""
-    return json.loads((prepared / "meta.json").read_text())

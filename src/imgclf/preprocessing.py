@@ -20,7 +20,8 @@ from typing import Any, BinaryIO, Literal
 import numpy as np
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
-from imgclf.formats import SNIFF_BYTES, describe_supported, sniff
+# Re-exported: callers catch ``preprocessing.ImageError`` next to ``preprocess``.
+from imgclf.errors import ImageError as ImageError
 
 # We enforce our own pixel limit *before* decoding (see ``max_pixels``);
 # Pillow's global guard would otherwise warn or raise with a different message.
@@ -35,12 +36,35 @@ ColorMode = Literal["grayscale", "rgb"]
 ResizeMode = Literal["squash", "center_crop", "pad"]
 
 
-class ImageError(ValueError):
-    """An input cannot be used as an image; ``reason`` is a short machine-readable tag."""
+# The image-format allow-list: the one list of what we decode, used wherever an image is
+# opened (the API, ``imgclf predict`` and ``prepare`` all go through :func:`open_image`).
+# Pillow knows many more formats (EPS runs Ghostscript, PSD, ICNS, PCD, SPIDER, IM…), and
+# when the plugin for the real format fails, ``Image.open`` without ``formats=`` silently
+# tries every other plugin. So the leading bytes decide the format, and the file is opened
+# with ``formats=[that one]``: a file that starts like a PNG is decoded as a PNG or not at
+# all. (Magic bytes, offset, Pillow format name; WebP is RIFF....WEBP, checked apart.)
+_MAGIC: tuple[tuple[bytes, int, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", 0, "PNG"),
+    (b"\xff\xd8\xff", 0, "JPEG"),
+    (b"GIF87a", 0, "GIF"),
+    (b"GIF89a", 0, "GIF"),
+    (b"BM", 0, "BMP"),
+    (b"II*\x00", 0, "TIFF"),
+    (b"MM\x00*", 0, "TIFF"),
+)
+SUPPORTED_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")
+SNIFF_BYTES = 16  # how many leading bytes :func:`sniff` needs
 
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+
+def sniff(data: bytes | bytearray | memoryview) -> str | None:
+    """The image format from the magic bytes, or None when it is none we accept."""
+    head = bytes(data[:SNIFF_BYTES])
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    for magic, offset, name in _MAGIC:
+        if head[offset : offset + len(magic)] == magic:
+            return name
+    return None
 
 
 @dataclass(frozen=True)
@@ -117,7 +141,7 @@ def _open(source: bytes | bytearray | Path | BinaryIO) -> tuple[BinaryIO, str]:
     if fmt is None:
         raise ImageError(
             "not_an_image",
-            f"content is not a supported image ({describe_supported()}); "
+            f"content is not a supported image ({', '.join(SUPPORTED_FORMATS)}); "
             "the filename and Content-Type are not trusted",
         )
     return fp, fmt

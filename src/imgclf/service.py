@@ -35,8 +35,13 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from imgclf.formats import SUPPORTED_FORMATS
-from imgclf.preprocessing import DecodeBudget, ImageError, PreprocessSpec, preprocess
+from imgclf.preprocessing import (
+    SUPPORTED_FORMATS,
+    DecodeBudget,
+    ImageError,
+    PreprocessSpec,
+    preprocess,
+)
 from imgclf.settings import Settings
 from imgclf.telemetry import Telemetry
 

@@ -10,16 +10,15 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
+from imgclf.errors import ImageError, ModelIntegrityError, ModelNotFoundError, PrepareError
 from imgclf.params import Params, ParamsError, load_params
-from imgclf.predictor import ModelNotFoundError
-from imgclf.prepare import PrepareError
-from imgclf.preprocessing import ImageError
 
 USER_ERRORS: tuple[type[Exception], ...] = (
     ParamsError,
     PrepareError,
     ImageError,
     ModelNotFoundError,
+    ModelIntegrityError,
 )
 
 

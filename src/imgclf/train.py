@@ -9,12 +9,9 @@ Under ``torchrun`` it trains with DistributedDataParallel; rank 0 alone writes.
 from __future__ import annotations
 
 import copy
-import hashlib
-import io
 import math
 import os
 import random
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,14 +23,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
+from imgclf import numerics
+from imgclf.artifact import CARD_FILE, CHECKPOINT_FILE, MODEL_FILE, export_onnx, model_card
 from imgclf.augment import build_augment
-from imgclf.models import PixelModel, WithSoftmax, build_model
+from imgclf.dataio import load_meta, load_split, write_json
+from imgclf.models import WithSoftmax, build_model
 from imgclf.params import Params
-from imgclf.predictor import CARD_FILE, MODEL_FILE
-from imgclf.prepare import load_meta, load_split, write_json
-
-CHECKPOINT_FILE = "checkpoint.pt"
-INPUT_NAME, OUTPUT_NAME = "pixels", "probabilities"
 
 
 @dataclass(frozen=True)
@@ -43,6 +38,7 @@ class Runtime:
     device: torch.device
     rank: int = 0
     world_size: int = 1
+    numerics: str = "portable-cpu"
 
     @property
     def is_main(self) -> bool:
@@ -66,6 +62,7 @@ def setup_runtime(params: Params) -> Runtime:
         torch.backends.cudnn.allow_tf32 = True
     else:
         torch.use_deterministic_algorithms(True)
+    label = numerics.apply(t.numerics, device.type)
     # train.threads is the machine's budget: DDP processes on the CPU share it.
     torch.set_num_threads(t.threads if use_cuda else max(1, t.threads // world_size))
     if world_size > 1 and not dist.is_initialized():
@@ -73,7 +70,7 @@ def setup_runtime(params: Params) -> Runtime:
     random.seed(params.seed)
     np.random.seed(params.seed)
     torch.manual_seed(params.seed)
-    return Runtime(device, rank, world_size)
+    return Runtime(device, rank, world_size, label)
 
 
 class AugmentedArrays(Dataset):
@@ -159,68 +156,6 @@ def _run_epoch(
     return loss_sum / count, correct / count
 
 
-def export_onnx(model: PixelModel, shape: tuple[int, int, int], path: Path) -> str:
-    """Export uint8 NHWC → probabilities with a dynamic batch; return the file's sha256.
-
-    The serialised graph carries no paths, timestamps or producer stack traces,
-    so the same weights give the same bytes.
-    """
-    import onnx
-
-    wrapped = WithSoftmax(copy.deepcopy(model).cpu().float()).eval()
-    dummy = torch.zeros((1, *shape), dtype=torch.uint8)
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():  # the TorchScript exporter is deprecated but byte-stable
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            wrapped,
-            (dummy,),
-            buffer,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
-    proto = onnx.load_from_string(buffer.getvalue())
-    proto.doc_string = ""
-    for node in proto.graph.node:
-        node.doc_string = ""
-    data = proto.SerializeToString(deterministic=True)
-    path.write_bytes(data)
-    return hashlib.sha256(data).hexdigest()
-
-
-def model_card(params: Params, meta: dict[str, Any], history: dict[str, Any], sha: str) -> dict:
-    """The JSON card served as ``GET /model`` and read by every consumer of the ONNX file."""
-    spec = meta["preprocess"]
-    channels = 1 if spec["color_mode"] == "grayscale" else 3
-    return {
-        "format": "imgclf-model/1",
-        "classes": meta["classes"],
-        "input": {
-            "name": INPUT_NAME,
-            "dtype": "uint8",
-            "layout": "NHWC",
-            "shape": ["batch", spec["image_size"], spec["image_size"], channels],
-        },
-        "output": {"name": OUTPUT_NAME, "meaning": "softmax probabilities per class"},
-        "preprocess": spec,
-        "normalization": {"mean": meta["mean"], "std": meta["std"], "inside_model": True},
-        "model": params.model.model_dump(),
-        "training": {
-            "seed": params.seed,
-            "lr": params.lr,
-            "epochs": params.epochs,
-            "batch_size": params.batch_size,
-            "augment": params.augment.model_dump(),
-            **history,
-        },
-        "dataset": {**meta["dataset"], "counts": meta["counts"]},
-        "model_sha256": sha,
-    }
-
-
 def _schedule(optimizer: torch.optim.Optimizer, params: Params, steps: int) -> Any:
     total = params.epochs * steps
     if params.train.scheduler == "onecycle":
@@ -253,8 +188,12 @@ def train(params: Params, prepared: Path, model_dir: Path, live_dir: Path) -> di
     train_data = AugmentedArrays(train_x, train_y, augment, params.seed)
     train_loader = _loader(train_data, per_rank_batch, True, params, rt)
     val_loader = _loader(AugmentedArrays(val_x, val_y, None, params.seed), 256, False, params, rt)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=params.lr, weight_decay=params.train.weight_decay
+    optimizer = numerics.make_optimizer(
+        params.train.numerics,
+        rt.device.type,
+        model.parameters(),
+        params.lr,
+        params.train.weight_decay,
     )
     scheduler = _schedule(optimizer, params, len(train_loader))
 
@@ -314,8 +253,9 @@ def train(params: Params, prepared: Path, model_dir: Path, live_dir: Path) -> di
     card: dict[str, Any] = {}
     if rt.is_main:
         model_dir.mkdir(parents=True, exist_ok=True)
-        sha = export_onnx(model, (image_size, image_size, channels), model_dir / MODEL_FILE)
-        card = model_card(params, meta, history, sha)
+        shape = (image_size, image_size, channels)
+        sha = export_onnx(WithSoftmax(model), shape, model_dir / MODEL_FILE)
+        card = model_card(params, meta, history, sha, rt.numerics)
         torch.save({"state_dict": model.state_dict(), "card": card}, model_dir / CHECKPOINT_FILE)
         write_json(model_dir / CARD_FILE, card)
         live.summary.update({"best_epoch": best["epoch"], "epochs_run": epochs_run})

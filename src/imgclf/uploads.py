@@ -12,7 +12,7 @@ push parser chunk by chunk, so
 * a batch file over the per-file limit only fails that file.
 
 The declared filename and content type are kept for the response but never
-trusted: :func:`imgclf.formats.sniff` decides the format from the leading bytes
+trusted: :func:`imgclf.preprocessing.sniff` decides the format from the leading bytes
 when the image is opened. How long the body may take to arrive is the
 caller's deadline (``IMGCLF_BODY_TIMEOUT_S`` in the API).
 """

@@ -5,17 +5,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from imgclf.artifact import export_onnx
+from imgclf.dataio import write_json
 from imgclf.models import WithSoftmax, build_model
 from imgclf.params import ModelParams
 from imgclf.predictor import Predictor
-from imgclf.prepare import write_json
-from imgclf.train import export_onnx
 
 
 def test_torch_and_onnx_agree(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = build_model(ModelParams(), 3, 4, 16, [0.5] * 3, [0.25] * 3).eval()
-    sha = export_onnx(model, (16, 16, 3), tmp_path / "model.onnx")
+    sha = export_onnx(WithSoftmax(model), (16, 16, 3), tmp_path / "model.onnx")
     card = {
         "classes": ["a", "b", "c", "d"],
         "preprocess": {
@@ -38,7 +38,7 @@ def test_torch_and_onnx_agree(tmp_path: Path) -> None:
 
 def test_export_is_byte_stable(tmp_path: Path) -> None:
     torch.manual_seed(1)
-    model = build_model(ModelParams(), 1, 3, 8, [0.5], [0.25]).eval()
+    model = WithSoftmax(build_model(ModelParams(), 1, 3, 8, [0.5], [0.25])).eval()
     a = export_onnx(model, (8, 8, 1), tmp_path / "a.onnx")
     b = export_onnx(model, (8, 8, 1), tmp_path / "b.onnx")
     assert a == b

@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import yaml
 
+from imgclf.dataio import load_meta, load_split
 from imgclf.params import Params, validate_params
 from imgclf.prepare import (
     PrepareError,
-    load_meta,
-    load_split,
     prepare,
     scan_imagefolder,
     stratified_split,

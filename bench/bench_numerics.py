@@ -1,0 +1,98 @@
+"""What portable CPU numerics cost: the train stage with ``train.numerics`` portable vs fast.
+
+``fast`` is torch's own CPU path (oneDNN convolutions at the CPU's best ISA, fused AdamW):
+the ceiling on this machine. ``portable`` gives the same weights on any x86-64 CPU with
+AVX2 (README, Reproducibility). Each workload runs the real stage script
+(``stages/train.py``) on data prepared once, in a temp folder, so the numbers are what
+``dvc repro`` pays for the train stage, start-up included.
+
+Usage: python bench/bench_numerics.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+from common import RESULTS, ROOT, report, table
+from make_photos import make_photos
+
+WORKLOADS: dict[str, dict] = {
+    "digits default (small_cnn, 8 px, early stop)": {},
+    "photos: mobilenet_v3_small, 96 px RGB, 2 epochs": {
+        "epochs": 2,
+        "batch_size": 32,
+        "data": {"dataset": "photos"},
+        "prepare": {"image_size": 96, "color_mode": "rgb", "min_side": 16},
+        "model": {"name": "mobilenet_v3_small"},
+    },
+    "photos: resnet18, 64 px RGB, 2 epochs": {
+        "epochs": 2,
+        "batch_size": 32,
+        "data": {"dataset": "photos"},
+        "prepare": {"image_size": 64, "color_mode": "rgb", "min_side": 16},
+        "model": {"name": "resnet18"},
+    },
+}
+
+
+def merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        nested = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merge(out[key], value) if nested else value
+    return out
+
+
+def stage(work: Path, script: str, *args: str) -> float:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, str(ROOT / "stages" / script), *args],
+        cwd=work,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return time.perf_counter() - start
+
+
+def run(quick: bool, results: Path | None) -> None:
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        stage(work, "digits.py", "digits")
+        make_photos(work / "photos", images=120 if quick else 400, classes=4)
+        for name, over in WORKLOADS.items():
+            params = merge(base, {"data": {"dataset": "digits"}, **over})
+            times = {}
+            for numerics in ("fast", "portable"):
+                p = merge(params, {"train": {"numerics": numerics}})
+                (work / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+                dataset = p["data"]["dataset"]
+                stage(work, "prepare.py", dataset, "prepared", "prepare.json")
+                times[numerics] = stage(work, "train.py", "prepared", "models", "live")
+            ratio = times["portable"] / times["fast"]
+            rows.append([name, f"{times['fast']:.1f}", f"{times['portable']:.1f}", f"{ratio:.2f}"])
+    load = os.getloadavg()[0]
+    note = f"\n\nLoad average at the end: {load:.2f} (2 cores: above ~2.5 numbers are inflated)."
+    report(
+        "Train stage: portable vs fast CPU numerics" + (" (quick)" if quick else ""),
+        table(["workload", "fast s", "portable s", "portable / fast"], rows) + note,
+        results,
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer photos; not recorded")
+    args = parser.parse_args()
+    run(args.quick, None if args.quick else RESULTS)
