@@ -29,7 +29,7 @@ import os
 import re
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, Protocol, TypeVar
 
@@ -89,7 +89,8 @@ class WorkPool:
     ``workers + max_queue`` jobs exist at any time. A job's slot is given back
     when the job really ends (or is cancelled before it started), not when the
     request stops waiting for it, so a timed-out request cannot let more work in
-    than the threads can do.
+    than the threads can do. The count is only touched on the event loop's
+    thread (no lock on the hot path: the thread hop is most of this class's cost).
     """
 
     def __init__(self, workers: int, max_queue: int) -> None:
@@ -98,7 +99,6 @@ class WorkPool:
         self._executor = ThreadPoolExecutor(
             workers, thread_name_prefix="imgclf-work", initializer=_lower_priority
         )
-        self._lock = threading.Lock()
         self._jobs = 0
 
     @property
@@ -106,34 +106,42 @@ class WorkPool:
         """Jobs running or queued now."""
         return self._jobs
 
-    def _release(self, _: Future[Any]) -> None:
-        with self._lock:
-            self._jobs -= 1
+    def _release(self) -> None:
+        self._jobs -= 1
 
     async def run(self, fn: Callable[..., T], *args: Any, timeout: float) -> T:
         """``fn(*args)`` in a worker thread; 503 when the queue is full or ``timeout`` passes."""
-        with self._lock:
-            if self._jobs >= self.capacity:
-                raise ServiceUnavailableError(
-                    "overloaded",
-                    f"server is busy ({self.workers} workers and {self.capacity - self.workers} "
-                    "queued requests): retry after the Retry-After delay",
-                )
-            self._jobs += 1
+        if self._jobs >= self.capacity:
+            raise ServiceUnavailableError(
+                "overloaded",
+                f"server is busy ({self.workers} workers and {self.capacity - self.workers} "
+                "queued requests): retry after the Retry-After delay",
+            )
+        self._jobs += 1
         try:
             job = self._executor.submit(fn, *args)
         except BaseException:  # e.g. RuntimeError after shutdown: give the slot back
-            with self._lock:
-                self._jobs -= 1
+            self._release()
             raise
-        job.add_done_callback(self._release)
+        waiter = asyncio.wrap_future(job)
         try:
-            # Cancelling the wrapper (timeout, client gone) cancels the job if it has not started.
-            return await asyncio.wait_for(asyncio.wrap_future(job), max(timeout, 0.001))
-        except TimeoutError:
-            raise ServiceUnavailableError(
-                "timeout", "the request was not answered within IMGCLF_REQUEST_TIMEOUT_S"
-            ) from None
+            async with asyncio.timeout(max(timeout, 0.001)):
+                result = await waiter
+        except BaseException as exc:
+            # Timed out or cancelled: the job was cancelled if it had not started; if it
+            # runs, its slot is given back (on this loop's thread) only when it ends.
+            if job.done():
+                self._release()
+            else:
+                loop = asyncio.get_running_loop()
+                job.add_done_callback(lambda _: loop.call_soon_threadsafe(self._release))
+            if isinstance(exc, TimeoutError):
+                raise ServiceUnavailableError(
+                    "timeout", "the request was not answered within IMGCLF_REQUEST_TIMEOUT_S"
+                ) from None
+            raise
+        self._release()
+        return result
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
