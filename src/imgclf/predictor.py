@@ -13,6 +13,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from imgclf.integrity import ModelIntegrityError, check_model_bytes
 from imgclf.preprocessing import PreprocessSpec, preprocess
 
 MODEL_FILE = "model.onnx"
@@ -21,6 +22,9 @@ CARD_FILE = "model.json"
 
 class ModelNotFoundError(FileNotFoundError):
     """The model directory lacks the ONNX file or its card."""
+
+
+__all__ = ["ModelIntegrityError", "ModelNotFoundError", "Prediction", "Predictor"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,10 @@ class Predictor:
                     f"{path} not found: run `dvc repro` (or `dvc pull`) to produce the model"
                 )
         self.card: dict[str, Any] = json.loads(card_path.read_text())
+        # The bytes checked against the card are the bytes onnxruntime loads: a tampered
+        # or truncated file stops here with the reason (the API then stays not-ready).
+        model_bytes = onnx_path.read_bytes()
+        check_model_bytes(model_bytes, self.card, onnx_path, card_path)
         self.classes: list[str] = list(self.card["classes"])
         self.spec = PreprocessSpec.from_dict(self.card["preprocess"])
         options = ort.SessionOptions()
@@ -58,7 +66,7 @@ class Predictor:
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         self.session = ort.InferenceSession(
-            str(onnx_path), options, providers=["CPUExecutionProvider"]
+            model_bytes, options, providers=["CPUExecutionProvider"]
         )
         self.input_name = self.session.get_inputs()[0].name
 

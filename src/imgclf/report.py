@@ -15,9 +15,7 @@ added only with ``images=True`` (the CML workflow leaves publishing off by defau
 from __future__ import annotations
 
 import json
-import math
 import subprocess
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,19 @@ from imgclf.compare import (
     confusion_changes,
     parse_predictions,
 )
+from imgclf.markdown import code, fmt, fmt_change, inline, param_cell, param_value, table
+
+__all__ = [
+    "ModelReport",
+    "ReportError",
+    "build_model_report",
+    "data_report",
+    "fmt",
+    "fmt_change",
+    "model_report",
+    "param_value",
+    "render_model_report",
+]
 
 EVALUATE = "metrics/evaluate.json"
 TRAIN = "metrics/train/metrics.json"
@@ -136,66 +147,6 @@ def dvc_diffs(root: Path, base: str) -> tuple[dict[str, dict[str, Any]], dict[st
     return _strip(metrics), _strip(params)
 
 
-# --------------------------------------------------------------------------- formatting
-
-
-def fmt(value: Any) -> str:
-    """Numbers as a reviewer wants them: 4 decimals for fractions, integers as is."""
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        return f"{value:.4f}" if abs(value) < 1000 else f"{value:.6g}"
-    return str(value)
-
-
-def fmt_change(old: Any, new: Any) -> str:
-    """Signed difference, or a plain word when there is nothing to subtract."""
-    if old is None and new is None:
-        return "—"
-    if old is None:
-        return "new"
-    if new is None:
-        return "removed"
-    if isinstance(old, (int, float)) and isinstance(new, (int, float)):
-        diff = new - old
-        if diff == 0:
-            return "0"
-        if isinstance(old, int) and isinstance(new, int):
-            return f"{diff:+d}"
-        return f"{diff:+.4f}"
-    return "changed" if old != new else "0"
-
-
-def param_value(value: Any) -> str:
-    """A param as one would type it after ``-S key=``."""
-    if value is None:
-        return "(unset)"
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, sort_keys=True)
-    return str(value).lower() if isinstance(value, bool) else str(value)
-
-
-def table(header: Iterable[str], rows: Iterable[Iterable[str]]) -> list[str]:
-    """A GitHub markdown table."""
-    head = list(header)
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return lines
-
-
-def code(text: str) -> str:
-    """Inline code that survives backticks in revision names."""
-    return f"`{text.replace('`', '')}`"
-
-
 # --------------------------------------------------------------------------- model report
 
 
@@ -262,7 +213,7 @@ class ModelReport:
         changed = self.changed_params
         if not changed:
             return "This change"
-        parts = [f"{name}={param_value(new)}" for name, _, new in changed[:3]]
+        parts = [inline(f"{name}={param_value(new)}") for name, _, new in changed[:3]]
         more = f" and {len(changed) - 3} more params" if len(changed) > 3 else ""
         return ", ".join(parts) + more
 
@@ -343,6 +294,7 @@ def render_model_report(report: ModelReport, images: bool = False) -> str:
     """The markdown of the PR comment."""
     b, t = report.base, report.label
     lines = [f"## Model report: {code(t)} vs {code(b)} ({report.base_commit[:8]})", ""]
+    hb, ht = inline(b), inline(t)  # the column headers
     if report.base_eval is None:
         lines += [
             f"> **Note:** the base revision {code(b)} has no metrics ({code(EVALUATE)} is not "
@@ -373,13 +325,13 @@ def render_model_report(report: ModelReport, images: bool = False) -> str:
         if old is None and new is None:
             continue
         rows.append([name, fmt(old), fmt(new), fmt_change(old, new)])
-    lines += [*table(["metric", b, t, "change"], rows), ""]
+    lines += [*table(["metric", hb, ht, "change"], rows), ""]
 
     lines += ["### Params that changed", ""]
     changed = report.changed_params
     if changed:
-        rows = [[code(n), param_value(o), param_value(v)] for n, o, v in changed]
-        lines += [*table(["param", b, t], rows), ""]
+        rows = [[code(n), param_cell(o), param_cell(v)] for n, o, v in changed]
+        lines += [*table(["param", hb, ht], rows), ""]
     else:
         lines += ["None.", ""]
 
@@ -405,7 +357,7 @@ def render_model_report(report: ModelReport, images: bool = False) -> str:
                 [code(a), code(p), "✓" if a == p else "✗", str(o), str(n), f"{n - o:+d}"]
                 for (a, p), (o, n) in ordered[:MAX_ROWS]
             ]
-            lines += table(["actual", "predicted", "correct", b, t, "change"], rows)
+            lines += table(["actual", "predicted", "correct", hb, ht, "change"], rows)
             if len(ordered) > MAX_ROWS:
                 lines += ["", f"… and {len(ordered) - MAX_ROWS} more cells."]
             lines += [""]
@@ -421,7 +373,7 @@ def render_model_report(report: ModelReport, images: bool = False) -> str:
             "",
         ]
         rows = [[code(f"{p}:{k}"), fmt(o), fmt(n), fmt_change(o, n)] for p, k, o, n in other]
-        lines += [*table(["metric", b, t, "change"], rows[: MAX_ROWS * 3]), "", "</details>", ""]
+        lines += [*table(["metric", hb, ht, "change"], rows[: MAX_ROWS * 3]), "", "</details>", ""]
 
     if images:
         lines += ["### Plots", "", f"![confusion matrix]({CONFUSION_PNG})", ""]
@@ -460,7 +412,7 @@ def _dvc_files_changed(root: Path, commit: str) -> list[list[str]]:
         rows.append(
             [
                 code(path),
-                {"A": "added", "D": "deleted", "M": "modified"}.get(status[:1], status),
+                inline({"A": "added", "D": "deleted", "M": "modified"}.get(status[:1], status)),
                 f"{fmt(old.get('nfiles'))} → {fmt(new.get('nfiles'))}",
                 f"{fmt(old.get('size'))} → {fmt(new.get('size'))}",
             ]
@@ -476,6 +428,7 @@ def data_report(root: Path, base: str, label: str = "workspace") -> str:
     old = _json_at(root, PREPARE, commit) or {}
     b, t = base, label
     lines = [f"## Dataset report: {code(t)} vs {code(b)} ({commit[:8]})", ""]
+    cb, ct = inline(b), inline(t)  # the column headers
     if not old:
         lines += [f"> **Note:** the base revision {code(b)} has no {code(PREPARE)}.", ""]
     lines += [f"Dataset: {code(str(head.get('dataset')))}", ""]
@@ -486,7 +439,7 @@ def data_report(root: Path, base: str, label: str = "workspace") -> str:
     for split in ("train", "val", "test"):
         o, n = old.get("split", {}).get(split), head.get("split", {}).get(split)
         rows.append([f"{split} split", fmt(o), fmt(n), fmt_change(o, n)])
-    lines += ["### Totals", "", *table(["", b, t, "change"], rows), ""]
+    lines += ["### Totals", "", *table(["", cb, ct, "change"], rows), ""]
 
     lines += ["### Images per class", ""]
     oc, hc = old.get("classes", {}), head.get("classes", {})
@@ -495,27 +448,29 @@ def data_report(root: Path, base: str, label: str = "workspace") -> str:
         o, n = oc.get(cls, {}), hc.get(cls, {})
         used = [fmt(o.get("used")), fmt(n.get("used")), fmt_change(o.get("used"), n.get("used"))]
         rows.append([code(cls), *used, *(fmt(n.get(s)) for s in ("train", "val", "test"))])
-    lines += [*table(["class", f"used ({b})", f"used ({t})", "change", "train", "val", "test"],
+    lines += [*table(["class", f"used ({cb})", f"used ({ct})", "change", "train", "val", "test"],
                      rows), ""]  # fmt: skip
 
     lines += ["### Image sizes", ""]
     os_, hs = old.get("image_size", {}), head.get("image_size", {})
-    rows = [[k.replace("_", " "), fmt(os_.get(k)), fmt(hs.get(k))] for k in sorted(hs or os_)]
-    lines += [*table(["", b, t], rows), ""]
+    rows = [[inline(k.replace("_", " ")), fmt(os_.get(k)), fmt(hs.get(k))]
+            for k in sorted(hs or os_)]  # fmt: skip
+    lines += [*table(["", cb, ct], rows), ""]
 
     lines += ["### Skipped files", ""]
     ob, hb = old.get("skipped_by_reason", {}), head.get("skipped_by_reason", {})
     if not ob and not hb:
         lines += ["None skipped.", ""]
     else:
-        rows = [[r, fmt(ob.get(r, 0)), fmt(hb.get(r, 0))] for r in sorted(set(ob) | set(hb))]
-        lines += [*table(["reason", b, t], rows), ""]
+        reasons = sorted(set(ob) | set(hb))
+        rows = [[inline(r), fmt(ob.get(r, 0)), fmt(hb.get(r, 0))] for r in reasons]
+        lines += [*table(["reason", cb, ct], rows), ""]
         skipped = head.get("skipped", [])
         if skipped:
             lines += [f"<details><summary>Skipped in {code(t)} ({len(skipped)})</summary>", ""]
             for item in skipped[:100]:
                 if isinstance(item, dict):
-                    lines.append(f"- {code(str(item.get('path')))}: {item.get('reason')}")
+                    lines.append(f"- {code(str(item.get('path')))}: {inline(item.get('reason'))}")
                 else:
                     lines.append(f"- {code(str(item))}")
             lines += ["", "</details>", ""]
