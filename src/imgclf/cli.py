@@ -118,8 +118,8 @@ def data_report(
     repo: Annotated[Path, typer.Option(help="Repository root.")] = Path(),
 ) -> None:
     """Markdown dataset report (class counts, image sizes, skipped files) against BASE."""
-    from imgclf.report import ReportError
-    from imgclf.report import data_report as build
+    from imgclf.data_report import data_report as build
+    from imgclf.revisions import ReportError
 
     try:
         text = build(repo, base, label=label)

@@ -5,8 +5,9 @@ the diffing it already knows (``metrics diff``, ``params diff``, through its Pyt
 API); this module adds what DVC does not: per-class changes sorted by size, a paired
 significance test on the per-sample predictions (:mod:`imgclf.compare`), a text
 confusion-change table, and plain notes instead of crashes when the base has no
-metrics or evaluated a different test set. ``imgclf data-report`` does the same for the
-dataset report that ``prepare`` writes.
+metrics or evaluated a different test set. Reading revisions is :mod:`imgclf.revisions`,
+escaping and number formatting :mod:`imgclf.markdown`; ``imgclf data-report`` is
+:mod:`imgclf.data_report`.
 
 Everything is text (tables), so the PR comment reads without images; PNG links are
 added only with ``images=True`` (the CML workflow leaves publishing off by default).
@@ -14,13 +15,9 @@ added only with ``images=True`` (the CML workflow leaves publishing off by defau
 
 from __future__ import annotations
 
-import json
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from imgclf.compare import (
     NotPairedError,
@@ -30,7 +27,20 @@ from imgclf.compare import (
     confusion_changes,
     parse_predictions,
 )
+from imgclf.data_report import data_report
 from imgclf.markdown import code, fmt, fmt_change, inline, param_cell, param_value, table
+from imgclf.revisions import (
+    CONFUSION_PNG,
+    EVALUATE,
+    PREDICTIONS,
+    TRAIN,
+    ReportError,
+    dvc_diffs,
+    json_at,
+    read_at,
+    resolve_revision,
+    workspace_json,
+)
 
 __all__ = [
     "ModelReport",
@@ -44,11 +54,6 @@ __all__ = [
     "render_model_report",
 ]
 
-EVALUATE = "metrics/evaluate.json"
-TRAIN = "metrics/train/metrics.json"
-PREDICTIONS = "metrics/predictions.csv"
-PREPARE = "metrics/prepare.json"
-CONFUSION_PNG = "metrics/confusion_matrix.png"
 
 # (file, flattened key, label): the rows of the headline table, in reading order.
 HEADLINE: tuple[tuple[str, str, str], ...] = (
@@ -65,89 +70,6 @@ HEADLINE: tuple[tuple[str, str, str], ...] = (
     (TRAIN, "epochs_run", "epochs run"),
 )
 MAX_ROWS = 30
-
-
-class ReportError(RuntimeError):
-    """A problem the user must fix (unknown revision, no metrics in the workspace)."""
-
-
-# --------------------------------------------------------------------------- reading
-
-
-def _git(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
-
-
-def resolve_revision(root: Path, rev: str) -> str:
-    """The commit a revision names; a clear error for shallow clones and typos."""
-    proc = _git(root, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
-    if proc.returncode != 0:
-        raise ReportError(
-            f"unknown git revision {rev!r}: fetch it first (git fetch origin {rev.split('/')[-1]};"
-            " in GitHub Actions checkout with fetch-depth: 0)"
-        )
-    return proc.stdout.strip()
-
-
-def read_at(root: Path, path: str, rev: str | None) -> str | None:
-    """A file's text in the workspace (``rev=None``) or at a git revision; None if absent.
-
-    Git first (metrics are git-tracked, so no remote is needed in CI); if the file is a
-    DVC-cached output at that revision, DVC's API fetches it from the cache or remote.
-    """
-    if rev is None:
-        file = root / path
-        return file.read_text() if file.is_file() else None
-    proc = _git(root, "show", f"{rev}:{path}")
-    if proc.returncode == 0:
-        return proc.stdout
-    try:
-        import dvc.api
-
-        return dvc.api.read(path, repo=str(root), rev=rev)
-    except Exception:  # noqa: BLE001 - any DVC failure means "not available at that revision"
-        return None
-
-
-def _json_at(root: Path, path: str, rev: str | None) -> dict[str, Any] | None:
-    text = read_at(root, path, rev)
-    if text is None:
-        return None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _workspace_json(root: Path, path: str, target: str = "") -> dict[str, Any]:
-    """A metrics file of the workspace, or a clear error saying what to run to get it."""
-    data = _json_at(root, path, None)
-    if data is None:
-        command = f"dvc repro {target}".strip()
-        raise ReportError(f"{path} is missing in the workspace: run `{command}` first")
-    return data
-
-
-def _strip(diff: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """DVC's diff keyed by repo-relative file; DVC prints paths relative to the cwd."""
-    out: dict[str, dict[str, Any]] = {}
-    for path, entries in diff.get("diff", {}).items():
-        out[Path(path).as_posix().removeprefix("./")] = entries
-    return out
-
-
-def dvc_diffs(root: Path, base: str) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
-    """``dvc metrics diff <base> --all`` and ``dvc params diff <base>``, via DVC's API."""
-    from dvc.repo import Repo
-
-    with Repo(str(root)) as repo:
-        metrics = repo.metrics.diff(a_rev=base, all=True)
-        params = repo.params.diff(a_rev=base)
-    return _strip(metrics), _strip(params)
-
-
-# --------------------------------------------------------------------------- model report
 
 
 @dataclass
@@ -222,11 +144,11 @@ def build_model_report(root: Path, base: str, label: str = "workspace") -> Model
     """Collect DVC's diffs, both revisions' evaluation files and the paired comparison."""
     root = root.resolve()
     commit = resolve_revision(root, base)
-    head_eval = _workspace_json(root, EVALUATE)
+    head_eval = workspace_json(root, EVALUATE)
     metrics, params = dvc_diffs(root, base)
     report = ModelReport(base=base, label=label, base_commit=commit, metrics=metrics, params=params)
     report.head_eval = head_eval
-    report.base_eval = _json_at(root, EVALUATE, commit)
+    report.base_eval = json_at(root, EVALUATE, commit)
     head_text = read_at(root, PREDICTIONS, None)
     base_text = read_at(root, PREDICTIONS, commit) if report.base_eval is not None else None
     report.head_predictions = parse_predictions(head_text) if head_text else None
@@ -389,97 +311,3 @@ def render_model_report(report: ModelReport, images: bool = False) -> str:
 def model_report(root: Path, base: str, label: str = "workspace", images: bool = False) -> str:
     """Build and render in one call (what the CLI and the workflow use)."""
     return render_model_report(build_model_report(root, base, label), images=images)
-
-
-# --------------------------------------------------------------------------- data report
-
-
-def _dvc_files_changed(root: Path, commit: str) -> list[list[str]]:
-    """Rows for every ``*.dvc`` file that differs from base: what DVC tracks there now."""
-    proc = _git(root, "diff", "--name-status", commit, "--", "*.dvc")
-    rows = []
-    for line in proc.stdout.splitlines():
-        status, _, path = line.partition("\t")
-        path = path.split("\t")[-1]
-
-        def out_of(text: str | None) -> dict[str, Any]:
-            if not text:
-                return {}
-            outs = (yaml.safe_load(text) or {}).get("outs") or [{}]
-            return outs[0]
-
-        old, new = out_of(read_at(root, path, commit)), out_of(read_at(root, path, None))
-        rows.append(
-            [
-                code(path),
-                inline({"A": "added", "D": "deleted", "M": "modified"}.get(status[:1], status)),
-                f"{fmt(old.get('nfiles'))} → {fmt(new.get('nfiles'))}",
-                f"{fmt(old.get('size'))} → {fmt(new.get('size'))}",
-            ]
-        )
-    return rows
-
-
-def data_report(root: Path, base: str, label: str = "workspace") -> str:
-    """The dataset report: class counts, image sizes, skipped files, changes against base."""
-    root = root.resolve()
-    commit = resolve_revision(root, base)
-    head = _workspace_json(root, PREPARE, "prepare")
-    old = _json_at(root, PREPARE, commit) or {}
-    b, t = base, label
-    lines = [f"## Dataset report: {code(t)} vs {code(b)} ({commit[:8]})", ""]
-    cb, ct = inline(b), inline(t)  # the column headers
-    if not old:
-        lines += [f"> **Note:** the base revision {code(b)} has no {code(PREPARE)}.", ""]
-    lines += [f"Dataset: {code(str(head.get('dataset')))}", ""]
-
-    totals = [("images found", "n_found"), ("used", "n_used"), ("skipped", "n_skipped")]
-    rows = [[n, fmt(old.get(k)), fmt(head.get(k)), fmt_change(old.get(k), head.get(k))]
-            for n, k in totals]  # fmt: skip
-    for split in ("train", "val", "test"):
-        o, n = old.get("split", {}).get(split), head.get("split", {}).get(split)
-        rows.append([f"{split} split", fmt(o), fmt(n), fmt_change(o, n)])
-    lines += ["### Totals", "", *table(["", cb, ct, "change"], rows), ""]
-
-    lines += ["### Images per class", ""]
-    oc, hc = old.get("classes", {}), head.get("classes", {})
-    rows = []
-    for cls in sorted(set(oc) | set(hc)):
-        o, n = oc.get(cls, {}), hc.get(cls, {})
-        used = [fmt(o.get("used")), fmt(n.get("used")), fmt_change(o.get("used"), n.get("used"))]
-        rows.append([code(cls), *used, *(fmt(n.get(s)) for s in ("train", "val", "test"))])
-    lines += [*table(["class", f"used ({cb})", f"used ({ct})", "change", "train", "val", "test"],
-                     rows), ""]  # fmt: skip
-
-    lines += ["### Image sizes", ""]
-    os_, hs = old.get("image_size", {}), head.get("image_size", {})
-    rows = [[inline(k.replace("_", " ")), fmt(os_.get(k)), fmt(hs.get(k))]
-            for k in sorted(hs or os_)]  # fmt: skip
-    lines += [*table(["", cb, ct], rows), ""]
-
-    lines += ["### Skipped files", ""]
-    ob, hb = old.get("skipped_by_reason", {}), head.get("skipped_by_reason", {})
-    if not ob and not hb:
-        lines += ["None skipped.", ""]
-    else:
-        reasons = sorted(set(ob) | set(hb))
-        rows = [[inline(r), fmt(ob.get(r, 0)), fmt(hb.get(r, 0))] for r in reasons]
-        lines += [*table(["reason", cb, ct], rows), ""]
-        skipped = head.get("skipped", [])
-        if skipped:
-            lines += [f"<details><summary>Skipped in {code(t)} ({len(skipped)})</summary>", ""]
-            for item in skipped[:100]:
-                if isinstance(item, dict):
-                    lines.append(f"- {code(str(item.get('path')))}: {inline(item.get('reason'))}")
-                else:
-                    lines.append(f"- {code(str(item))}")
-            lines += ["", "</details>", ""]
-
-    lines += ["### Tracked data that changed", ""]
-    rows = _dvc_files_changed(root, commit)
-    if rows:
-        lines += [*table(["file", "status", "files", "bytes"], rows), ""]
-    else:
-        lines += ["No `.dvc` file changed.", ""]
-    lines += ["<sub>Generated by `imgclf data-report` from `metrics/prepare.json`.</sub>", ""]
-    return "\n".join(lines)
