@@ -298,3 +298,37 @@ def test_report_step_builds_the_report_without_any_token(tmp_path: Path) -> None
     assert output.read_text() == "built=true\n"
     fork = subprocess.run(["bash", "-e", "-c", notice["run"]], capture_output=True, text=True)
     assert fork.stdout.startswith("::notice title=Report not posted as a comment::")
+
+
+def evaluate_if(expression: str, context: dict[str, str]) -> bool:
+    """A GitHub `if:` made of `!cancelled()`, `==`, `!=` and `&&` over the given context.
+
+    Deliberately tiny: enough for the comment jobs' conditions; anything else in the
+    expression fails the test rather than being guessed at.
+    """
+    expr = " ".join(expression.split())
+    for name, value in sorted(context.items(), key=lambda kv: -len(kv[0])):
+        expr = expr.replace(name, repr(value))
+    expr = expr.replace("!cancelled()", "True").replace("&&", " and ")
+    assert re.fullmatch(r"[\w\s'/.\-=!]+", expr), f"unsupported expression: {expr}"
+    return bool(eval(expr, {"__builtins__": {}}, {"True": True}))  # checked just above
+
+
+@pytest.mark.parametrize(("head_repo", "built", "posts"), [
+    ("owner/imgclf", "true", True),     # a branch of this repository: the comment is posted
+    ("fork/imgclf", "true", False),     # a fork: skipped (the report job printed a notice)
+    ("owner/imgclf", "", False),        # no report was built (repro failed): nothing to post
+])  # fmt: skip
+def test_comment_job_runs_only_for_same_repo_prs_with_a_report(
+    head_repo: str, built: str, posts: bool
+) -> None:
+    for name in ("cml.yaml", "data.yaml"):
+        wf = load(ROOT / ".github/workflows" / name)
+        job = wf["jobs"]["comment"]
+        (needs,) = [job["needs"]]
+        context = {
+            "github.event.pull_request.head.repo.full_name": head_repo,
+            "github.repository": "owner/imgclf",
+            f"needs.{needs}.outputs.built": built,
+        }
+        assert evaluate_if(job["if"], context) is posts, (name, head_repo, built)
