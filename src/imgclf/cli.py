@@ -23,7 +23,8 @@ def predict(
     top_k: Annotated[int, typer.Option(min=1, help="How many classes to show per image.")] = 3,
 ) -> None:
     """Top-k classes for local image files, with the exact artifact that is served."""
-    from imgclf.predictor import ModelIntegrityError, ModelNotFoundError, Predictor
+    from imgclf.integrity import ModelIntegrityError
+    from imgclf.predictor import ModelNotFoundError, Predictor
     from imgclf.preprocessing import ImageError
 
     try:

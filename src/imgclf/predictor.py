@@ -13,7 +13,6 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from imgclf.integrity import ModelIntegrityError, check_model_bytes
 from imgclf.preprocessing import PreprocessSpec, preprocess
 
 MODEL_FILE = "model.onnx"
@@ -22,9 +21,6 @@ CARD_FILE = "model.json"
 
 class ModelNotFoundError(FileNotFoundError):
     """The model directory lacks the ONNX file or its card."""
-
-
-__all__ = ["ModelIntegrityError", "ModelNotFoundError", "Prediction", "Predictor"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +41,8 @@ class Predictor:
 
     def __init__(self, model_dir: Path | str, threads: int = 1) -> None:
         import onnxruntime as ort  # deferred: importing the package should stay cheap
+
+        from imgclf.integrity import check_model_bytes
 
         model_dir = Path(model_dir)
         onnx_path, card_path = model_dir / MODEL_FILE, model_dir / CARD_FILE
