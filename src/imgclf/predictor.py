@@ -39,6 +39,8 @@ class Predictor:
     def __init__(self, model_dir: Path | str, threads: int = 1) -> None:
         import onnxruntime as ort  # deferred: importing the package should stay cheap
 
+        from imgclf.integrity import check_model_bytes
+
         model_dir = Path(model_dir)
         onnx_path, card_path = model_dir / MODEL_FILE, model_dir / CARD_FILE
         for path in (onnx_path, card_path):
@@ -47,6 +49,10 @@ class Predictor:
                     f"{path} not found: run `dvc repro` (or `dvc pull`) to produce the model"
                 )
         self.card: dict[str, Any] = json.loads(card_path.read_text())
+        # The bytes checked against the card are the bytes onnxruntime loads: a tampered
+        # or truncated file stops here with the reason (the API then stays not-ready).
+        model_bytes = onnx_path.read_bytes()
+        check_model_bytes(model_bytes, self.card, onnx_path, card_path)
         self.classes: list[str] = list(self.card["classes"])
         self.spec = PreprocessSpec.from_dict(self.card["preprocess"])
         options = ort.SessionOptions()
@@ -61,7 +67,7 @@ class Predictor:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         options.add_session_config_entry("session.set_denormal_as_zero", "1")
         self.session = ort.InferenceSession(
-            str(onnx_path), options, providers=["CPUExecutionProvider"]
+            model_bytes, options, providers=["CPUExecutionProvider"]
         )
         self.input_name = self.session.get_inputs()[0].name
 
