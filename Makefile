@@ -11,7 +11,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # gcsfs otherwise waits 60 s on a gRPC probe at every call (see README, remote).
 export GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT := false
 
-.PHONY: help install install-dev system-deps repro test lint format bench serve clean report remote-check push pull
+.PHONY: help install install-dev system-deps repro test lint format bench serve clean report remote-check push pull verify-model pin-images
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -81,6 +81,19 @@ PORT ?= 8000
 serve: install  ## Serve models/ (from `make repro` or `dvc pull`) on http://$(HOST):$(PORT)
 	@test -f models/model.onnx || { echo "models/model.onnx missing: run 'make repro' (or 'dvc pull') first" >&2; exit 2; }
 	$(BIN)/imgclf serve --host $(HOST) --port $(PORT) --model-dir models
+
+verify-model: install  ## Is models/ the evaluated model? (sha256 vs the card and metrics/evaluate.json)
+	$(BIN)/imgclf verify-model --model-dir models --evaluated metrics/evaluate.json
+
+# The Dockerfiles' base image, pinned by digest. Needs network and `docker buildx`
+# (or set DIGEST=sha256:… yourself, e.g. from `crane digest` or `skopeo inspect`).
+PIN_IMAGE ?= python:3.11-slim
+DOCKERFILES := dockerfiles/api.dockerfile dockerfiles/train.dockerfile
+pin-images:  ## Re-pin the Dockerfiles' base image to the registry's current digest of PIN_IMAGE
+	@digest="$${DIGEST:-$$(docker buildx imagetools inspect $(PIN_IMAGE) | awk '/^Digest:/ {print $$2; exit}')}"; \
+	if ! [[ "$$digest" =~ ^sha256:[0-9a-f]{64}$$ ]]; then echo "pin-images: no digest for $(PIN_IMAGE) (got '$$digest')" >&2; exit 2; fi; \
+	sed -i -E "s|^ARG PYTHON_IMAGE=.*|ARG PYTHON_IMAGE=$(PIN_IMAGE)@$$digest|" $(DOCKERFILES); \
+	grep -H '^ARG PYTHON_IMAGE=' $(DOCKERFILES)
 
 clean:  ## Remove caches (not .venv, not DVC outputs)
 	rm -rf .pytest_cache .ruff_cache

@@ -4,7 +4,13 @@
 #   docker build -f dockerfiles/api.dockerfile \
 #     --build-arg GIT_REVISION="$(git rev-parse HEAD)" -t imgclf-api .
 #   docker run --rm -p 8000:8000 imgclf-api
-FROM python:3.11-slim
+# The build fails if model.onnx does not hash to its card's model_sha256, or if the card
+# is not the model that metrics/evaluate.json evaluated (python -m imgclf.integrity).
+#
+# Base image pinned by digest: python:3.11-slim (the multi-arch index digest; refresh with
+# `make pin-images`). PYTHON_IMAGE overrides it, e.g. for a local mirror.
+ARG PYTHON_IMAGE=python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7
+FROM ${PYTHON_IMAGE}
 
 ARG GIT_REVISION=""
 LABEL org.opencontainers.image.title="imgclf-api" \
@@ -34,6 +40,8 @@ COPY src/imgclf /app/imgclf
 COPY models/model.onnx models/model.json /app/models/
 # The evaluate stage's metrics for this artifact, served by GET /model.
 COPY metrics/evaluate.json /app/models/evaluate.json
+# A model that is not the evaluated one stops the build here, with the reason.
+RUN python -m imgclf.integrity /app/models --evaluated /app/models/evaluate.json
 
 USER 10001
 EXPOSE 8000

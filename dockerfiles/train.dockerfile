@@ -6,7 +6,9 @@
 #   docker run --rm -u "$(id -u):$(id -g)" -v "$PWD":/workspace imgclf-train exp run -S lr=1e-3
 # torch comes from the CPU wheel index by default (a few hundred MB instead of CUDA's GBs);
 # pass --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 for a GPU image.
-FROM python:3.11-slim
+# Base image pinned by digest: python:3.11-slim (refresh with `make pin-images`).
+ARG PYTHON_IMAGE=python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7
+FROM ${PYTHON_IMAGE}
 
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 

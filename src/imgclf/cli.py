@@ -23,7 +23,8 @@ def predict(
     top_k: Annotated[int, typer.Option(min=1, help="How many classes to show per image.")] = 3,
 ) -> None:
     """Top-k classes for local image files, with the exact artifact that is served."""
-    from imgclf.predictor import ModelIntegrityError, ModelNotFoundError, Predictor
+    from imgclf.integrity import ModelIntegrityError
+    from imgclf.predictor import ModelNotFoundError, Predictor
     from imgclf.preprocessing import ImageError
 
     try:
@@ -33,7 +34,6 @@ def predict(
         raise typer.Exit(2) from None
     failed = 0
     for path in images:
-        # preprocess sniffs the content and opens it with that one format (formats=…).
         try:
             (result,) = predictor.predict_images([path.read_bytes()])
         except (OSError, ImageError) as exc:
@@ -44,6 +44,29 @@ def predict(
         typer.echo(f"{path}: {result.label} ({ranked})")
     if failed:
         raise typer.Exit(1)
+
+
+@app.command("verify-model")
+def verify_model(
+    model_dir: Annotated[Path, typer.Option(help="Folder with model.onnx and model.json.")] = Path(
+        "models"
+    ),
+    evaluated: Annotated[
+        Path | None,
+        typer.Option(help="evaluate.json that must name the same model (metrics/evaluate.json)."),
+    ] = None,
+) -> None:
+    """Check model.onnx against its card's sha256 (and the metrics): exit 1 if it was changed."""
+    from imgclf.integrity import ModelIntegrityError
+    from imgclf.integrity import verify_model as verify
+
+    try:
+        sha = verify(model_dir, evaluated)
+    except ModelIntegrityError as exc:
+        typer.echo(f"error: model integrity check failed: {exc}", err=True)
+        raise typer.Exit(1) from None
+    against = "model.json" + (f" and {evaluated}" if evaluated else "")
+    typer.echo(f"ok: {model_dir / 'model.onnx'} sha256 {sha} matches {against}")
 
 
 @app.command("check-params")
@@ -120,8 +143,8 @@ def data_report(
     repo: Annotated[Path, typer.Option(help="Repository root.")] = Path(),
 ) -> None:
     """Markdown dataset report (class counts, image sizes, skipped files) against BASE."""
-    from imgclf.report import ReportError
-    from imgclf.report import data_report as build
+    from imgclf.data_report import data_report as build
+    from imgclf.revisions import ReportError
 
     try:
         text = build(repo, base, label=label)

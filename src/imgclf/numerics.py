@@ -13,8 +13,9 @@ Rapids (test accuracy 0.9916 vs 0.9972).
 
 - ``ATEN_CPU_CAPABILITY=avx2``: ATen's own kernels are the AVX2 ones everywhere, also on
   AVX-512 CPUs (the same binary code ⇒ the same results);
-- ``torch.backends.mkldnn.enabled = False``: convolutions use ATen's im2col + BLAS, not
-  oneDNN's ISA- and cache-tuned algorithms;
+- ``torch.backends.mkldnn.enabled = False`` and NNPACK off: convolutions use ATen's
+  im2col + BLAS, not oneDNN's ISA- and cache-tuned algorithms nor NNPACK's cache-sized
+  blocks;
 - ``MKL_CBWR=COMPATIBLE``: MKL's BLAS takes its conditional-numerical-reproducibility path,
   the same on Intel and AMD;
 - :class:`PortableAdamW`: AdamW whose square root comes from numpy (IEEE, correctly
@@ -86,6 +87,10 @@ def apply(mode: Numerics, device_type: str) -> str:
         return "cuda"
     if mode == "portable":
         torch.backends.mkldnn.enabled = False
+        # NNPACK (torch's other forward-convolution path) blocks its loops by the CPU's
+        # cache sizes, so the summation order could follow the machine; ATen's own
+        # convolution was also cheaper here (10.3 vs 12.5 s CPU for 6 digits epochs).
+        torch.backends.nnpack.set_flags(False)
         check()
         return "portable-cpu"
     return "fast-cpu"

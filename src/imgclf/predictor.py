@@ -6,7 +6,6 @@ so the numbers in ``metrics/`` are the numbers of the model that is served.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,28 +16,8 @@ import numpy as np
 # Re-exported for callers that load a model directory through the predictor.
 from imgclf.artifact import CARD_FILE as CARD_FILE
 from imgclf.artifact import MODEL_FILE as MODEL_FILE
-from imgclf.errors import ModelIntegrityError as ModelIntegrityError
 from imgclf.errors import ModelNotFoundError as ModelNotFoundError
 from imgclf.preprocessing import PreprocessSpec, preprocess
-
-
-def verify_model_file(onnx_bytes: bytes, card: dict[str, Any]) -> None:
-    """Refuse ``onnx_bytes`` unless its SHA-256 is the card's ``model_sha256``.
-
-    The messages name files relative to the model directory only: they end up
-    in ``/ready`` answers, which must not reveal the server's file layout.
-    """
-    expected = str(card.get("model_sha256") or "")
-    if not expected:
-        raise ModelIntegrityError(
-            f"{CARD_FILE} has no model_sha256: cannot check {MODEL_FILE}; re-run `dvc repro`"
-        )
-    actual = hashlib.sha256(onnx_bytes).hexdigest()
-    if actual != expected:
-        raise ModelIntegrityError(
-            f"{MODEL_FILE} does not match {CARD_FILE}: sha256 {actual[:12]}…, the card says "
-            f"{expected[:12]}… (a changed, truncated or foreign model file); refusing to serve it"
-        )
 
 
 @dataclass(frozen=True)
@@ -58,12 +37,9 @@ class Predictor:
     """An onnxruntime session plus the card that says how to feed it."""
 
     def __init__(self, model_dir: Path | str, threads: int = 1) -> None:
-        """Load and verify the artifact: the ONNX bytes must hash to the card's ``model_sha256``.
-
-        The session is built from the very bytes that were hashed, so the file
-        cannot change between the check and the load.
-        """
         import onnxruntime as ort  # deferred: importing the package should stay cheap
+
+        from imgclf.integrity import check_model_bytes
 
         model_dir = Path(model_dir)
         onnx_path, card_path = model_dir / MODEL_FILE, model_dir / CARD_FILE
@@ -73,8 +49,10 @@ class Predictor:
                     f"{path} not found: run `dvc repro` (or `dvc pull`) to produce the model"
                 )
         self.card: dict[str, Any] = json.loads(card_path.read_text())
-        onnx_bytes = onnx_path.read_bytes()
-        verify_model_file(onnx_bytes, self.card)
+        # The bytes checked against the card are the bytes onnxruntime loads: a tampered
+        # or truncated file stops here with the reason (the API then stays not-ready).
+        model_bytes = onnx_path.read_bytes()
+        check_model_bytes(model_bytes, self.card, onnx_path, card_path)
         self.classes: list[str] = list(self.card["classes"])
         self.spec = PreprocessSpec.from_dict(self.card["preprocess"])
         options = ort.SessionOptions()
@@ -88,8 +66,9 @@ class Predictor:
         # one difference left (softmax's far tail, probabilities < 1e-38).
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         options.add_session_config_entry("session.set_denormal_as_zero", "1")
-        # From the bytes that were hashed: the file cannot change between check and load.
-        self.session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(
+            model_bytes, options, providers=["CPUExecutionProvider"]
+        )
         self.input_name = self.session.get_inputs()[0].name
 
     @property

@@ -207,6 +207,8 @@ _UNREACHABLE = re.compile(
     r"ServerDisconnectedError|ConnectionResetError|timed out",
     re.IGNORECASE,
 )
+_CHECKOUT_FAILED = re.compile(r"Checkout failed for following targets")
+_MISSING_FILES = re.compile(r"do not exist neither locally nor on remote|Missing cache files")
 _MISSING_BUCKET = re.compile(
     r"b/[^/\s]+/o\b|NoSuchBucket|bucket does not exist|Not Found.*bucket", re.IGNORECASE
 )
@@ -241,7 +243,23 @@ def classify(text: str, info: RemoteInfo | None = None) -> RemoteProblem | None:
         return RemoteProblem(
             "permission",
             f"the credentials were accepted but may not use the bucket{where}",
-            "grant the service account roles/storage.objectAdmin on the bucket",
+            "grant the service account roles/storage.objectViewer on the bucket to pull, and "
+            "roles/storage.objectCreator as well to push (README: Workflows and secrets)",
+        )
+    if _CHECKOUT_FAILED.search(text):
+        missing = _MISSING_FILES.search(text) is not None
+        return RemoteProblem(
+            "checkout",
+            "dvc pull could not check out some outputs: "
+            + (
+                "they are not in the remote"
+                if missing
+                else "what the remote sent does not hash to dvc.lock (with `verify = true` "
+                "DVC refuses a changed or corrupted object), or it is not there"
+            )
+            + f" (remote{where})",
+            "push the right files from a machine that has them (`make push`), or rebuild them "
+            "(`dvc repro`); do not trust the remote's copy until then",
         )
     if _UNREACHABLE.search(text):
         return RemoteProblem(

@@ -5,8 +5,9 @@ the diffing it already knows (``metrics diff``, ``params diff``, through its Pyt
 API); this module adds what DVC does not: per-class changes sorted by size, a paired
 significance test on the per-sample predictions (:mod:`imgclf.compare`), a text
 confusion-change table, and plain notes instead of crashes when the base has no
-metrics or evaluated a different test set. ``imgclf data-report`` does the same for the
-dataset report that ``prepare`` writes.
+metrics or evaluated a different test set. Reading revisions is :mod:`imgclf.revisions`,
+escaping and number formatting :mod:`imgclf.markdown`; ``imgclf data-report`` is
+:mod:`imgclf.data_report`.
 
 Everything is text (tables), so the PR comment reads without images; PNG links are
 added only with ``images=True`` (the CML workflow leaves publishing off by default).
@@ -14,15 +15,9 @@ added only with ``images=True`` (the CML workflow leaves publishing off by defau
 
 from __future__ import annotations
 
-import json
-import math
-import subprocess
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from imgclf.compare import (
     NotPairedError,
@@ -32,12 +27,33 @@ from imgclf.compare import (
     confusion_changes,
     parse_predictions,
 )
+from imgclf.data_report import data_report
+from imgclf.markdown import code, fmt, fmt_change, inline, param_cell, param_value, table
+from imgclf.revisions import (
+    CONFUSION_PNG,
+    EVALUATE,
+    PREDICTIONS,
+    TRAIN,
+    ReportError,
+    dvc_diffs,
+    json_at,
+    read_at,
+    resolve_revision,
+    workspace_json,
+)
 
-EVALUATE = "metrics/evaluate.json"
-TRAIN = "metrics/train/metrics.json"
-PREDICTIONS = "metrics/predictions.csv"
-PREPARE = "metrics/prepare.json"
-CONFUSION_PNG = "metrics/confusion_matrix.png"
+__all__ = [
+    "ModelReport",
+    "ReportError",
+    "build_model_report",
+    "data_report",
+    "fmt",
+    "fmt_change",
+    "model_report",
+    "param_value",
+    "render_model_report",
+]
+
 
 # (file, flattened key, label): the rows of the headline table, in reading order.
 HEADLINE: tuple[tuple[str, str, str], ...] = (
@@ -54,149 +70,6 @@ HEADLINE: tuple[tuple[str, str, str], ...] = (
     (TRAIN, "epochs_run", "epochs run"),
 )
 MAX_ROWS = 30
-
-
-class ReportError(RuntimeError):
-    """A problem the user must fix (unknown revision, no metrics in the workspace)."""
-
-
-# --------------------------------------------------------------------------- reading
-
-
-def _git(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
-
-
-def resolve_revision(root: Path, rev: str) -> str:
-    """The commit a revision names; a clear error for shallow clones and typos."""
-    proc = _git(root, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
-    if proc.returncode != 0:
-        raise ReportError(
-            f"unknown git revision {rev!r}: fetch it first (git fetch origin {rev.split('/')[-1]};"
-            " in GitHub Actions checkout with fetch-depth: 0)"
-        )
-    return proc.stdout.strip()
-
-
-def read_at(root: Path, path: str, rev: str | None) -> str | None:
-    """A file's text in the workspace (``rev=None``) or at a git revision; None if absent.
-
-    Git first (metrics are git-tracked, so no remote is needed in CI); if the file is a
-    DVC-cached output at that revision, DVC's API fetches it from the cache or remote.
-    """
-    if rev is None:
-        file = root / path
-        return file.read_text() if file.is_file() else None
-    proc = _git(root, "show", f"{rev}:{path}")
-    if proc.returncode == 0:
-        return proc.stdout
-    try:
-        import dvc.api
-
-        return dvc.api.read(path, repo=str(root), rev=rev)
-    except Exception:  # noqa: BLE001 - any DVC failure means "not available at that revision"
-        return None
-
-
-def _json_at(root: Path, path: str, rev: str | None) -> dict[str, Any] | None:
-    text = read_at(root, path, rev)
-    if text is None:
-        return None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _workspace_json(root: Path, path: str, target: str = "") -> dict[str, Any]:
-    """A metrics file of the workspace, or a clear error saying what to run to get it."""
-    data = _json_at(root, path, None)
-    if data is None:
-        command = f"dvc repro {target}".strip()
-        raise ReportError(f"{path} is missing in the workspace: run `{command}` first")
-    return data
-
-
-def _strip(diff: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """DVC's diff keyed by repo-relative file; DVC prints paths relative to the cwd."""
-    out: dict[str, dict[str, Any]] = {}
-    for path, entries in diff.get("diff", {}).items():
-        out[Path(path).as_posix().removeprefix("./")] = entries
-    return out
-
-
-def dvc_diffs(root: Path, base: str) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
-    """``dvc metrics diff <base> --all`` and ``dvc params diff <base>``, via DVC's API."""
-    from dvc.repo import Repo
-
-    with Repo(str(root)) as repo:
-        metrics = repo.metrics.diff(a_rev=base, all=True)
-        params = repo.params.diff(a_rev=base)
-    return _strip(metrics), _strip(params)
-
-
-# --------------------------------------------------------------------------- formatting
-
-
-def fmt(value: Any) -> str:
-    """Numbers as a reviewer wants them: 4 decimals for fractions, integers as is."""
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        return f"{value:.4f}" if abs(value) < 1000 else f"{value:.6g}"
-    return str(value)
-
-
-def fmt_change(old: Any, new: Any) -> str:
-    """Signed difference, or a plain word when there is nothing to subtract."""
-    if old is None and new is None:
-        return "—"
-    if old is None:
-        return "new"
-    if new is None:
-        return "removed"
-    if isinstance(old, (int, float)) and isinstance(new, (int, float)):
-        diff = new - old
-        if diff == 0:
-            return "0"
-        if isinstance(old, int) and isinstance(new, int):
-            return f"{diff:+d}"
-        return f"{diff:+.4f}"
-    return "changed" if old != new else "0"
-
-
-def param_value(value: Any) -> str:
-    """A param as one would type it after ``-S key=``."""
-    if value is None:
-        return "(unset)"
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, sort_keys=True)
-    return str(value).lower() if isinstance(value, bool) else str(value)
-
-
-def table(header: Iterable[str], rows: Iterable[Iterable[str]]) -> list[str]:
-    """A GitHub markdown table."""
-    head = list(header)
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return lines
-
-
-def code(text: str) -> str:
-    """Inline code that survives backticks in revision names."""
-    return f"`{text.replace('`', '')}`"
-
-
-# --------------------------------------------------------------------------- model report
 
 
 @dataclass
@@ -262,7 +135,7 @@ class ModelReport:
         changed = self.changed_params
         if not changed:
             return "This change"
-        parts = [f"{name}={param_value(new)}" for name, _, new in changed[:3]]
+        parts = [inline(f"{name}={param_value(new)}") for name, _, new in changed[:3]]
         more = f" and {len(changed) - 3} more params" if len(changed) > 3 else ""
         return ", ".join(parts) + more
 
@@ -271,11 +144,11 @@ def build_model_report(root: Path, base: str, label: str = "workspace") -> Model
     """Collect DVC's diffs, both revisions' evaluation files and the paired comparison."""
     root = root.resolve()
     commit = resolve_revision(root, base)
-    head_eval = _workspace_json(root, EVALUATE)
+    head_eval = workspace_json(root, EVALUATE)
     metrics, params = dvc_diffs(root, base)
     report = ModelReport(base=base, label=label, base_commit=commit, metrics=metrics, params=params)
     report.head_eval = head_eval
-    report.base_eval = _json_at(root, EVALUATE, commit)
+    report.base_eval = json_at(root, EVALUATE, commit)
     head_text = read_at(root, PREDICTIONS, None)
     base_text = read_at(root, PREDICTIONS, commit) if report.base_eval is not None else None
     report.head_predictions = parse_predictions(head_text) if head_text else None
@@ -343,6 +216,7 @@ def render_model_report(report: ModelReport, images: bool = False) -> str:
     """The markdown of the PR comment."""
     b, t = report.base, report.label
     lines = [f"## Model report: {code(t)} vs {code(b)} ({report.base_commit[:8]})", ""]
+    hb, ht = inline(b), inline(t)  # the column headers
     if report.base_eval is None:
         lines += [
             f"> **Note:** the base revision {code(b)} has no metrics ({code(EVALUATE)} is not "
@@ -373,13 +247,13 @@ def render_model_report(report: ModelReport, images: bool = False) -> str:
         if old is None and new is None:
             continue
         rows.append([name, fmt(old), fmt(new), fmt_change(old, new)])
-    lines += [*table(["metric", b, t, "change"], rows), ""]
+    lines += [*table(["metric", hb, ht, "change"], rows), ""]
 
     lines += ["### Params that changed", ""]
     changed = report.changed_params
     if changed:
-        rows = [[code(n), param_value(o), param_value(v)] for n, o, v in changed]
-        lines += [*table(["param", b, t], rows), ""]
+        rows = [[code(n), param_cell(o), param_cell(v)] for n, o, v in changed]
+        lines += [*table(["param", hb, ht], rows), ""]
     else:
         lines += ["None.", ""]
 
@@ -405,7 +279,7 @@ def render_model_report(report: ModelReport, images: bool = False) -> str:
                 [code(a), code(p), "✓" if a == p else "✗", str(o), str(n), f"{n - o:+d}"]
                 for (a, p), (o, n) in ordered[:MAX_ROWS]
             ]
-            lines += table(["actual", "predicted", "correct", b, t, "change"], rows)
+            lines += table(["actual", "predicted", "correct", hb, ht, "change"], rows)
             if len(ordered) > MAX_ROWS:
                 lines += ["", f"… and {len(ordered) - MAX_ROWS} more cells."]
             lines += [""]
@@ -421,7 +295,7 @@ def render_model_report(report: ModelReport, images: bool = False) -> str:
             "",
         ]
         rows = [[code(f"{p}:{k}"), fmt(o), fmt(n), fmt_change(o, n)] for p, k, o, n in other]
-        lines += [*table(["metric", b, t, "change"], rows[: MAX_ROWS * 3]), "", "</details>", ""]
+        lines += [*table(["metric", hb, ht, "change"], rows[: MAX_ROWS * 3]), "", "</details>", ""]
 
     if images:
         lines += ["### Plots", "", f"![confusion matrix]({CONFUSION_PNG})", ""]
@@ -437,94 +311,3 @@ def render_model_report(report: ModelReport, images: bool = False) -> str:
 def model_report(root: Path, base: str, label: str = "workspace", images: bool = False) -> str:
     """Build and render in one call (what the CLI and the workflow use)."""
     return render_model_report(build_model_report(root, base, label), images=images)
-
-
-# --------------------------------------------------------------------------- data report
-
-
-def _dvc_files_changed(root: Path, commit: str) -> list[list[str]]:
-    """Rows for every ``*.dvc`` file that differs from base: what DVC tracks there now."""
-    proc = _git(root, "diff", "--name-status", commit, "--", "*.dvc")
-    rows = []
-    for line in proc.stdout.splitlines():
-        status, _, path = line.partition("\t")
-        path = path.split("\t")[-1]
-
-        def out_of(text: str | None) -> dict[str, Any]:
-            if not text:
-                return {}
-            outs = (yaml.safe_load(text) or {}).get("outs") or [{}]
-            return outs[0]
-
-        old, new = out_of(read_at(root, path, commit)), out_of(read_at(root, path, None))
-        rows.append(
-            [
-                code(path),
-                {"A": "added", "D": "deleted", "M": "modified"}.get(status[:1], status),
-                f"{fmt(old.get('nfiles'))} → {fmt(new.get('nfiles'))}",
-                f"{fmt(old.get('size'))} → {fmt(new.get('size'))}",
-            ]
-        )
-    return rows
-
-
-def data_report(root: Path, base: str, label: str = "workspace") -> str:
-    """The dataset report: class counts, image sizes, skipped files, changes against base."""
-    root = root.resolve()
-    commit = resolve_revision(root, base)
-    head = _workspace_json(root, PREPARE, "prepare")
-    old = _json_at(root, PREPARE, commit) or {}
-    b, t = base, label
-    lines = [f"## Dataset report: {code(t)} vs {code(b)} ({commit[:8]})", ""]
-    if not old:
-        lines += [f"> **Note:** the base revision {code(b)} has no {code(PREPARE)}.", ""]
-    lines += [f"Dataset: {code(str(head.get('dataset')))}", ""]
-
-    totals = [("images found", "n_found"), ("used", "n_used"), ("skipped", "n_skipped")]
-    rows = [[n, fmt(old.get(k)), fmt(head.get(k)), fmt_change(old.get(k), head.get(k))]
-            for n, k in totals]  # fmt: skip
-    for split in ("train", "val", "test"):
-        o, n = old.get("split", {}).get(split), head.get("split", {}).get(split)
-        rows.append([f"{split} split", fmt(o), fmt(n), fmt_change(o, n)])
-    lines += ["### Totals", "", *table(["", b, t, "change"], rows), ""]
-
-    lines += ["### Images per class", ""]
-    oc, hc = old.get("classes", {}), head.get("classes", {})
-    rows = []
-    for cls in sorted(set(oc) | set(hc)):
-        o, n = oc.get(cls, {}), hc.get(cls, {})
-        used = [fmt(o.get("used")), fmt(n.get("used")), fmt_change(o.get("used"), n.get("used"))]
-        rows.append([code(cls), *used, *(fmt(n.get(s)) for s in ("train", "val", "test"))])
-    lines += [*table(["class", f"used ({b})", f"used ({t})", "change", "train", "val", "test"],
-                     rows), ""]  # fmt: skip
-
-    lines += ["### Image sizes", ""]
-    os_, hs = old.get("image_size", {}), head.get("image_size", {})
-    rows = [[k.replace("_", " "), fmt(os_.get(k)), fmt(hs.get(k))] for k in sorted(hs or os_)]
-    lines += [*table(["", b, t], rows), ""]
-
-    lines += ["### Skipped files", ""]
-    ob, hb = old.get("skipped_by_reason", {}), head.get("skipped_by_reason", {})
-    if not ob and not hb:
-        lines += ["None skipped.", ""]
-    else:
-        rows = [[r, fmt(ob.get(r, 0)), fmt(hb.get(r, 0))] for r in sorted(set(ob) | set(hb))]
-        lines += [*table(["reason", b, t], rows), ""]
-        skipped = head.get("skipped", [])
-        if skipped:
-            lines += [f"<details><summary>Skipped in {code(t)} ({len(skipped)})</summary>", ""]
-            for item in skipped[:100]:
-                if isinstance(item, dict):
-                    lines.append(f"- {code(str(item.get('path')))}: {item.get('reason')}")
-                else:
-                    lines.append(f"- {code(str(item))}")
-            lines += ["", "</details>", ""]
-
-    lines += ["### Tracked data that changed", ""]
-    rows = _dvc_files_changed(root, commit)
-    if rows:
-        lines += [*table(["file", "status", "files", "bytes"], rows), ""]
-    else:
-        lines += ["No `.dvc` file changed.", ""]
-    lines += ["<sub>Generated by `imgclf data-report` from `metrics/prepare.json`.</sub>", ""]
-    return "\n".join(lines)

@@ -152,13 +152,12 @@ _ABSOLUTE_PATH = re.compile(r"(?<![\w.])(?:[A-Za-z]:)?[/\\](?:[^\s'\"/\\]+[/\\])
 
 
 def public_message(exc: BaseException) -> str:
-    """What clients may read about a failed model load: the problem, never a server path."""
-    from imgclf.predictor import ModelIntegrityError, ModelNotFoundError
+    """What clients may read about a failed model load: the problem, never a server path.
 
-    text = _ABSOLUTE_PATH.sub(r"\1", str(exc))
-    if isinstance(exc, ModelNotFoundError | ModelIntegrityError):
-        return text
-    return f"model could not be loaded: {type(exc).__name__}: {text}"
+    ``ModelNotFoundError: model.onnx not found: …`` or ``ModelIntegrityError: model.onnx
+    does not match its card: …``; the message with its full paths goes to the log.
+    """
+    return f"{type(exc).__name__}: " + _ABSOLUTE_PATH.sub(r"\1", str(exc))
 
 
 class Service:

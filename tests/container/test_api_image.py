@@ -31,6 +31,9 @@ ENGINE_SCRIPT = Path(os.environ.get(
 ))  # fmt: skip
 IMAGE = "localhost/imgclf-api:test"
 REVISION = "feedfacefeedfacefeedfacefeedfacefeedface"
+# The Dockerfiles pin python:3.11-slim by digest; tests build on the engine's local image of
+# that tag (container-engine.sh provides a stand-in; no registry access needed).
+BASE_IMAGE = os.environ.get("IMGCLF_TEST_PYTHON_IMAGE", "python:3.11-slim")
 
 
 def _engine() -> list[str]:
@@ -55,6 +58,15 @@ def _run(cmd: list[str], timeout: float = 900) -> str:
     return proc.stdout
 
 
+def _build_cmd(engine: list[str], context: Path, tag: str) -> list[str]:
+    build = [*engine, "build", "-f", str(context / "dockerfiles" / "api.dockerfile"),
+             "--build-arg", f"GIT_REVISION={REVISION}", "--build-arg", f"PYTHON_IMAGE={BASE_IMAGE}",
+             "-t", tag, str(context)]  # fmt: skip
+    if engine[0].endswith("podman"):
+        build[2:2] = ["--format", "docker"]  # OCI images would drop the HEALTHCHECK
+    return build
+
+
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory: pytest.TempPathFactory) -> ProjectTree:
     return project_tree(tmp_path_factory.mktemp("project"))
@@ -63,11 +75,7 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> ProjectTree:
 @pytest.fixture(scope="module")
 def container(tree: ProjectTree) -> Iterator[tuple[list[str], str, str]]:
     engine = _engine()
-    build = [*engine, "build", "-f", str(tree.root / "dockerfiles" / "api.dockerfile"),
-             "--build-arg", f"GIT_REVISION={REVISION}", "-t", IMAGE, str(tree.root)]  # fmt: skip
-    if engine[0].endswith("podman"):
-        build[2:2] = ["--format", "docker"]  # OCI images would drop the HEALTHCHECK
-    _run(build)
+    _run(_build_cmd(engine, tree.root, IMAGE))
     size = int(_run([*engine, "image", "inspect", "--format", "{{.Size}}", IMAGE]).strip())
     print(f"\nimage {IMAGE}: {size / 1e6:.0f} MB")
     port = free_port()
@@ -129,3 +137,36 @@ def test_image_runs_as_non_root_with_healthcheck(container: tuple[list[str], str
     assert sorted(files) == ["evaluate.json", "model.json", "model.onnx"]
     pip = _run([*engine, "exec", cid, "pip", "list", "--format", "freeze"]).lower()
     assert "torch" not in pip and "dvc" not in pip
+
+
+def test_build_refuses_a_tampered_model(
+    container: tuple[list[str], str, str], tree: ProjectTree, tmp_path: Path
+) -> None:
+    """A model.onnx that no longer hashes to its card stops `docker build`, with the reason.
+
+    The build context is a copy (the checkout's own model is never touched) with one byte
+    of the model flipped, as an object overwritten in the bucket would arrive.
+    """
+    engine, _, _ = container
+    context = tmp_path / "context"
+    for rel in ("dockerfiles/api.dockerfile", "requirements-serve.txt", ".dockerignore",
+                "models/model.onnx", "models/model.json", "metrics/evaluate.json"):  # fmt: skip
+        (context / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2((ROOT if rel.startswith(("docker", "req", ".")) else tree.root) / rel,
+                     context / rel)  # fmt: skip
+    shutil.copytree(ROOT / "src" / "imgclf", context / "src" / "imgclf",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    model = context / "models" / "model.onnx"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    model.write_bytes(bytes(data))
+
+    tag = "localhost/imgclf-api:tampered"
+    proc = subprocess.run(_build_cmd(engine, context, tag), capture_output=True, text=True,
+                          timeout=900)  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, "the build shipped a tampered model"
+    assert "error: model integrity check failed:" in out
+    assert "/app/models/model.onnx does not match its card" in out
+    exists = subprocess.run([*engine, "image", "exists", tag], capture_output=True)
+    assert engine[0].endswith("docker") or exists.returncode != 0, "no image was tagged"

@@ -12,6 +12,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILES = [ROOT / "dockerfiles" / "api.dockerfile", ROOT / "dockerfiles" / "train.dockerfile"]
+# python:3.11-slim by digest (README: "Base images"; `make pin-images` refreshes it).
+PINNED_BASE = re.compile(r"python:3\.11-slim@sha256:[0-9a-f]{64}")
 
 
 def test_hadolint_error_level() -> None:
@@ -30,7 +32,8 @@ def test_hadolint_error_level() -> None:
 def test_api_image_contract() -> None:
     text = (ROOT / "dockerfiles" / "api.dockerfile").read_text()
     instructions = [ln for ln in text.splitlines() if ln and not ln.startswith((" ", "#"))]
-    assert instructions[0] == "FROM python:3.11-slim"
+    assert instructions[1] == "FROM ${PYTHON_IMAGE}"
+    assert PINNED_BASE.fullmatch(instructions[0].removeprefix("ARG PYTHON_IMAGE="))
     user = [ln for ln in instructions if ln.startswith("USER ")]
     assert user and user[-1].split()[1] not in ("root", "0")
     assert "EXPOSE 8000" in instructions
@@ -56,3 +59,27 @@ def test_dockerignore_keeps_data_and_venvs_out() -> None:
     allowed = [ln[1:] for ln in lines if ln.startswith("!")]
     assert not [a for a in allowed if a.startswith(("data", ".venv", ".dvc", ".git"))]
     assert "models/checkpoint.pt" not in allowed
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_base_images_are_pinned_by_digest(path: Path) -> None:
+    """Every FROM resolves to a digest-pinned default: a moved tag cannot change the image."""
+    text = path.read_text()
+    froms = re.findall(r"^FROM (\S+)", text, re.M)
+    assert froms
+    for image in froms:
+        if image.startswith("${"):
+            arg = image.strip("${}")
+            (default,) = re.findall(rf"^ARG {arg}=(\S+)$", text, re.M)
+            image = default
+        assert PINNED_BASE.fullmatch(image), f"{path.name}: FROM {image} is not digest-pinned"
+
+
+def test_api_image_verifies_the_model_before_it_ships() -> None:
+    """The integrity check runs in the build, after the model and metrics are copied in."""
+    lines = (ROOT / "dockerfiles" / "api.dockerfile").read_text().splitlines()
+    check = "RUN python -m imgclf.integrity /app/models --evaluated /app/models/evaluate.json"
+    assert check in lines
+    at = lines.index(check)
+    assert at > max(i for i, ln in enumerate(lines) if ln.startswith("COPY "))
+    assert at < next(i for i, ln in enumerate(lines) if ln.startswith("USER "))

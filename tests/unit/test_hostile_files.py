@@ -13,7 +13,6 @@ import yaml
 from PIL import Image
 
 from imgclf.params import Params, validate_params
-from imgclf.predictor import ModelIntegrityError, verify_model_file
 from imgclf.prepare import prepare
 from imgclf.preprocessing import (
     DecodeBudget,
@@ -74,13 +73,6 @@ def test_decode_budget_counts_bytes_per_pixel() -> None:
     with pytest.raises(ImageError) as err:
         open_image(rgb, 10**6, budget=budget)  # 40 000 bytes: Pillow stores RGB in 4
     assert err.value.reason == "too_many_bytes"
-
-
-def test_model_file_must_match_the_card() -> None:
-    verify_model_file(b"onnx", {"model_sha256": __import__("hashlib").sha256(b"onnx").hexdigest()})
-    for card in ({"model_sha256": "0" * 64}, {}):
-        with pytest.raises(ModelIntegrityError):
-            verify_model_file(b"onnx", card)
 
 
 def test_prepare_skips_what_it_cannot_use_and_says_why(tmp_path: Path) -> None:

@@ -1,0 +1,334 @@
+"""The security policy of the workflows, read from the YAML (README: Workflows and secrets).
+
+Each test states one rule a reviewer would otherwise check by eye, over every workflow
+file, so a new workflow or step is held to it too:
+
+* secrets appear only in the ``env`` of the one step that uses them — never workflow- or
+  job-level ``env``, never written to ``$GITHUB_ENV``; a key file is deleted by a trap;
+* pull-request workflows see the read-only key and ``GITHUB_TOKEN`` only; the writer key
+  lives in a main-only job behind an environment;
+* least permissions: nothing by default, each job asks; a job that can write runs no
+  project code and checks nothing out; the comment step is skipped for fork PRs;
+* every action is pinned to a full commit SHA with its version in a comment; checkouts
+  leave no token in ``.git/config``; no ``${{ … }}`` expression is pasted into a script;
+* the CML version and pip installs are pinned.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.support import ROOT, git, run
+
+WORKFLOWS = sorted((ROOT / ".github/workflows").glob("*.y*ml"))
+IDS = [p.name for p in WORKFLOWS]
+SECRET = re.compile(r"secrets\.([A-Za-z_][A-Za-z0-9_]*)")
+READ_ONLY_SECRETS = {"GCP_READER_KEY", "GITHUB_TOKEN"}
+FORK_GUARD = "github.event.pull_request.head.repo.full_name == github.repository"
+PINNED = re.compile(r"^\s*(?:-\s*)?uses:\s*([\w.-]+/[\w./-]+)@([0-9a-f]{40}) # v\d+\.\d+\.\d+$")
+CREDENTIAL_WORDS = re.compile(r"KEY|TOKEN|PASSWORD|SECRET|CREDENTIAL", re.IGNORECASE)
+# A command that would run the checked-out project's code (first word of a command).
+PROJECT_CODE = re.compile(
+    r"(?:^|[;&|(]\s*)(?:imgclf|dvc|make|pip\d*|python\d*|pytest|bash|\./)\b", re.M
+)
+
+
+def load(path: Path) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text())
+    data["on"] = data.pop(True, data.get("on"))  # YAML 1.1 reads the key `on` as True
+    return data
+
+
+def triggers(wf: dict[str, Any]) -> set[str]:
+    on = wf["on"]
+    return {on} if isinstance(on, str) else set(on)
+
+
+def jobs(wf: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return list(wf["jobs"].items())
+
+
+def all_steps(wf: dict[str, Any]) -> list[dict[str, Any]]:
+    return [s for _, job in jobs(wf) for s in job.get("steps", [])]
+
+
+def secrets_in(value: Any) -> set[str]:
+    """Names of the secrets an (arbitrarily nested) YAML value refers to."""
+    return set(SECRET.findall(yaml.safe_dump(value))) if value is not None else set()
+
+
+@pytest.fixture(params=WORKFLOWS, ids=IDS)
+def workflow(request: pytest.FixtureRequest) -> tuple[Path, dict[str, Any]]:
+    return request.param, load(request.param)
+
+
+def test_no_secret_in_workflow_or_job_env(workflow: tuple[Path, dict[str, Any]]) -> None:
+    """A workflow- or job-level env is visible to every step, PR code and third parties."""
+    _, wf = workflow
+    assert not secrets_in(wf.get("env")), "workflow-level env holds a secret"
+    for name, job in jobs(wf):
+        assert not secrets_in(job.get("env")), f"job {name}: job-level env holds a secret"
+        assert "github.token" not in yaml.safe_dump(job.get("env", {}))
+
+
+def test_secrets_only_in_the_env_of_one_step(workflow: tuple[Path, dict[str, Any]]) -> None:
+    """Secrets reach a step through its own env, nowhere else (not `with:`, `if:`, `run:`)."""
+    _, wf = workflow
+    for name, job in jobs(wf):
+        for step in job.get("steps", []):
+            outside_env = {k: v for k, v in step.items() if k != "env"}
+            assert not secrets_in(outside_env), f"job {name}, step {step.get('name')}"
+        users: dict[str, list[str]] = {}
+        for step in job.get("steps", []):
+            for secret in secrets_in(step.get("env")):
+                users.setdefault(secret, []).append(str(step.get("name")))
+        for secret, names in users.items():
+            assert len(names) == 1, f"job {name}: {secret} is in several steps: {names}"
+
+
+def test_key_files_live_and_die_inside_their_step(workflow: tuple[Path, dict[str, Any]]) -> None:
+    """Written to a fresh temp file, used inline, deleted by an EXIT trap; never exported."""
+    _, wf = workflow
+    for step in all_steps(wf):
+        keys = [k for k, v in (step.get("env") or {}).items() if "secrets.GCP_" in str(v)]
+        for key in keys:
+            script = step["run"]
+            assert 'key="$(mktemp "$RUNNER_TEMP/gcp-key.XXXXXX")"' in script
+            assert script.index("trap 'rm -f \"$key\"' EXIT") < script.index(f'"${key}" >')
+            assert 'GOOGLE_APPLICATION_CREDENTIALS="$key" imgclf' in script
+            assert "export GOOGLE_APPLICATION_CREDENTIALS" not in script
+
+
+def test_nothing_is_exported_through_github_env(workflow: tuple[Path, dict[str, Any]]) -> None:
+    """$GITHUB_ENV reaches every later step (PR code, third-party tools): keep it unused."""
+    _, wf = workflow
+    for step in all_steps(wf):
+        script = step.get("run", "")
+        assert "GITHUB_ENV" not in script, step.get("name")
+        for line in script.splitlines():
+            if "GITHUB_OUTPUT" in line or "GITHUB_PATH" in line:
+                written = line.split(">>")[0]
+                assert not CREDENTIAL_WORDS.search(written), f"{step.get('name')}: {line}"
+
+
+def test_pull_request_workflows_see_only_the_read_only_key() -> None:
+    for path in WORKFLOWS:
+        wf = load(path)
+        if triggers(wf) & {"pull_request", "pull_request_target", "workflow_run"}:
+            assert secrets_in(wf) <= READ_ONLY_SECRETS, path.name
+
+
+def test_no_privileged_pull_request_triggers(workflow: tuple[Path, dict[str, Any]]) -> None:
+    """pull_request_target / workflow_run run with secrets and a write token: not used here."""
+    _, wf = workflow
+    assert not triggers(wf) & {"pull_request_target", "workflow_run"}
+
+
+def test_the_writer_key_only_on_main_behind_an_environment() -> None:
+    users = [p for p in WORKFLOWS if "GCP_WRITER_KEY" in secrets_in(load(p))]
+    assert [p.name for p in users] == ["dvc-push.yaml"]
+    wf = load(users[0])
+    assert triggers(wf) <= {"push", "workflow_dispatch"}
+    assert wf["on"]["push"]["branches"] == ["main"]
+    for name, job in jobs(wf):
+        if "GCP_WRITER_KEY" in secrets_in(job):
+            assert job["if"] == "github.ref == 'refs/heads/main'", name
+            assert job["environment"] == "dvc-writer", name
+            (step,) = [s for s in job["steps"] if "GCP_WRITER_KEY" in secrets_in(s)]
+            assert step["run"].index("git diff --quiet -- dvc.lock") < step["run"].index(
+                "imgclf push"
+            ), "push only outputs that the committed dvc.lock names"
+
+
+def test_registry_password_only_in_the_login_step() -> None:
+    for path in WORKFLOWS:
+        for step in all_steps(load(path)):
+            if "REGISTRY_PASSWORD" in secrets_in(step):
+                script = step["run"]
+                assert "--password-stdin" in script and "docker logout" in script
+                assert 'DOCKER_CONFIG="$(mktemp -d' in script, "the login dies with the step"
+
+
+def test_least_permissions(workflow: tuple[Path, dict[str, Any]]) -> None:
+    path, wf = workflow
+    top = wf.get("permissions")
+    assert top is not None, "set workflow-level permissions (default token is broad)"
+    assert top in ({}, {"contents": "read"}), f"{path.name}: top-level {top}"
+    for name, job in jobs(wf):
+        perms = job.get("permissions", top)
+        assert perms is not None
+        writes = {k for k, v in perms.items() if v == "write"}
+        assert writes <= {"pull-requests"}, f"{path.name}/{name}: {writes}"
+        assert perms.get("contents", "read") == "read"
+
+
+def test_jobs_that_can_write_run_no_pr_code(workflow: tuple[Path, dict[str, Any]]) -> None:
+    """The write token's job checks nothing out and runs none of the project's code."""
+    path, wf = workflow
+    for name, job in jobs(wf):
+        if "write" not in job.get("permissions", {}).values():
+            continue
+        for step in job["steps"]:
+            assert not step.get("uses", "").startswith("actions/checkout"), f"{path.name}/{name}"
+            assert not PROJECT_CODE.search(step.get("run", "")), f"{path.name}/{name}: {step}"
+
+
+def test_comment_jobs_are_skipped_for_forks_and_forks_still_get_the_report() -> None:
+    for path in WORKFLOWS:
+        wf = load(path)
+        for name, job in jobs(wf):
+            comments = [s for s in job.get("steps", []) if "cml comment" in s.get("run", "")]
+            if not comments:
+                continue
+            assert FORK_GUARD in job["if"], f"{path.name}/{name}: comment without fork guard"
+            assert "!cancelled()" in job["if"], "a stale-lock failure still gets its comment"
+            (needs,) = [job["needs"]] if isinstance(job["needs"], str) else job["needs"]
+            report = wf["jobs"][needs]
+            runs = "\n".join(s.get("run", "") for s in report["steps"])
+            assert '>> "$GITHUB_STEP_SUMMARY"' in runs, "the report is in the job summary"
+            uploads = [s for s in report["steps"] if "upload-artifact" in s.get("uses", "")]
+            assert uploads, "the report is kept as an artifact"
+            notice = [s for s in report["steps"] if s.get("if") == "env.FROM_FORK == 'true'"]
+            assert notice and "::notice" in notice[0]["run"]
+            assert report["env"]["FROM_FORK"].replace(" ", "") == (
+                "${{github.event.pull_request.head.repo.full_name!=github.repository}}"
+            )
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=IDS)
+def test_every_action_is_pinned_to_a_commit_sha(path: Path) -> None:
+    uses = [ln for ln in path.read_text().splitlines() if re.match(r"^\s*(-\s*)?uses:", ln)]
+    for line in uses:
+        if line.split("uses:")[1].strip().startswith("./"):
+            continue  # a local action is the repository's own code
+        assert PINNED.match(line), f"not pinned to a full SHA with '# vX.Y.Z': {line.strip()}"
+
+
+def test_checkouts_do_not_persist_credentials(workflow: tuple[Path, dict[str, Any]]) -> None:
+    _, wf = workflow
+    for step in all_steps(wf):
+        if step.get("uses", "").startswith("actions/checkout@"):
+            assert step.get("with", {}).get("persist-credentials") is False
+
+
+def test_no_expressions_inside_scripts(workflow: tuple[Path, dict[str, Any]]) -> None:
+    """`${{ github.event.* }}` pasted into a script is shell injection (a branch name, a title):
+    values go through env and are quoted as "$VAR"."""
+    _, wf = workflow
+    for step in all_steps(wf):
+        assert "${{" not in step.get("run", ""), step.get("name")
+
+
+def test_cml_is_a_pinned_version_not_a_floating_action(
+    workflow: tuple[Path, dict[str, Any]],
+) -> None:
+    _, wf = workflow
+    for name, job in jobs(wf):
+        runs = "\n".join(s.get("run", "") for s in job.get("steps", []))
+        if "cml comment" in runs:
+            assert re.fullmatch(r"\d+\.\d+\.\d+", job["env"]["CML_VERSION"]), name
+            assert "releases/download/v$CML_VERSION/cml-linux-x64" in runs
+            assert "sha256sum --check" in runs
+        assert not any("setup-cml" in s.get("uses", "") for s in job.get("steps", []))
+
+
+def test_pip_installs_are_pinned(workflow: tuple[Path, dict[str, Any]]) -> None:
+    """Only the project's pinned files, the project itself, or `==` lines taken from them."""
+    _, wf = workflow
+    from_requirements = re.compile(r"\$\(grep -E '\^\S+==' requirements(-\w+)?\.txt\)")
+    for step in all_steps(wf):
+        for line in step.get("run", "").splitlines():
+            if "pip install" not in line:
+                continue
+            args = shlex.split(line.split("pip install", 1)[1])
+            skip_next = False
+            for arg in args:
+                if skip_next:
+                    skip_next = False
+                elif arg in ("-r", "--requirement", "-e", "--editable"):
+                    skip_next = True
+                else:
+                    ok = arg.startswith("-") or "==" in arg or from_requirements.fullmatch(arg)
+                    assert ok, f"unpinned pip install argument {arg!r} in: {line.strip()}"
+
+
+def test_report_step_builds_the_report_without_any_token(tmp_path: Path) -> None:
+    """The fork path, run locally: cml.yaml's report step in a real git+DVC repo, with no
+    token and no secret in the environment, writes the report, the job summary and the
+    `built` output; the fork-notice step prints its notice."""
+    from tests.report.test_report_notes import DVC_YAML, write_metrics
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    run(["git", "init", "-q", "-b", "main"], repo)
+    run(["dvc", "init", "-q"], repo)
+    (repo / "params.yaml").write_text("lr: 0.1\n")
+    (repo / "dvc.yaml").write_text(DVC_YAML)
+    write_metrics(repo, ["a/1.png", "b/1.png"], [True, True])
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "base")
+    git(repo, "update-ref", "refs/remotes/origin/main", "HEAD")
+    write_metrics(repo, ["a/1.png", "b/1.png"], [True, False])
+
+    wf = load(ROOT / ".github/workflows/cml.yaml")
+    report_job = wf["jobs"]["report"]
+    (build,) = [s for s in report_job["steps"] if s.get("id") == "report"]
+    (notice,) = [s for s in report_job["steps"] if s.get("if") == "env.FROM_FORK == 'true'"]
+    summary, output = tmp_path / "summary.md", tmp_path / "output"
+    keep = {k: v for k, v in os.environ.items() if not CREDENTIAL_WORDS.search(k)}
+    env = {**keep, "BASE_REF": "main", "PR_NUMBER": "7", "MISMATCH": "true",
+           "IMAGES": "--no-images", "GITHUB_STEP_SUMMARY": str(summary),
+           "GITHUB_OUTPUT": str(output), "FROM_FORK": "true"}  # fmt: skip
+    env["PATH"] = f"{Path(os.sys.executable).parent}:{env.get('PATH', '')}"
+    proc = subprocess.run(["bash", "-e", "-c", build["run"]], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = (repo / "model-report/report.md").read_text()
+    assert report.startswith("> [!CAUTION]")
+    assert "## Model report: `PR #7` vs `origin/main`" in report
+    assert summary.read_text() == report
+    assert output.read_text() == "built=true\n"
+    fork = subprocess.run(["bash", "-e", "-c", notice["run"]], capture_output=True, text=True)
+    assert fork.stdout.startswith("::notice title=Report not posted as a comment::")
+
+
+def evaluate_if(expression: str, context: dict[str, str]) -> bool:
+    """A GitHub `if:` made of `!cancelled()`, `==`, `!=` and `&&` over the given context.
+
+    Deliberately tiny: enough for the comment jobs' conditions; anything else in the
+    expression fails the test rather than being guessed at.
+    """
+    expr = " ".join(expression.split())
+    for name, value in sorted(context.items(), key=lambda kv: -len(kv[0])):
+        expr = expr.replace(name, repr(value))
+    expr = expr.replace("!cancelled()", "True").replace("&&", " and ")
+    assert re.fullmatch(r"[\w\s'/.\-=!]+", expr), f"unsupported expression: {expr}"
+    return bool(eval(expr, {"__builtins__": {}}, {"True": True}))  # checked just above
+
+
+@pytest.mark.parametrize(("head_repo", "built", "posts"), [
+    ("owner/imgclf", "true", True),     # a branch of this repository: the comment is posted
+    ("fork/imgclf", "true", False),     # a fork: skipped (the report job printed a notice)
+    ("owner/imgclf", "", False),        # no report was built (repro failed): nothing to post
+])  # fmt: skip
+def test_comment_job_runs_only_for_same_repo_prs_with_a_report(
+    head_repo: str, built: str, posts: bool
+) -> None:
+    for name in ("cml.yaml", "data.yaml"):
+        wf = load(ROOT / ".github/workflows" / name)
+        job = wf["jobs"]["comment"]
+        (needs,) = [job["needs"]]
+        context = {
+            "github.event.pull_request.head.repo.full_name": head_repo,
+            "github.repository": "owner/imgclf",
+            f"needs.{needs}.outputs.built": built,
+        }
+        assert evaluate_if(job["if"], context) is posts, (name, head_repo, built)
