@@ -103,12 +103,3 @@ def model_card(
         "dataset": {**meta["dataset"], "counts": meta["counts"]},
         "model_sha256": sha,
     }
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, streamed (models can be hundreds of MB)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -16,8 +16,8 @@ class ModelNotFoundError(FileNotFoundError):
     """The model directory lacks the ONNX file or its card."""
 
 
-class ModelIntegrityError(RuntimeError):
-    """The ONNX file is not the one its card describes (sha256 mismatch)."""
+class ModelIntegrityError(ValueError):
+    """The model file is not the one its card (or the committed metrics) describes."""
 
 
 class ImageError(ValueError):

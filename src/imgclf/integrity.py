@@ -28,17 +28,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-MODEL_FILE = "model.onnx"
-CARD_FILE = "model.json"
+from imgclf.artifact import CARD_FILE, MODEL_FILE
+from imgclf.errors import ModelIntegrityError
+
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _FIX = (
     "fix: fetch it again (`dvc pull` — with `verify = true` DVC re-hashes what it "
     "downloads) or rebuild it (`dvc repro`); do not ship or serve this file"
 )
-
-
-class ModelIntegrityError(ValueError):
-    """The model file is not the one its card (or the committed metrics) describes."""
 
 
 def sha256_bytes(data: bytes) -> str:
