@@ -432,12 +432,14 @@ def test_mixed_hostile_load_keeps_normal_requests_and_health_answered(
         baseline = hostile.probe_in_process(server.url, seconds=2)
         idle = json.loads(baseline.communicate(timeout=30)[0])
         threads = [threading.Thread(target=hammer, args=("normal", [normal])) for _ in range(2)]
-        threads += [threading.Thread(target=hammer, args=("wide", [wide_png])) for _ in range(3)]
+        # Two 16-bit clients keep both workers decoding non-stop; more would only add
+        # client-side CPU on this 2-core machine, not server load.
+        threads += [threading.Thread(target=hammer, args=("wide", [wide_png])) for _ in range(2)]
         threads += [threading.Thread(target=hammer, args=("bad", bad))]
         threads += [threading.Thread(target=slow) for _ in range(3)]
         for t in threads:
             t.start()
-        probe = hostile.probe_in_process(server.url, seconds=6)
+        probe = hostile.probe_in_process(server.url, seconds=8, every=0.01)
         loaded = json.loads(probe.communicate(timeout=60)[0])
         stop.set()
         for t in threads:
@@ -459,6 +461,8 @@ def test_mixed_hostile_load_keeps_normal_requests_and_health_answered(
     assert not loaded["failures"], loaded["failures"][:5]
     p99 = float(np.percentile(loaded["latencies"], 99))
     idle_p99 = float(np.percentile(idle["latencies"], 99))
+    print(f"mixed load: /health p99 {p99:.1f} ms (idle {idle_p99:.1f} ms), "
+          f"peak RSS {peak // MiB} MiB, {dict(statuses)}")  # fmt: skip
     # 50 ms on a quiet machine; on a busy shared one, at most 50 ms over what it gives idle.
     assert p99 < HEALTH_P99_MS + max(0.0, idle_p99 - 5), (
         f"/health p99 {p99:.1f} (idle {idle_p99:.1f}) ms"
