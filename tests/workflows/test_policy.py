@@ -284,8 +284,9 @@ def test_report_step_builds_the_report_without_any_token(tmp_path: Path) -> None
     (notice,) = [s for s in report_job["steps"] if s.get("if") == "env.FROM_FORK == 'true'"]
     summary, output = tmp_path / "summary.md", tmp_path / "output"
     keep = {k: v for k, v in os.environ.items() if not CREDENTIAL_WORDS.search(k)}
+    (repo / "lock-check.txt").write_text("lock check: inputs differ\n  - stage train: …\n")
     env = {**keep, "BASE_REF": "main", "PR_NUMBER": "7", "MISMATCH": "true",
-           "IMAGES": "--no-images", "GITHUB_STEP_SUMMARY": str(summary),
+           "LOCK_FAILED": "true", "IMAGES": "--no-images", "GITHUB_STEP_SUMMARY": str(summary),
            "GITHUB_OUTPUT": str(output), "FROM_FORK": "true"}  # fmt: skip
     env["PATH"] = f"{Path(os.sys.executable).parent}:{env.get('PATH', '')}"
     proc = subprocess.run(["bash", "-e", "-c", build["run"]], cwd=repo, env=env,
@@ -293,6 +294,7 @@ def test_report_step_builds_the_report_without_any_token(tmp_path: Path) -> None
     assert proc.returncode == 0, proc.stderr
     report = (repo / "model-report/report.md").read_text()
     assert report.startswith("> [!CAUTION]")
+    assert "> lock check: inputs differ" in report  # check-lock's verdict, quoted
     assert "## Model report: `PR #7` vs `origin/main`" in report
     assert summary.read_text() == report
     assert output.read_text() == "built=true\n"

@@ -77,7 +77,7 @@ def test_cml_workflow_promises() -> None:
     wanted = [
         "imgclf pull",
         "dvc repro",
-        "git diff --quiet -- dvc.lock",
+        "imgclf check-lock",
         'imgclf report --base "origin/$BASE_REF"',
         "cml comment update model-report/report.md",
     ]
