@@ -20,6 +20,10 @@ class ModelIntegrityError(RuntimeError):
     """The ONNX file is not the one its card describes (sha256 mismatch)."""
 
 
+class WeightsError(ValueError):
+    """``model.weights`` cannot initialise this model (other architecture or shapes)."""
+
+
 class ImageError(ValueError):
     """An input cannot be used as an image; ``reason`` is a short machine-readable tag."""
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
+from imgclf.baseline import score_baselines
 from imgclf.dataio import load_split, read_index, write_json
 from imgclf.params import Params
 from imgclf.predictor import Predictor
@@ -98,7 +99,7 @@ def plot_confusion(path: Path, matrix: np.ndarray, classes: list[str]) -> None:
 
 
 def evaluate(params: Params, prepared: Path, model_dir: Path, out_dir: Path) -> dict[str, Any]:
-    """Run the whole stage: metrics JSON, per-sample predictions CSV, confusion PNG."""
+    """Run the whole stage: metrics JSON (with baselines), predictions CSV, confusion PNG."""
     predictor = Predictor(model_dir)
     images, labels = load_split(prepared, "test")
     sources = [row["path"] for row in read_index(prepared, "test")]
@@ -110,5 +111,10 @@ def evaluate(params: Params, prepared: Path, model_dir: Path, out_dir: Path) -> 
         out_dir / "confusion_matrix.png", np.array(metrics["confusion_matrix"]), predictor.classes
     )
     metrics["model_sha256"] = predictor.card["model_sha256"]
+    # The same split scored by the simplest models: the yardstick for "is this any good".
+    train_x, train_y = load_split(prepared, "train")
+    metrics["baseline"] = score_baselines(
+        train_x, train_y, images, labels, len(predictor.classes), params.seed
+    )
     write_json(out_dir / "evaluate.json", metrics)
     return metrics

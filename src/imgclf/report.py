@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from imgclf.baseline import warning as baseline_warning
 from imgclf.compare import (
     NotPairedError,
     PairedComparison,
@@ -49,6 +50,9 @@ HEADLINE: tuple[tuple[str, str, str], ...] = (
     (EVALUATE, "mean_confidence", "mean confidence"),
     (EVALUATE, "n_errors", "test errors"),
     (EVALUATE, "n_test", "test samples"),
+    (EVALUATE, "baseline.accuracy", "linear baseline accuracy"),
+    (EVALUATE, "baseline.macro_f1", "linear baseline macro-F1"),
+    (EVALUATE, "baseline.majority_accuracy", "majority-class accuracy"),
     (TRAIN, "val.accuracy", "validation accuracy"),
     (TRAIN, "val.loss", "validation loss"),
     (TRAIN, "epochs_run", "epochs run"),
@@ -339,10 +343,21 @@ def _per_class_rows(report: ModelReport) -> list[list[str]]:
     return [cells for _, _, cells in rows]
 
 
+def baseline_line(head_eval: dict[str, Any] | None) -> list[str]:
+    """The report's first line when this revision's model does not beat the linear baseline.
+
+    First, before the title: a reviewer who reads one line must learn the model is
+    no better than logistic regression on pixels (see :mod:`imgclf.baseline`).
+    """
+    text = baseline_warning(head_eval or {}) if (head_eval or {}).get("accuracy") else None
+    return [f"> ⚠️ **{text}**", ""] if text else []
+
+
 def render_model_report(report: ModelReport, images: bool = False) -> str:
     """The markdown of the PR comment."""
     b, t = report.base, report.label
     lines = [f"## Model report: {code(t)} vs {code(b)} ({report.base_commit[:8]})", ""]
+    lines = [*baseline_line(report.head_eval), *lines]
     if report.base_eval is None:
         lines += [
             f"> **Note:** the base revision {code(b)} has no metrics ({code(EVALUATE)} is not "

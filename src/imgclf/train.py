@@ -27,7 +27,7 @@ from imgclf import numerics
 from imgclf.artifact import CARD_FILE, CHECKPOINT_FILE, MODEL_FILE, export_onnx, model_card
 from imgclf.augment import build_augment
 from imgclf.dataio import load_meta, load_split, write_json
-from imgclf.models import WithSoftmax, build_model
+from imgclf.models import WithSoftmax, build_model, load_initial_weights
 from imgclf.params import Params
 
 
@@ -165,6 +165,29 @@ def _schedule(optimizer: torch.optim.Optimizer, params: Params, steps: int) -> A
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
+def warmup_epochs(params: Params) -> int:
+    """Epochs that can neither be selected nor count towards early stopping.
+
+    Why (issue 10, measured in bench/RESULTS.md): with 2-3 optimizer steps per epoch,
+    batch norm and the one-cycle warm-up, validation loss is lowest in epoch 1 *because*
+    the untrained model predicts near-uniform probabilities; selecting on val loss from
+    epoch 1 restored that untrained model (test accuracy 0.50 on a 2-class set). So the
+    first ``train.select_after`` fraction of ``epochs`` (0.3 = one-cycle's warm-up) is
+    skipped; the last epoch is always eligible.
+    """
+    return min(params.epochs - 1, int(params.train.select_after * params.epochs))
+
+
+def selection_key(val_accuracy: float, val_loss: float) -> tuple[float, float]:
+    """Higher is better: validation accuracy first, lower validation loss as the tie-break.
+
+    Accuracy is what the user is scored on; loss alone rewards timid, under-trained
+    models (low confidence, low loss) and on a small validation set it jumps around.
+    Accuracy is rounded so that float noise does not hide a tie.
+    """
+    return (round(val_accuracy, 9), -val_loss)
+
+
 def train(params: Params, prepared: Path, model_dir: Path, live_dir: Path) -> dict[str, Any]:
     """Run the whole stage and return the model card (on every rank)."""
     rt = setup_runtime(params)
@@ -175,7 +198,12 @@ def train(params: Params, prepared: Path, model_dir: Path, live_dir: Path) -> di
 
     model = build_model(
         params.model, channels, len(meta["classes"]), image_size, meta["mean"], meta["std"]
-    ).to(rt.device)
+    )
+    if params.model.weights:  # transfer learning from a local, DVC-tracked file
+        for note in load_initial_weights(model, Path(params.model.weights)):
+            if rt.is_main:
+                tqdm.write(f"model.weights: {note}")
+    model = model.to(rt.device)
     if rt.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     net: nn.Module = model
@@ -202,7 +230,9 @@ def train(params: Params, prepared: Path, model_dir: Path, live_dir: Path) -> di
         from dvclive import Live
 
         live = Live(str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None)
-    best = {"val_loss": math.inf, "epoch": 0, "state": copy.deepcopy(model.state_dict())}
+    # Selection and early stopping ignore the warm-up: see `warmup_epochs`.
+    warmup = warmup_epochs(params)
+    best: dict[str, Any] = {"key": (-math.inf, -math.inf), "epoch": 0}
     epochs_run = 0
     for epoch in range(params.epochs):
         train_data.epoch = epoch
@@ -228,8 +258,12 @@ def train(params: Params, prepared: Path, model_dir: Path, live_dir: Path) -> di
                 f"{desc}: train loss {tr_loss:.4f} acc {tr_acc:.4f} | "
                 f"val loss {va_loss:.4f} acc {va_acc:.4f}"
             )
-        if va_loss < best["val_loss"] - 1e-6:
+        if epochs_run <= warmup:
+            continue
+        key = selection_key(va_acc, va_loss)
+        if key > best["key"]:
             best = {
+                "key": key,
                 "val_loss": va_loss,
                 "val_accuracy": va_acc,
                 "epoch": epochs_run,
@@ -238,7 +272,8 @@ def train(params: Params, prepared: Path, model_dir: Path, live_dir: Path) -> di
         elif epochs_run - best["epoch"] >= params.train.patience:
             if rt.is_main:
                 tqdm.write(
-                    f"early stop: val loss has not improved for {params.train.patience} epochs"
+                    f"early stop: val accuracy (then loss) has not improved for "
+                    f"{params.train.patience} epochs after the {warmup}-epoch warm-up"
                 )
             break
 
@@ -247,7 +282,8 @@ def train(params: Params, prepared: Path, model_dir: Path, live_dir: Path) -> di
         "epochs_run": epochs_run,
         "best_epoch": best["epoch"],
         "best_val_loss": round(best["val_loss"], 6),
-        "best_val_accuracy": round(best.get("val_accuracy", 0.0), 6),
+        "best_val_accuracy": round(best["val_accuracy"], 6),
+        "selection": f"val accuracy, then val loss; epochs 1-{warmup} not eligible",
         "processes": rt.world_size,
     }
     card: dict[str, Any] = {}

@@ -1,0 +1,80 @@
+"""A user's own data (issue 10): untracked folders caught up front, bad models flagged first.
+
+Real git, real DVC, real training in temp copies of this checkout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.images import write_shapes_dataset
+from tests.support import git, imgclf, run
+
+pytestmark = pytest.mark.slow
+
+SHAPES = {"data": {"dataset": "data/raw/shapes"}, "prepare": {"image_size": 16}}
+
+
+def test_untracked_dataset_fails_in_params_check_with_the_fix(
+    repo_factory: Callable[..., Path],
+) -> None:
+    repo = repo_factory(SHAPES)
+    write_shapes_dataset(repo / "data/raw/shapes", per_class=4)
+    failed = run(["dvc", "repro", "params_check"], repo, check=False)
+    assert failed.returncode != 0
+    out = failed.stdout + failed.stderr
+    assert "error: params_check: data.dataset 'data/raw/shapes'" in out
+    assert "`dvc add data/raw/shapes`" in out and "data/raw/shapes.dvc" in out
+
+    run(["dvc", "add", "data/raw/shapes"], repo)
+    noted = run(["dvc", "repro", "params_check"], repo).stdout
+    assert "note: data/raw/shapes.dvc is not committed" in noted
+
+    git(repo, "add", "data/raw/shapes.dvc", "data/raw/.gitignore")
+    git(repo, "commit", "-qm", "track shapes")
+    ok = run(["dvc", "repro", "-f", "params_check"], repo).stdout
+    assert "params.yaml is valid" in ok and "note:" not in ok
+
+
+def test_missing_dataset_in_a_queued_experiment_is_explained(
+    repo_factory: Callable[..., Path],
+) -> None:
+    """The issue's case: the folder exists in the workspace, not in the queue's copy."""
+    repo = repo_factory()
+    write_shapes_dataset(repo / "data/raw/shapes", per_class=4)
+    run(["dvc", "exp", "run", "--queue", "-S", "data.dataset=data/raw/shapes"], repo)
+    run(["dvc", "queue", "start", "-j", "1"], repo)
+    run(["dvc", "queue", "status"], repo)
+    # `dvc queue start` returns at once; `dvc exp show` waits for nothing, so poll logs.
+    import time
+
+    deadline = time.monotonic() + 120
+    logs = ""
+    while time.monotonic() < deadline:
+        status = run(["dvc", "queue", "status"], repo).stdout
+        if "Failed" in status or "Success" in status:
+            name = next(line.split()[0] for line in status.splitlines()[1:] if line.strip())
+            logs = run(["dvc", "queue", "logs", name], repo, check=False).stdout
+            break
+        time.sleep(1)
+    assert "Failed" in status, status
+    assert "`dvc add data/raw/shapes`" in logs, logs[-3000:]
+
+
+def test_a_bad_run_warns_and_the_report_leads_with_it(repo_factory: Callable[..., Path]) -> None:
+    repo = repo_factory()
+    # A learning rate 2000x the default diverges: the model loses to logistic regression.
+    import yaml
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["lr"] = 10.0
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    proc = run(["dvc", "repro"], repo)
+    out = proc.stdout + proc.stderr
+    assert "WARNING: the model does not beat a linear baseline" in out
+    report = imgclf(repo, "report", "--base", "main").stdout
+    assert report.startswith("> ⚠️ **WARNING: the model does not beat a linear baseline")
+    assert "linear baseline accuracy" in report
