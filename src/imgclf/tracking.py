@@ -77,7 +77,8 @@ def check_dataset_tracked(dataset: str, root: Path = Path()) -> str | None:
     """Raise :class:`UntrackedDatasetError` if a fresh copy would lack ``dataset``.
 
     Returns a note (or None) for the softer case of a ``.dvc`` file that git does not
-    track yet: the workspace and a queued run work, a CI clone would not.
+    know yet (DVC's ``core.autostage`` normally stages it): the workspace works, a
+    clone would not.
     Outside a DVC repository, or for a path outside the repository, it does nothing:
     then there is no queue or clone whose contents we could reason about.
     """
@@ -97,8 +98,8 @@ def check_dataset_tracked(dataset: str, root: Path = Path()) -> str | None:
         shown = dvc_file.relative_to(root).as_posix()
         if _git_lists(root, "--", shown) is False:
             return (
-                f"note: {shown} is not committed to git yet: commit it (git add {shown} && "
-                "git commit) so that CI and other clones can `dvc pull` the dataset"
+                f"note: {shown} is not in git yet: `git add {shown}` and commit it, so that "
+                "queued experiments, CI and other clones can `dvc pull` the dataset"
             )
         return None
     if _git_lists(root, "--", str(rel)):

@@ -188,6 +188,44 @@ def selection_key(val_accuracy: float, val_loss: float) -> tuple[float, float]:
     return (round(val_accuracy, 9), -val_loss)
 
 
+@dataclass
+class EpochSelector:
+    """Which epoch to keep, and when to stop: the rule in one place, testable without torch.
+
+    Epochs ``1..warmup`` are never kept and do not count towards ``patience``; after
+    that the best :func:`selection_key` wins and training stops ``patience`` epochs
+    after the last improvement.
+    """
+
+    warmup: int
+    patience: int
+    best_epoch: int = 0
+    best_key: tuple[float, float] = (-math.inf, -math.inf)
+
+    def offer(self, epoch: int, val_accuracy: float, val_loss: float) -> bool:
+        """Record epoch ``epoch`` (1-based); True if it is the new best (keep its weights)."""
+        if epoch <= self.warmup:
+            return False
+        key = selection_key(val_accuracy, val_loss)
+        if key > self.best_key:
+            self.best_epoch, self.best_key = epoch, key
+            return True
+        return False
+
+    def should_stop(self, epoch: int) -> bool:
+        return self.best_epoch > 0 and epoch - self.best_epoch >= self.patience
+
+
+def replay(curve: list[tuple[float, float]], warmup: int, patience: int) -> tuple[int, int]:
+    """(kept epoch, epochs run) for a per-epoch (val accuracy, val loss) curve."""
+    selector = EpochSelector(warmup, patience)
+    for epoch, (accuracy, loss) in enumerate(curve, start=1):
+        selector.offer(epoch, accuracy, loss)
+        if selector.should_stop(epoch):
+            return selector.best_epoch, epoch
+    return selector.best_epoch, len(curve)
+
+
 def train(params: Params, prepared: Path, model_dir: Path, live_dir: Path) -> dict[str, Any]:
     """Run the whole stage and return the model card (on every rank)."""
     rt = setup_runtime(params)
@@ -232,7 +270,8 @@ def train(params: Params, prepared: Path, model_dir: Path, live_dir: Path) -> di
         live = Live(str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None)
     # Selection and early stopping ignore the warm-up: see `warmup_epochs`.
     warmup = warmup_epochs(params)
-    best: dict[str, Any] = {"key": (-math.inf, -math.inf), "epoch": 0}
+    selector = EpochSelector(warmup, params.train.patience)
+    best: dict[str, Any] = {}
     epochs_run = 0
     for epoch in range(params.epochs):
         train_data.epoch = epoch
@@ -258,18 +297,13 @@ def train(params: Params, prepared: Path, model_dir: Path, live_dir: Path) -> di
                 f"{desc}: train loss {tr_loss:.4f} acc {tr_acc:.4f} | "
                 f"val loss {va_loss:.4f} acc {va_acc:.4f}"
             )
-        if epochs_run <= warmup:
-            continue
-        key = selection_key(va_acc, va_loss)
-        if key > best["key"]:
+        if selector.offer(epochs_run, va_acc, va_loss):
             best = {
-                "key": key,
                 "val_loss": va_loss,
                 "val_accuracy": va_acc,
-                "epoch": epochs_run,
                 "state": copy.deepcopy(model.state_dict()),
             }
-        elif epochs_run - best["epoch"] >= params.train.patience:
+        elif selector.should_stop(epochs_run):
             if rt.is_main:
                 tqdm.write(
                     f"early stop: val accuracy (then loss) has not improved for "
@@ -280,7 +314,7 @@ def train(params: Params, prepared: Path, model_dir: Path, live_dir: Path) -> di
     model.load_state_dict(best["state"])
     history = {
         "epochs_run": epochs_run,
-        "best_epoch": best["epoch"],
+        "best_epoch": selector.best_epoch,
         "best_val_loss": round(best["val_loss"], 6),
         "best_val_accuracy": round(best["val_accuracy"], 6),
         "selection": f"val accuracy, then val loss; epochs 1-{warmup} not eligible",
@@ -294,7 +328,7 @@ def train(params: Params, prepared: Path, model_dir: Path, live_dir: Path) -> di
         card = model_card(params, meta, history, sha, rt.numerics)
         torch.save({"state_dict": model.state_dict(), "card": card}, model_dir / CHECKPOINT_FILE)
         write_json(model_dir / CARD_FILE, card)
-        live.summary.update({"best_epoch": best["epoch"], "epochs_run": epochs_run})
+        live.summary.update({"best_epoch": selector.best_epoch, "epochs_run": epochs_run})
         live.end()
     if rt.world_size > 1:
         dist.barrier()

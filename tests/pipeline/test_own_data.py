@@ -29,14 +29,33 @@ def test_untracked_dataset_fails_in_params_check_with_the_fix(
     assert "error: params_check: data.dataset 'data/raw/shapes'" in out
     assert "`dvc add data/raw/shapes`" in out and "data/raw/shapes.dvc" in out
 
-    run(["dvc", "add", "data/raw/shapes"], repo)
-    noted = run(["dvc", "repro", "params_check"], repo).stdout
-    assert "note: data/raw/shapes.dvc is not committed" in noted
-
-    git(repo, "add", "data/raw/shapes.dvc", "data/raw/.gitignore")
-    git(repo, "commit", "-qm", "track shapes")
-    ok = run(["dvc", "repro", "-f", "params_check"], repo).stdout
+    run(["dvc", "add", "data/raw/shapes"], repo)  # core.autostage: git-adds the .dvc file
+    ok = run(["dvc", "repro", "params_check"], repo).stdout
     assert "params.yaml is valid" in ok and "note:" not in ok
+
+    git(repo, "rm", "-q", "--cached", "data/raw/shapes.dvc")  # as with autostage off
+    noted = run(["dvc", "repro", "-f", "params_check"], repo).stdout
+    assert "note: data/raw/shapes.dvc is not in git yet" in noted
+
+
+def test_stage_outputs_and_git_tracked_folders_count_as_tracked(tmp_path: Path) -> None:
+    from imgclf.tracking import UntrackedDatasetError, check_dataset_tracked
+
+    repo = tmp_path / "r"
+    (repo / ".dvc").mkdir(parents=True)
+    (repo / "dvc.yaml").write_text(
+        "stages:\n  digits:\n    cmd: x\n    outs:\n      - data/raw/d\n"
+    )
+    git(tmp_path, "init", "-q", str(repo))
+    assert check_dataset_tracked("data/raw/d", repo) is None  # a stage output, even absent
+    write_shapes_dataset(repo / "data/raw/in_git", per_class=1)
+    with pytest.raises(UntrackedDatasetError, match="does not exist here"):
+        check_dataset_tracked("data/raw/absent", repo)
+    with pytest.raises(UntrackedDatasetError, match="dvc add data/raw/in_git"):
+        check_dataset_tracked("data/raw/in_git", repo)
+    git(repo, "add", "data/raw/in_git")
+    assert check_dataset_tracked("data/raw/in_git", repo) is None
+    assert check_dataset_tracked(str(tmp_path), repo) is None  # outside the repository
 
 
 def test_missing_dataset_in_a_queued_experiment_is_explained(
