@@ -35,7 +35,12 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
 
 
 def score(probs: np.ndarray, labels: np.ndarray, classes: list[str], bins: int) -> dict[str, Any]:
-    """Headline and per-class metrics from predicted probabilities and true labels."""
+    """Headline and per-class metrics from predicted probabilities and true labels.
+
+    Headline numbers are scalars (columns of ``dvc exp show``); per-class detail and the
+    confusion matrix are lists, which DVC leaves out of its tables but ``imgclf report``
+    and the API read.
+    """
     predicted = probs.argmax(1)
     confidence = probs.max(1)
     correct = predicted == labels
@@ -53,10 +58,12 @@ def score(probs: np.ndarray, labels: np.ndarray, classes: list[str], bins: int) 
         "mean_confidence": r(confidence.mean()),
         "n_test": len(labels),
         "n_errors": int((~correct).sum()),
-        "per_class": {
-            c: {"precision": r(p), "recall": r(rc), "f1": r(f), "support": int(s)}
+        # Lists, not dicts: DVC does not tabulate lists, so `dvc exp show` keeps to the
+        # headline numbers however many classes there are (issue 10, item 6).
+        "per_class": [
+            {"class": c, "precision": r(p), "recall": r(rc), "f1": r(f), "support": int(s)}
             for c, p, rc, f, s in zip(classes, precision, recall, f1, support, strict=True)
-        },
+        ],
         "confusion_matrix": confusion_matrix(labels, predicted, labels=ids).tolist(),
     }
 

@@ -324,9 +324,29 @@ def noise_sentence(report: ModelReport) -> str:
     )
 
 
+def _rows_by(data: dict[str, Any], key: str, name: str) -> dict[str, dict[str, Any]]:
+    """A detail table stored as a list of rows (DVC does not tabulate lists) as a mapping.
+
+    Revisions written before issue 10 stored a mapping: it is returned as it is, so a
+    report against an old base still compares class by class.
+    """
+    rows = data.get(key) or {}
+    if isinstance(rows, dict):
+        return rows
+    return {str(r.get(name)): r for r in rows if isinstance(r, dict)}
+
+
+def _image_sizes(data: dict[str, Any]) -> dict[str, Any]:
+    """``{min_width: …, median_height: …}`` from either layout of ``image_size``."""
+    sizes = data.get("image_size") or {}
+    if isinstance(sizes, dict):
+        return sizes
+    return {f"{s}_{r.get('side')}": r.get(s) for r in sizes for s in ("min", "median", "max")}
+
+
 def _per_class_rows(report: ModelReport) -> list[list[str]]:
-    base = (report.base_eval or {}).get("per_class", {})
-    head = (report.head_eval or {}).get("per_class", {})
+    base = _rows_by(report.base_eval or {}, "per_class", "class")
+    head = _rows_by(report.head_eval or {}, "per_class", "class")
     rows: list[tuple[float, str, list[str]]] = []
     for cls in sorted(set(base) | set(head)):
         b, h = base.get(cls, {}), head.get(cls, {})
@@ -504,7 +524,7 @@ def data_report(root: Path, base: str, label: str = "workspace") -> str:
     lines += ["### Totals", "", *table(["", b, t, "change"], rows), ""]
 
     lines += ["### Images per class", ""]
-    oc, hc = old.get("classes", {}), head.get("classes", {})
+    oc, hc = _rows_by(old, "classes", "class"), _rows_by(head, "classes", "class")
     rows = []
     for cls in sorted(set(oc) | set(hc)):
         o, n = oc.get(cls, {}), hc.get(cls, {})
@@ -514,7 +534,7 @@ def data_report(root: Path, base: str, label: str = "workspace") -> str:
                      rows), ""]  # fmt: skip
 
     lines += ["### Image sizes", ""]
-    os_, hs = old.get("image_size", {}), head.get("image_size", {})
+    os_, hs = _image_sizes(old), _image_sizes(head)
     rows = [[k.replace("_", " "), fmt(os_.get(k)), fmt(hs.get(k))] for k in sorted(hs or os_)]
     lines += [*table(["", b, t], rows), ""]
 
