@@ -97,3 +97,35 @@ def test_a_bad_run_warns_and_the_report_leads_with_it(repo_factory: Callable[...
     report = imgclf(repo, "report", "--base", "main").stdout
     assert report.startswith("> ⚠️ **WARNING: the model does not beat a linear baseline")
     assert "linear baseline accuracy" in report
+
+
+def test_training_starts_from_given_weights_and_refuses_another_architecture(
+    repo_factory: Callable[..., Path],
+) -> None:
+    """Weights made here, in the checkpoint layout train writes (digits: 8 px, 10 classes)."""
+    import json
+
+    import torch
+
+    from imgclf.models import build_model
+    from imgclf.params import ModelParams
+
+    repo = repo_factory()
+    model = build_model(ModelParams(), 1, 10, 8, [0.3], [0.4])
+    torch.save({"state_dict": model.state_dict()}, repo / "weights/prev.pt")
+    run(["dvc", "add", "weights/prev.pt"], repo)
+    git(repo, "commit", "-qm", "weights")
+    started = run(["dvc", "exp", "run", "-S", "model.weights=weights/prev.pt"], repo)
+    assert "Running stage 'train'" in started.stdout
+    card = json.loads((repo / "models/model.json").read_text())
+    assert card["model"]["weights"] == "weights/prev.pt"
+
+    wrong = run(
+        ["dvc", "exp", "run", "-S", "model.weights=weights/prev.pt", "-S", "model.width=16"],
+        repo,
+        check=False,
+    )
+    assert wrong.returncode != 0
+    message = wrong.stdout + wrong.stderr
+    assert "error: train: model.weights: weights/prev.pt does not fit" in message
+    assert "shape 0.weight (32, 1, 3, 3) vs (16, 1, 3, 3)" in message
