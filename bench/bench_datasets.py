@@ -34,12 +34,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", default=sorted(PREPARE))
     parser.add_argument("--sweep", default="", help="one top-level key: lr=0.001,0.02")
+    parser.add_argument("--skip-default", action="store_true", help="sweep values only")
     parser.add_argument("--results", type=Path, default=None)
     args = parser.parse_args()
     key, _, values = args.sweep.partition("=")
-    settings = [("default", None)] + [
-        (f"{key}={v}", yaml.safe_load(v)) for v in values.split(",") if v
-    ]
+    settings = [] if args.skip_default else [("default", None)]
+    settings += [(f"{key}={v}", yaml.safe_load(v)) for v in values.split(",") if v]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.names:
