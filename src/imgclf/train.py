@@ -168,10 +168,11 @@ def _schedule(optimizer: torch.optim.Optimizer, params: Params, steps: int) -> A
 def warmup_epochs(params: Params) -> int:
     """Epochs that can neither be selected nor count towards early stopping.
 
-    Why (issue 10, measured in bench/RESULTS.md): with 2-3 optimizer steps per epoch,
-    batch norm and the one-cycle warm-up, validation loss is lowest in epoch 1 *because*
-    the untrained model predicts near-uniform probabilities; selecting on val loss from
-    epoch 1 restored that untrained model (test accuracy 0.50 on a 2-class set). So the
+    Why (issue 10's run, replayed in tests/unit/test_selection.py): with 2-3 optimizer
+    steps per epoch, batch norm and the one-cycle warm-up, validation loss can be lowest
+    in epoch 1 *because* the untrained model predicts near-uniform probabilities;
+    selecting on val loss from epoch 1 restored that untrained model (test accuracy
+    0.50 on a 2-class set, while later epochs reached val accuracy 0.90). So the
     first ``train.select_after`` fraction of ``epochs`` (0.3 = one-cycle's warm-up) is
     skipped; the last epoch is always eligible.
     """
