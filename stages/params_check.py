@@ -12,8 +12,10 @@ from imgclf.tracking import check_dataset_tracked
 
 
 def main(params: Params) -> None:
-    note = check_dataset_tracked(params.data.dataset)
-    if note:
+    notes = [check_dataset_tracked(params.data.dataset)]
+    if params.model.weights:  # the same trap: a file only this workspace has
+        notes.append(check_dataset_tracked(params.model.weights, key="model.weights"))
+    for note in filter(None, notes):
         print(note)
     print("params.yaml is valid")
 

@@ -23,7 +23,7 @@ from imgclf.errors import PrepareError
 
 
 class UntrackedDatasetError(PrepareError):
-    """``data.dataset`` would be missing in a queued experiment or a CI clone."""
+    """``data.dataset`` (or ``model.weights``) would be missing in a queued run or a clone."""
 
 
 def _covers(out: str, path: PurePosixPath) -> bool:
@@ -73,8 +73,12 @@ def _git_lists(root: Path, *args: str) -> bool | None:
     return bool(proc.stdout.strip())
 
 
-def check_dataset_tracked(dataset: str, root: Path = Path()) -> str | None:
+def check_dataset_tracked(
+    dataset: str, root: Path = Path(), key: str = "data.dataset"
+) -> str | None:
     """Raise :class:`UntrackedDatasetError` if a fresh copy would lack ``dataset``.
+
+    ``key`` names the param in the message: the same holds for ``model.weights``.
 
     Returns a note (or None) for the softer case of a ``.dvc`` file that git does not
     know yet (DVC's ``core.autostage`` normally stages it): the workspace works, a
@@ -106,7 +110,7 @@ def check_dataset_tracked(dataset: str, root: Path = Path()) -> str | None:
         return None
     missing = "" if absolute.is_dir() else " does not exist here and"
     raise UntrackedDatasetError(
-        f"data.dataset '{rel}'{missing} is neither tracked by DVC (`dvc add`) nor the output "
+        f"{key} '{rel}'{missing} is neither tracked by DVC (`dvc add`) nor the output "
         "of a stage: `dvc repro` may work in this workspace, but queued experiments "
         "(`dvc exp run --queue`, which run in a temporary copy) and CI will not have it. "
         f"Run `dvc add {rel}`, then commit the .dvc file: "

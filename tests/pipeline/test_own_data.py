@@ -56,6 +56,10 @@ def test_stage_outputs_and_git_tracked_folders_count_as_tracked(tmp_path: Path) 
     git(repo, "add", "data/raw/in_git")
     assert check_dataset_tracked("data/raw/in_git", repo) is None
     assert check_dataset_tracked(str(tmp_path), repo) is None  # outside the repository
+    (repo / "weights").mkdir()
+    (repo / "weights/w.pt").write_bytes(b"x")
+    with pytest.raises(UntrackedDatasetError, match=r"model\.weights 'weights/w\.pt'"):
+        check_dataset_tracked("weights/w.pt", repo, key="model.weights")
 
 
 def test_missing_dataset_in_a_queued_experiment_is_explained(
