@@ -36,7 +36,10 @@ def main() -> None:
     parser.add_argument("--sweep", default="", help="one top-level key: lr=0.001,0.02")
     parser.add_argument("--skip-default", action="store_true", help="sweep values only")
     parser.add_argument("--results", type=Path, default=None)
+    parser.add_argument("--quick", action="store_true", help="digits_few, 2 epochs, no record")
     args = parser.parse_args()
+    if args.quick:
+        args.names, args.sweep, args.skip_default, args.results = ["digits_few"], "", False, None
     key, _, values = args.sweep.partition("=")
     settings = [] if args.skip_default else [("default", None)]
     settings += [(f"{key}={v}", yaml.safe_load(v)) for v in values.split(",") if v]
@@ -47,6 +50,8 @@ def main() -> None:
             for label, value in settings:
                 params = yaml.safe_load((ROOT / "params.yaml").read_text())
                 params["prepare"].update(PREPARE[name])
+                if args.quick:
+                    params["epochs"] = 2
                 if value is not None:
                     params[key] = value
                 start = time.perf_counter()

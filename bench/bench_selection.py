@@ -76,7 +76,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 7])
     parser.add_argument("-S", dest="overrides", action="append", default=[])
     parser.add_argument("--results", type=Path, default=None)
+    parser.add_argument("--quick", action="store_true", help="one seed, 2 epochs, not recorded")
     args = parser.parse_args()
+    if args.quick:
+        # HEAD: a CI checkout may have no local `main`.
+        args.seeds, args.overrides, args.results = args.seeds[:1], ["epochs=2"], None
+        args.before = "HEAD"
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
