@@ -14,7 +14,16 @@ from typing import Any
 import yaml
 
 from imgclf.markdown import code, fmt, fmt_change, inline, table
-from imgclf.revisions import PREPARE, git_run, json_at, read_at, resolve_revision, workspace_json
+from imgclf.revisions import (
+    PREPARE,
+    git_run,
+    image_sizes,
+    json_at,
+    read_at,
+    resolve_revision,
+    rows_by,
+    workspace_json,
+)
 
 
 def _dvc_files_changed(root: Path, commit: str) -> list[list[str]]:
@@ -65,7 +74,7 @@ def data_report(root: Path, base: str, label: str = "workspace") -> str:
     lines += ["### Totals", "", *table(["", cb, ct, "change"], rows), ""]
 
     lines += ["### Images per class", ""]
-    oc, hc = old.get("classes", {}), head.get("classes", {})
+    oc, hc = rows_by(old, "classes", "class"), rows_by(head, "classes", "class")
     rows = []
     for cls in sorted(set(oc) | set(hc)):
         o, n = oc.get(cls, {}), hc.get(cls, {})
@@ -75,7 +84,7 @@ def data_report(root: Path, base: str, label: str = "workspace") -> str:
                      rows), ""]  # fmt: skip
 
     lines += ["### Image sizes", ""]
-    os_, hs = old.get("image_size", {}), head.get("image_size", {})
+    os_, hs = image_sizes(old), image_sizes(head)
     rows = [[inline(k.replace("_", " ")), fmt(os_.get(k)), fmt(hs.get(k))]
             for k in sorted(hs or os_)]  # fmt: skip
     lines += [*table(["", cb, ct], rows), ""]

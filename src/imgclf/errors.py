@@ -20,6 +20,10 @@ class ModelIntegrityError(ValueError):
     """The model file is not the one its card (or the committed metrics) describes."""
 
 
+class WeightsError(ValueError):
+    """``model.weights`` cannot initialise this model (other architecture or shapes)."""
+
+
 class ImageError(ValueError):
     """An input cannot be used as an image; ``reason`` is a short machine-readable tag."""
 

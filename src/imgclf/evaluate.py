@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
+from imgclf.baseline import score_baselines
 from imgclf.dataio import load_split, read_index, write_json
 from imgclf.params import Params
 from imgclf.predictor import Predictor
@@ -34,7 +35,12 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
 
 
 def score(probs: np.ndarray, labels: np.ndarray, classes: list[str], bins: int) -> dict[str, Any]:
-    """Headline and per-class metrics from predicted probabilities and true labels."""
+    """Headline and per-class metrics from predicted probabilities and true labels.
+
+    Headline numbers are scalars (columns of ``dvc exp show``); per-class detail and the
+    confusion matrix are lists, which DVC leaves out of its tables but ``imgclf report``
+    and the API read.
+    """
     predicted = probs.argmax(1)
     confidence = probs.max(1)
     correct = predicted == labels
@@ -52,10 +58,12 @@ def score(probs: np.ndarray, labels: np.ndarray, classes: list[str], bins: int) 
         "mean_confidence": r(confidence.mean()),
         "n_test": len(labels),
         "n_errors": int((~correct).sum()),
-        "per_class": {
-            c: {"precision": r(p), "recall": r(rc), "f1": r(f), "support": int(s)}
+        # Lists, not dicts: DVC does not tabulate lists, so `dvc exp show` keeps to the
+        # headline numbers however many classes there are (issue 10, item 6).
+        "per_class": [
+            {"class": c, "precision": r(p), "recall": r(rc), "f1": r(f), "support": int(s)}
             for c, p, rc, f, s in zip(classes, precision, recall, f1, support, strict=True)
-        },
+        ],
         "confusion_matrix": confusion_matrix(labels, predicted, labels=ids).tolist(),
     }
 
@@ -98,7 +106,7 @@ def plot_confusion(path: Path, matrix: np.ndarray, classes: list[str]) -> None:
 
 
 def evaluate(params: Params, prepared: Path, model_dir: Path, out_dir: Path) -> dict[str, Any]:
-    """Run the whole stage: metrics JSON, per-sample predictions CSV, confusion PNG."""
+    """Run the whole stage: metrics JSON (with baselines), predictions CSV, confusion PNG."""
     predictor = Predictor(model_dir)
     images, labels = load_split(prepared, "test")
     sources = [row["path"] for row in read_index(prepared, "test")]
@@ -110,5 +118,10 @@ def evaluate(params: Params, prepared: Path, model_dir: Path, out_dir: Path) -> 
         out_dir / "confusion_matrix.png", np.array(metrics["confusion_matrix"]), predictor.classes
     )
     metrics["model_sha256"] = predictor.card["model_sha256"]
+    # The same split scored by the simplest models: the yardstick for "is this any good".
+    train_x, train_y = load_split(prepared, "train")
+    metrics["baseline"] = score_baselines(
+        train_x, train_y, images, labels, len(predictor.classes), params.seed
+    )
     write_json(out_dir / "evaluate.json", metrics)
     return metrics

@@ -9,10 +9,12 @@ disagree about mean/std or channel order.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from imgclf.errors import WeightsError
 from imgclf.params import ModelParams
 
 
@@ -125,3 +127,59 @@ def build_model(
         mean, std = IMAGENET_MEAN[:in_channels], IMAGENET_STD[:in_channels]
     repeat = 3 if p.name in NEEDS_RGB else 0
     return PixelModel(backbone, mean, std, repeat_to=repeat)
+
+
+def _head_prefix(backbone: nn.Module) -> str:
+    """Parameter-name prefix of the classifier head: the backbone's last ``nn.Linear``."""
+    heads = [name for name, module in backbone.named_modules() if isinstance(module, nn.Linear)]
+    return f"{heads[-1]}." if heads else "\0"
+
+
+def load_initial_weights(model: PixelModel, path: Path) -> list[str]:
+    """Start ``model`` from a local file; return notes on what was not taken over.
+
+    Accepts a previous run's ``checkpoint.pt`` (``{"state_dict": …}`` of a PixelModel)
+    or a plain torchvision state dict of the backbone. Every backbone tensor must be
+    present with the same shape — otherwise the file is for another architecture and
+    training from it would silently be training from scratch, so it is an error naming
+    the first differences. The classifier head alone may differ (other classes): it
+    keeps its fresh initialisation. The normalisation buffers always come from this
+    dataset, not from the file.
+    """
+    if not path.is_file():
+        raise WeightsError(f"model.weights: {path} not found (did you `dvc pull`?)")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is "not a weights file"
+        raise WeightsError(f"model.weights: {path} is not a torch state dict ({exc})") from None
+    state = blob.get("state_dict", blob) if isinstance(blob, dict) else None
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise WeightsError(f"model.weights: {path} holds no state dict of tensors")
+    if any(k.startswith("backbone.") for k in state):
+        state = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
+    own = model.backbone.state_dict()
+    head = _head_prefix(model.backbone)
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape and not k.startswith(head)
+    ]
+    problems = [*(f"missing {k}" for k in missing), *(f"unexpected {k}" for k in unexpected)]
+    problems += [f"shape {m}" for m in mismatched]
+    if problems:
+        more = f"; … {len(problems) - 5} more" if len(problems) > 5 else ""
+        shown = "; ".join(problems[:5]) + more
+        raise WeightsError(
+            f"model.weights: {path} does not fit model.name with these params "
+            f"({len(problems)} problems: {shown}). Use weights of the same architecture "
+            "(and model.width for small_cnn)."
+        )
+    notes = []
+    skipped = [k for k in own if k.startswith(head) and state[k].shape != own[k].shape]
+    if skipped:
+        state = {k: v for k, v in state.items() if k not in skipped}
+        notes.append(f"classifier head {head.rstrip('.')} re-initialised (other number of classes)")
+    model.backbone.load_state_dict(state, strict=not skipped)
+    return notes

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 PARAMS_FILE = Path("params.yaml")
+WEIGHTS_DIR = "weights"
 
 
 class ParamsError(ValueError):
@@ -72,6 +73,25 @@ class ModelParams(_Section):
 
     name: ModelName = "small_cnn"
     pretrained: bool = False
+    weights: str = Field(
+        "",
+        description="start from this local file under weights/ (a torchvision state dict "
+        "or a previous run's checkpoint.pt); empty: random initialisation",
+    )
+
+    @model_validator(mode="after")
+    def _weights_under_the_tracked_folder(self) -> ModelParams:
+        # train depends on the whole weights/ folder in dvc.yaml (a dependency cannot be
+        # optional), so a file elsewhere would change the model without DVC noticing.
+        if self.weights and not self.weights.startswith(f"{WEIGHTS_DIR}/"):
+            raise ValueError(
+                f"model.weights must be a file under {WEIGHTS_DIR}/ (the folder train "
+                f"depends on): copy it there and `dvc add {WEIGHTS_DIR}/<file>`"
+            )
+        if self.weights and self.pretrained:
+            raise ValueError("set model.weights or model.pretrained, not both")
+        return self
+
     width: int = Field(32, ge=4, le=512, description="small_cnn base channels")
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
 
@@ -84,7 +104,16 @@ class TrainParams(_Section):
     weight_decay: float = Field(1e-4, ge=0.0)
     scheduler: Literal["onecycle", "cosine", "constant"] = "onecycle"
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
-    patience: int = Field(10, ge=1, description="early-stopping epochs on val loss")
+    patience: int = Field(
+        10, ge=1, description="early stop after this many epochs without a better val score"
+    )
+    select_after: float = Field(
+        0.3,
+        ge=0.0,
+        le=0.9,
+        description="fraction of epochs (the warm-up) never selected as best nor counted "
+        "by patience: an early, untrained epoch can have the lowest val loss",
+    )
     num_workers: int = Field(0, ge=0, le=64)
     amp: bool = Field(True, description="bf16 autocast, CUDA only")
     processes: int = Field(1, ge=1, le=64, description="DDP processes (torchrun)")

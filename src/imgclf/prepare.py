@@ -218,16 +218,24 @@ def build_report(
         "n_used": len(used),
         "n_skipped": len(skipped),
         "split": {s: sum(v == s for v in split.values()) for s in SPLITS},
-        "image_size": {
-            "min_width": int(widths.min()),
-            "max_width": int(widths.max()),
-            "median_width": float(np.median(widths)),
-            "min_height": int(heights.min()),
-            "max_height": int(heights.max()),
-            "median_height": float(np.median(heights)),
-        },
+        # Detail as lists: DVC does not tabulate lists, so `dvc exp show` shows the totals
+        # above and not one column per class and statistic (issue 10, item 6).
+        "image_size": [
+            {
+                "side": "width",
+                "min": int(widths.min()),
+                "median": float(np.median(widths)),
+                "max": int(widths.max()),
+            },
+            {
+                "side": "height",
+                "min": int(heights.min()),
+                "median": float(np.median(heights)),
+                "max": int(heights.max()),
+            },
+        ],
         "skipped_by_reason": dict(sorted(Counter(s["reason"] for s in skipped).items())),
-        "classes": per_class,
+        "classes": [{"class": name, **row} for name, row in per_class.items()],
         "skipped": skipped,
     }
 

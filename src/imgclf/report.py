@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imgclf.baseline import warning as baseline_warning
 from imgclf.compare import (
     NotPairedError,
     PairedComparison,
@@ -39,6 +40,7 @@ from imgclf.revisions import (
     json_at,
     read_at,
     resolve_revision,
+    rows_by,
     workspace_json,
 )
 
@@ -65,6 +67,9 @@ HEADLINE: tuple[tuple[str, str, str], ...] = (
     (EVALUATE, "mean_confidence", "mean confidence"),
     (EVALUATE, "n_errors", "test errors"),
     (EVALUATE, "n_test", "test samples"),
+    (EVALUATE, "baseline.accuracy", "linear baseline accuracy"),
+    (EVALUATE, "baseline.macro_f1", "linear baseline macro-F1"),
+    (EVALUATE, "baseline.majority_accuracy", "majority-class accuracy"),
     (TRAIN, "val.accuracy", "validation accuracy"),
     (TRAIN, "val.loss", "validation loss"),
     (TRAIN, "epochs_run", "epochs run"),
@@ -194,8 +199,8 @@ def noise_sentence(report: ModelReport) -> str:
 
 
 def _per_class_rows(report: ModelReport) -> list[list[str]]:
-    base = (report.base_eval or {}).get("per_class", {})
-    head = (report.head_eval or {}).get("per_class", {})
+    base = rows_by(report.base_eval or {}, "per_class", "class")
+    head = rows_by(report.head_eval or {}, "per_class", "class")
     rows: list[tuple[float, str, list[str]]] = []
     for cls in sorted(set(base) | set(head)):
         b, h = base.get(cls, {}), head.get(cls, {})
@@ -212,10 +217,21 @@ def _per_class_rows(report: ModelReport) -> list[list[str]]:
     return [cells for _, _, cells in rows]
 
 
+def baseline_line(head_eval: dict[str, Any] | None) -> list[str]:
+    """The report's first line when this revision's model does not beat the linear baseline.
+
+    First, before the title: a reviewer who reads one line must learn the model is
+    no better than logistic regression on pixels (see :mod:`imgclf.baseline`).
+    """
+    text = baseline_warning(head_eval or {}) if (head_eval or {}).get("accuracy") else None
+    return [f"> ⚠️ **{text}**", ""] if text else []
+
+
 def render_model_report(report: ModelReport, images: bool = False) -> str:
     """The markdown of the PR comment."""
     b, t = report.base, report.label
     lines = [f"## Model report: {code(t)} vs {code(b)} ({report.base_commit[:8]})", ""]
+    lines = [*baseline_line(report.head_eval), *lines]
     hb, ht = inline(b), inline(t)  # the column headers
     if report.base_eval is None:
         lines += [

@@ -95,3 +95,23 @@ def dvc_diffs(root: Path, base: str) -> tuple[dict[str, dict[str, Any]], dict[st
         metrics = repo.metrics.diff(a_rev=base, all=True)
         params = repo.params.diff(a_rev=base)
     return _strip(metrics), _strip(params)
+
+
+def rows_by(data: dict[str, Any], key: str, name: str) -> dict[str, dict[str, Any]]:
+    """A detail table stored as a list of rows (DVC does not tabulate lists) as a mapping.
+
+    Revisions written before issue 10 stored a mapping: it is returned as it is, so a
+    report against an old base still compares class by class.
+    """
+    rows = data.get(key) or {}
+    if isinstance(rows, dict):
+        return rows
+    return {str(r.get(name)): r for r in rows if isinstance(r, dict)}
+
+
+def image_sizes(data: dict[str, Any]) -> dict[str, Any]:
+    """``{min_width: …, median_height: …}`` from either layout of ``image_size``."""
+    sizes = data.get("image_size") or {}
+    if isinstance(sizes, dict):
+        return sizes
+    return {f"{s}_{r.get('side')}": r.get(s) for r in sizes for s in ("min", "median", "max")}

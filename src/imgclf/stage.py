@@ -10,7 +10,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from imgclf.errors import ImageError, ModelIntegrityError, ModelNotFoundError, PrepareError
+from imgclf.errors import (
+    ImageError,
+    ModelIntegrityError,
+    ModelNotFoundError,
+    PrepareError,
+    WeightsError,
+)
 from imgclf.params import Params, ParamsError, load_params
 
 USER_ERRORS: tuple[type[Exception], ...] = (
@@ -19,6 +25,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     ImageError,
     ModelNotFoundError,
     ModelIntegrityError,
+    WeightsError,
 )
 
 

@@ -27,7 +27,7 @@ from imgclf import numerics
 from imgclf.artifact import CARD_FILE, CHECKPOINT_FILE, MODEL_FILE, export_onnx, model_card
 from imgclf.augment import build_augment
 from imgclf.dataio import load_meta, load_split, write_json
-from imgclf.models import WithSoftmax, build_model
+from imgclf.models import WithSoftmax, build_model, load_initial_weights
 from imgclf.params import Params
 
 
@@ -165,6 +165,68 @@ def _schedule(optimizer: torch.optim.Optimizer, params: Params, steps: int) -> A
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
+def warmup_epochs(params: Params) -> int:
+    """Epochs that can neither be selected nor count towards early stopping.
+
+    Why (issue 10's run, replayed in tests/unit/test_selection.py): with 2-3 optimizer
+    steps per epoch, batch norm and the one-cycle warm-up, validation loss can be lowest
+    in epoch 1 *because* the untrained model predicts near-uniform probabilities;
+    selecting on val loss from epoch 1 restored that untrained model (test accuracy
+    0.50 on a 2-class set, while later epochs reached val accuracy 0.90). So the
+    first ``train.select_after`` fraction of ``epochs`` (0.3 = one-cycle's warm-up) is
+    skipped; the last epoch is always eligible.
+    """
+    return min(params.epochs - 1, int(params.train.select_after * params.epochs))
+
+
+def selection_key(val_accuracy: float, val_loss: float) -> tuple[float, float]:
+    """Higher is better: validation accuracy first, lower validation loss as the tie-break.
+
+    Accuracy is what the user is scored on; loss alone rewards timid, under-trained
+    models (low confidence, low loss) and on a small validation set it jumps around.
+    Accuracy is rounded so that float noise does not hide a tie.
+    """
+    return (round(val_accuracy, 9), -val_loss)
+
+
+@dataclass
+class EpochSelector:
+    """Which epoch to keep, and when to stop: the rule in one place, testable without torch.
+
+    Epochs ``1..warmup`` are never kept and do not count towards ``patience``; after
+    that the best :func:`selection_key` wins and training stops ``patience`` epochs
+    after the last improvement.
+    """
+
+    warmup: int
+    patience: int
+    best_epoch: int = 0
+    best_key: tuple[float, float] = (-math.inf, -math.inf)
+
+    def offer(self, epoch: int, val_accuracy: float, val_loss: float) -> bool:
+        """Record epoch ``epoch`` (1-based); True if it is the new best (keep its weights)."""
+        if epoch <= self.warmup:
+            return False
+        key = selection_key(val_accuracy, val_loss)
+        if key > self.best_key:
+            self.best_epoch, self.best_key = epoch, key
+            return True
+        return False
+
+    def should_stop(self, epoch: int) -> bool:
+        return self.best_epoch > 0 and epoch - self.best_epoch >= self.patience
+
+
+def replay(curve: list[tuple[float, float]], warmup: int, patience: int) -> tuple[int, int]:
+    """(kept epoch, epochs run) for a per-epoch (val accuracy, val loss) curve."""
+    selector = EpochSelector(warmup, patience)
+    for epoch, (accuracy, loss) in enumerate(curve, start=1):
+        selector.offer(epoch, accuracy, loss)
+        if selector.should_stop(epoch):
+            return selector.best_epoch, epoch
+    return selector.best_epoch, len(curve)
+
+
 def train(params: Params, prepared: Path, model_dir: Path, live_dir: Path) -> dict[str, Any]:
     """Run the whole stage and return the model card (on every rank)."""
     rt = setup_runtime(params)
@@ -175,7 +237,12 @@ def train(params: Params, prepared: Path, model_dir: Path, live_dir: Path) -> di
 
     model = build_model(
         params.model, channels, len(meta["classes"]), image_size, meta["mean"], meta["std"]
-    ).to(rt.device)
+    )
+    if params.model.weights:  # transfer learning from a local, DVC-tracked file
+        for note in load_initial_weights(model, Path(params.model.weights)):
+            if rt.is_main:
+                tqdm.write(f"model.weights: {note}")
+    model = model.to(rt.device)
     if rt.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     net: nn.Module = model
@@ -202,7 +269,10 @@ def train(params: Params, prepared: Path, model_dir: Path, live_dir: Path) -> di
         from dvclive import Live
 
         live = Live(str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None)
-    best = {"val_loss": math.inf, "epoch": 0, "state": copy.deepcopy(model.state_dict())}
+    # Selection and early stopping ignore the warm-up: see `warmup_epochs`.
+    warmup = warmup_epochs(params)
+    selector = EpochSelector(warmup, params.train.patience)
+    best: dict[str, Any] = {}
     epochs_run = 0
     for epoch in range(params.epochs):
         train_data.epoch = epoch
@@ -228,26 +298,27 @@ def train(params: Params, prepared: Path, model_dir: Path, live_dir: Path) -> di
                 f"{desc}: train loss {tr_loss:.4f} acc {tr_acc:.4f} | "
                 f"val loss {va_loss:.4f} acc {va_acc:.4f}"
             )
-        if va_loss < best["val_loss"] - 1e-6:
+        if selector.offer(epochs_run, va_acc, va_loss):
             best = {
                 "val_loss": va_loss,
                 "val_accuracy": va_acc,
-                "epoch": epochs_run,
                 "state": copy.deepcopy(model.state_dict()),
             }
-        elif epochs_run - best["epoch"] >= params.train.patience:
+        elif selector.should_stop(epochs_run):
             if rt.is_main:
                 tqdm.write(
-                    f"early stop: val loss has not improved for {params.train.patience} epochs"
+                    f"early stop: val accuracy (then loss) has not improved for "
+                    f"{params.train.patience} epochs after the {warmup}-epoch warm-up"
                 )
             break
 
     model.load_state_dict(best["state"])
     history = {
         "epochs_run": epochs_run,
-        "best_epoch": best["epoch"],
+        "best_epoch": selector.best_epoch,
         "best_val_loss": round(best["val_loss"], 6),
-        "best_val_accuracy": round(best.get("val_accuracy", 0.0), 6),
+        "best_val_accuracy": round(best["val_accuracy"], 6),
+        "selection": f"val accuracy, then val loss; epochs 1-{warmup} not eligible",
         "processes": rt.world_size,
     }
     card: dict[str, Any] = {}
@@ -258,7 +329,7 @@ def train(params: Params, prepared: Path, model_dir: Path, live_dir: Path) -> di
         card = model_card(params, meta, history, sha, rt.numerics)
         torch.save({"state_dict": model.state_dict(), "card": card}, model_dir / CHECKPOINT_FILE)
         write_json(model_dir / CARD_FILE, card)
-        live.summary.update({"best_epoch": best["epoch"], "epochs_run": epochs_run})
+        live.summary.update({"best_epoch": selector.best_epoch, "epochs_run": epochs_run})
         live.end()
     if rt.world_size > 1:
         dist.barrier()

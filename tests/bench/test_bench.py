@@ -20,6 +20,8 @@ pytestmark = pytest.mark.slow
         ("bench_train.py", "ratio vs baseline"),
         ("bench_gpu.py", "ceiling: random tensors"),
         ("bench_pipeline.py", "`dvc repro` up to date"),
+        ("bench_selection.py", "| after | 42 | 2/2 |"),
+        ("bench_datasets.py", "| digits_few | default |"),
     ],
 )
 def test_bench_script_quick_mode(script: str, expected: str) -> None:
@@ -52,5 +54,17 @@ def test_photo_generator_is_deterministic(tmp_path) -> None:
     b = make_photos(tmp_path / "b", images=6, classes=3)
     files = sorted(p.relative_to(a) for p in a.rglob("*.jpg"))
     assert len(files) == 6
+    for rel in files:
+        assert (a / rel).read_bytes() == (b / rel).read_bytes()
+
+
+def test_generated_datasets_are_deterministic(tmp_path) -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    from make_datasets import two_class_25px
+
+    a = two_class_25px(tmp_path / "a", per_class=3)
+    b = two_class_25px(tmp_path / "b", per_class=3)
+    files = sorted(p.relative_to(a) for p in a.rglob("*.png"))
+    assert len(files) == 6 and {f.parts[0] for f in files} == {"ring", "disc"}
     for rel in files:
         assert (a / rel).read_bytes() == (b / rel).read_bytes()

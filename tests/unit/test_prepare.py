@@ -68,7 +68,8 @@ def test_bad_files_are_skipped_with_reasons_and_raw_is_untouched(
     }
     assert "class_2/copy_of_000.jpg" in report["skipped"][-1]["detail"]
     # all six odd-but-valid images were used
-    assert report["classes"]["class_1"]["used"] == 8 + 6
+    by_class = {row["class"]: row for row in report["classes"]}
+    assert by_class["class_1"]["used"] == 8 + 6
     assert json.loads((tmp_path / "prepare.json").read_text()) == report
 
 

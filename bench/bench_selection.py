@@ -1,0 +1,137 @@
+"""Best-epoch selection before/after (issue 10): can training hand back an untrained model?
+
+Runs prepare → train → evaluate (the real stage scripts, no DVC) on a generated
+dataset, once with the code of a git revision (``--before``, e.g. ``main``) and once
+with this checkout, for a few seeds, and prints test accuracy, the selected epoch and
+the linear baseline of the same split.
+
+Usage: python bench/bench_selection.py [--before main] [--seeds 42 7] [-S key=value …]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from common import report, table  # noqa: E402
+from make_datasets import DATASETS  # noqa: E402
+
+# The issue's failing case: 2 classes × 100 images at 25 px, light augmentation.
+ISSUE_CASE = {
+    "prepare": {"image_size": 32},
+    "augment": {"hflip": 0.5, "shift": 0.05, "rotate": 10},
+}
+
+
+def _set(params: dict, dotted: str, value: object) -> None:
+    *path, last = dotted.split(".")
+    for key in path:
+        params = params.setdefault(key, {})
+    params[last] = value
+
+
+def run_tree(tree: Path, raw: Path, work: Path, params: dict) -> dict:
+    """The three stages of ``tree`` in ``work``; the card and the evaluation."""
+    work.mkdir(parents=True)
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "PYTHONPATH": str(tree / "src"), "OMP_WAIT_POLICY": "PASSIVE"}
+    py = sys.executable
+    steps = [
+        [py, str(tree / "stages/prepare.py"), str(raw), "prepared", "prepare.json"],
+        [py, str(tree / "stages/train.py"), "prepared", "models", "train"],
+        [py, str(tree / "stages/evaluate.py"), "prepared", "models", "metrics"],
+    ]
+    for args in steps:
+        subprocess.run(args, cwd=work, env=env, check=True, capture_output=True, text=True)
+    card = json.loads((work / "models/model.json").read_text())
+    return {"card": card, "eval": json.loads((work / "metrics/evaluate.json").read_text())}
+
+
+def baseline_of(work: Path, seed: int) -> dict:
+    from imgclf.baseline import score_baselines
+    from imgclf.dataio import load_meta, load_split
+
+    tx, ty = load_split(work / "prepared", "train")
+    sx, sy = load_split(work / "prepared", "test")
+    n = len(load_meta(work / "prepared")["classes"])
+    return score_baselines(tx, ty, sx, sy, n, seed)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--before", default="main", help="git revision with the old selection")
+    parser.add_argument("--dataset", default="two_class_25px", choices=sorted(DATASETS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 7])
+    parser.add_argument("-S", dest="overrides", action="append", default=[])
+    parser.add_argument("--results", type=Path, default=None)
+    parser.add_argument("--quick", action="store_true", help="one seed, 2 epochs, not recorded")
+    args = parser.parse_args()
+    if args.quick:
+        # HEAD: a CI checkout may have no local `main`.
+        args.seeds, args.overrides, args.results = args.seeds[:1], ["epochs=2"], None
+        args.before = "HEAD"
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        raw = DATASETS[args.dataset](tmp_path / "raw" / args.dataset)
+        before = tmp_path / "before"
+        before.mkdir()
+        archive = subprocess.run(
+            ["git", "archive", args.before], cwd=ROOT, check=True, capture_output=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(before)], input=archive, check=True)
+        base_params = yaml.safe_load((ROOT / "params.yaml").read_text())
+        for seed in args.seeds:
+            for label, tree in ((f"before ({args.before})", before), ("after", ROOT)):
+                params = yaml.safe_load((tree / "params.yaml").read_text())
+                for section, values in ISSUE_CASE.items():
+                    params[section].update(values)
+                params["seed"] = seed
+                for item in args.overrides:
+                    key, _, value = item.partition("=")
+                    _set(params, key, yaml.safe_load(value))
+                work = tmp_path / f"{label.split()[0]}-{seed}"
+                start = time.perf_counter()
+                result = run_tree(tree, raw, work, params)
+                seconds = time.perf_counter() - start
+                t, e = result["card"]["training"], result["eval"]
+                base = baseline_of(work, seed)
+                rows.append(
+                    [
+                        label,
+                        seed,
+                        f"{t['best_epoch']}/{t['epochs_run']}",
+                        f"{t['best_val_accuracy']:.3f}",
+                        f"{e['accuracy']:.3f}",
+                        f"{e['macro_f1']:.3f}",
+                        f"{base['accuracy']:.3f}",
+                        f"{seconds:.0f} s",
+                    ]
+                )
+                print(rows[-1], flush=True)
+        del base_params
+    header = ["code", "seed", "best/run epochs", "val acc", "test acc", "test F1",
+              "linear baseline acc", "time"]  # fmt: skip
+    extra = f", overrides {args.overrides}" if args.overrides else ""
+    body = (
+        f"Dataset `{args.dataset}` (bench/make_datasets.py), params.yaml defaults plus "
+        f"{ISSUE_CASE}{extra}.\n\n" + table(header, rows)
+    )
+    report("Best-epoch selection: before/after", body, args.results)
+
+
+if __name__ == "__main__":
+    main()
