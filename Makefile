@@ -11,7 +11,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # gcsfs otherwise waits 60 s on a gRPC probe at every call (see README, remote).
 export GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT := false
 
-.PHONY: help install install-dev system-deps repro test lint format bench serve clean report remote-check push pull verify-model pin-images
+.PHONY: help install install-dev system-deps repro test test-all lint format bench serve clean report remote-check push pull verify-model pin-images
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -43,7 +43,12 @@ system-deps:  ## Optional, as root: Chromium (browser test), qemu-user (cross-CP
 repro: install  ## Run the pipeline (dvc repro) on the current params
 	$(BIN)/dvc repro
 
-test: install-dev  ## ruff check, ruff format --check, then the whole test suite
+test: install-dev  ## ruff check, ruff format --check, then the test suite (all but `heavy`, ≤ 15 min)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest -m "not heavy"
+
+test-all: install-dev  ## make test plus the `heavy` tests (about 8 minutes more on 2 cores)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
     [
         ("bench_train.py", "ratio vs baseline"),
         ("bench_gpu.py", "ceiling: random tensors"),
-        ("bench_pipeline.py", "`dvc repro` up to date"),
+        pytest.param("bench_pipeline.py", "`dvc repro` up to date", marks=pytest.mark.heavy),
         ("bench_selection.py", "| after | 42 | 2/2 |"),
         ("bench_datasets.py", "| digits_few | default |"),
     ],

@@ -103,6 +103,7 @@ def test_a_bad_run_warns_and_the_report_leads_with_it(repo_factory: Callable[...
     assert "linear baseline accuracy" in report
 
 
+@pytest.mark.heavy
 def test_training_starts_from_given_weights_and_refuses_another_architecture(
     repo_factory: Callable[..., Path],
 ) -> None:

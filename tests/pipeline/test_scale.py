@@ -45,6 +45,7 @@ def wait_for_queue(repo: Path, timeout: float = 300) -> str:
     raise AssertionError(f"queue did not finish:\n{status}")
 
 
+@pytest.mark.heavy
 def test_queued_sweep_runs_with_two_workers_and_reuses_the_run_cache(
     repo_factory: Callable[..., Path],
 ) -> None:

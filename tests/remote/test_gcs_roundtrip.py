@@ -39,6 +39,7 @@ def digests(repo: Path, outs: list[str]) -> dict[str, str]:
     return result
 
 
+@pytest.mark.heavy
 def test_push_pull_round_trip_is_bit_identical(tmp_path: Path, emulator: str) -> None:
     repo = copy_repo(tmp_path / "repo", {"epochs": 2})
     run(["dvc", "repro"], repo)
