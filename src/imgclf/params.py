@@ -100,7 +100,7 @@ class TrainParams(_Section):
     """Optimiser, schedule, hardware. ``cpu`` + fixed ``threads`` is bit-reproducible."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = Field(2, ge=1, le=256)
+    threads: int = Field(1, ge=1, le=256)
     weight_decay: float = Field(1e-4, ge=0.0)
     scheduler: Literal["onecycle", "cosine", "constant"] = "onecycle"
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
