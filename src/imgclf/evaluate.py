@@ -15,7 +15,7 @@ import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from imgclf.baseline import score_baselines
-from imgclf.dataio import load_split, read_index, write_json
+from imgclf.dataio import load_split, read_index, with_detail, write_json
 from imgclf.params import Params
 from imgclf.predictor import Predictor
 
@@ -105,6 +105,16 @@ def plot_confusion(path: Path, matrix: np.ndarray, classes: list[str]) -> None:
     plt.close(fig)
 
 
+# Not columns of `dvc exp show` (see dataio.DETAIL); `imgclf report` and the API read them.
+EVALUATE_DETAIL = (
+    "macro_precision",
+    "macro_recall",
+    "model_sha256",
+    "baseline.majority_accuracy",
+    "baseline.majority_macro_f1",
+)
+
+
 def evaluate(params: Params, prepared: Path, model_dir: Path, out_dir: Path) -> dict[str, Any]:
     """Run the whole stage: metrics JSON (with baselines), predictions CSV, confusion PNG."""
     predictor = Predictor(model_dir)
@@ -123,5 +133,5 @@ def evaluate(params: Params, prepared: Path, model_dir: Path, out_dir: Path) -> 
     metrics["baseline"] = score_baselines(
         train_x, train_y, images, labels, len(predictor.classes), params.seed
     )
-    write_json(out_dir / "evaluate.json", metrics)
+    write_json(out_dir / "evaluate.json", with_detail(metrics, EVALUATE_DETAIL))
     return metrics

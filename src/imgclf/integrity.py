@@ -101,6 +101,15 @@ def read_card(card_path: Path) -> dict[str, Any]:
     return card
 
 
+def _scored_sha(metrics: dict[str, Any]) -> Any:
+    """``model_sha256`` of ``evaluate.json``: under ``detail`` (see imgclf.dataio), or on
+    top in files written before that (kept stdlib-only here rather than importing it)."""
+    for extra in metrics.get("detail") or []:
+        if isinstance(extra, dict) and "model_sha256" in extra:
+            return extra["model_sha256"]
+    return metrics.get("model_sha256")
+
+
 def verify_model(model_dir: Path | str, evaluated: Path | str | None = None) -> str:
     """Check ``model_dir``'s ONNX file against its card, and the card against the metrics.
 
@@ -124,7 +133,7 @@ def verify_model(model_dir: Path | str, evaluated: Path | str | None = None) -> 
         evaluated = Path(evaluated)
         if not evaluated.is_file():
             raise ModelIntegrityError(f"{evaluated} not found: the evaluation of this model")
-        scored = read_card(evaluated).get("model_sha256")
+        scored = _scored_sha(read_card(evaluated))
         if scored != actual:
             raise ModelIntegrityError(
                 f"{evaluated} is the evaluation of model {scored!r}, not of {model_path} "

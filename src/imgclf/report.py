@@ -62,16 +62,12 @@ HEADLINE: tuple[tuple[str, str, str], ...] = (
     (EVALUATE, "accuracy", "accuracy"),
     (EVALUATE, "macro_f1", "macro-F1"),
     (EVALUATE, "ece", "calibration error (ECE, lower is better)"),
-    (EVALUATE, "macro_precision", "macro precision"),
-    (EVALUATE, "macro_recall", "macro recall"),
     (EVALUATE, "mean_confidence", "mean confidence"),
     (EVALUATE, "n_errors", "test errors"),
     (EVALUATE, "n_test", "test samples"),
     (EVALUATE, "baseline.accuracy", "linear baseline accuracy"),
     (EVALUATE, "baseline.macro_f1", "linear baseline macro-F1"),
-    (EVALUATE, "baseline.majority_accuracy", "majority-class accuracy"),
-    (TRAIN, "val.accuracy", "validation accuracy"),
-    (TRAIN, "val.loss", "validation loss"),
+    (TRAIN, "best_epoch", "kept epoch"),
     (TRAIN, "epochs_run", "epochs run"),
 )
 MAX_ROWS = 30

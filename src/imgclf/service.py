@@ -35,6 +35,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
+from imgclf.dataio import expand
 from imgclf.preprocessing import (
     SUPPORTED_FORMATS,
     DecodeBudget,
@@ -212,7 +213,7 @@ class Service:
         metrics: dict[str, Any] | None = None
         path = self.settings.evaluation_file
         if path.is_file():
-            metrics = json.loads(path.read_text())
+            metrics = expand(json.loads(path.read_text()))
         match = None if metrics is None else metrics.get("model_sha256") == card.get("model_sha256")
         if match is False:
             log.warning("%s was computed for another model than the one served", path)

@@ -9,6 +9,7 @@ Under ``torchrun`` it trains with DistributedDataParallel; rank 0 alone writes.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import random
@@ -26,7 +27,7 @@ from tqdm import tqdm
 from imgclf import numerics
 from imgclf.artifact import CARD_FILE, CHECKPOINT_FILE, MODEL_FILE, export_onnx, model_card
 from imgclf.augment import build_augment
-from imgclf.dataio import load_meta, load_split, write_json
+from imgclf.dataio import load_meta, load_split, with_detail, write_json
 from imgclf.models import WithSoftmax, build_model, load_initial_weights
 from imgclf.params import Params
 
@@ -346,6 +347,11 @@ def train(params: Params, prepared: Path, model_dir: Path, live_dir: Path) -> di
         write_json(model_dir / CARD_FILE, card)
         live.summary.update({"best_epoch": selector.best_epoch, "epochs_run": epochs_run})
         live.end()
+        # dvclive's summary is the *last* epoch's values: detail, not columns of
+        # `dvc exp show` (the kept epoch's are in the card). See dataio.DETAIL.
+        summary = json.loads((live_dir / "metrics.json").read_text())
+        detail = [k for k in summary if k not in ("best_epoch", "epochs_run")]
+        write_json(live_dir / "metrics.json", with_detail(summary, detail))
     if rt.world_size > 1:
         dist.barrier()
         dist.destroy_process_group()
