@@ -121,6 +121,7 @@ def image_features(
         yb_mean, yb_std = _mean_std(yb, 510.0)
         cols["colorfulness"] = np.hypot(rg_std, yb_std) + 0.3 * np.hypot(rg_mean, yb_mean)
     out = {k: [round(float(x), 6) for x in v] for k, v in cols.items()}
+    out["width"], out["height"] = cols["width"], cols["height"]
     out["format"] = [str(f) for f in formats]
     return out
 
