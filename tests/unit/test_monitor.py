@@ -1,0 +1,156 @@
+"""The recorder on real SQLite files: batching, the ring buffer, the sample cap, processes."""
+
+from __future__ import annotations
+
+import io
+import multiprocessing
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgclf.monitor import Monitor, MonitorConfig, open_monitor
+from imgclf.settings import Settings, SettingsError
+from imgclf.telemetry import Telemetry
+from imgclf.traffic import TrafficError, load_traffic, parse_time
+
+CLASSES = ["a", "b"]
+
+
+def _png(value: int, size: int = 12) -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (size, size), value).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _observe(monitor: Monitor, n: int, value: int = 100) -> None:
+    uploads = [_png(value) for _ in range(n)]
+    pixels = np.full((n, 8, 8, 1), value, np.uint8)
+    probs = np.tile([0.3, 0.7], (n, 1))
+    monitor.observe(uploads, pixels, probs, np.ones((n, 4)), CLASSES, "v1")
+
+
+def _count(db: Path, where: str = "1") -> int:
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute(f"SELECT COUNT(*) FROM requests WHERE {where}").fetchone()[0])
+
+
+def test_records_features_prediction_and_embedding(tmp_path: Path) -> None:
+    db = tmp_path / "m.db"
+    telemetry = Telemetry()
+    monitor = Monitor(MonitorConfig(db=db), telemetry)
+    _observe(monitor, 5)
+    monitor.close()  # flushes
+    traffic = load_traffic(db, 0, 2e9, "v1")
+    assert traffic.rows == 5 and traffic.predicted == ["b"] * 5
+    assert traffic.confidence == [pytest.approx(0.7)] * 5
+    assert traffic.features["width"] == [12] * 5 and traffic.features["format"] == ["PNG"] * 5
+    assert traffic.features["brightness"] == [pytest.approx(100 / 255, abs=1e-6)] * 5
+    assert traffic.embedding is not None and traffic.embedding.shape == (5, 4)
+    assert telemetry.monitor_records._value.get() == 5
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    # Other versions are counted, not mixed in.
+    assert load_traffic(db, 0, 2e9, "v2").other_versions == {"v1": 5}
+
+
+def test_ring_buffer_keeps_the_newest_rows(tmp_path: Path) -> None:
+    db = tmp_path / "m.db"
+    monitor = Monitor(MonitorConfig(db=db, max_rows=50))
+    for value in range(12):  # 12 batches of 10, distinguishable by brightness
+        _observe(monitor, 10, value=value * 20)
+    monitor.close()
+    assert _count(db) == 50
+    traffic = load_traffic(db, 0, 2e9, None)
+    brightness = sorted(set(traffic.features["brightness"]))
+    assert brightness[0] == pytest.approx(7 * 20 / 255, abs=1e-6)  # batches 0-6 rotated out
+
+
+def test_samples_are_kept_up_to_the_byte_cap(tmp_path: Path) -> None:
+    db, samples = tmp_path / "m.db", tmp_path / "samples"
+    size = len(_png(100))
+    telemetry = Telemetry()
+    config = MonitorConfig(db, sample_dir=samples, sample_rate=1.0, sample_max_bytes=3 * size)
+    monitor = Monitor(config, telemetry)
+    _observe(monitor, 5)
+    monitor.close()
+    files = sorted(p for p in samples.rglob("*") if p.is_file())
+    assert len(files) == 3 and all(p.suffix == ".png" for p in files)
+    assert files[0].read_bytes() == _png(100)
+    assert _count(db, "sample IS NOT NULL") == 3 and _count(db) == 5  # nothing else lost
+    assert telemetry.monitor_samples_skipped._value.get() == 2
+    # The cap is in the database: a second process (here: a second recorder) sees it too.
+    again = Monitor(config, telemetry)
+    _observe(again, 1)
+    again.close()
+    assert len([p for p in samples.rglob("*") if p.is_file()]) == 3
+
+
+def test_a_full_queue_drops_records_never_blocks(tmp_path: Path, monkeypatch) -> None:
+    """A stuck disk (here: a writer that never drains) costs records, not requests."""
+    monkeypatch.setattr("imgclf.monitor.QUEUE_ROWS", 3)
+    monkeypatch.setattr(Monitor, "_run", lambda self: None)
+    telemetry = Telemetry()
+    monitor = Monitor(MonitorConfig(db=tmp_path / "m.db"), telemetry)
+    _observe(monitor, 40)
+    assert telemetry.monitor_dropped._value.get() == 37
+    monitor.close(timeout=0.1)
+
+
+def _writer(db: str, n: int) -> None:
+    monitor = Monitor(MonitorConfig(db=Path(db)))
+    for _ in range(n):
+        _observe(monitor, 4)
+    monitor.close()
+
+
+def test_several_processes_share_one_file(tmp_path: Path) -> None:
+    """What ``uvicorn --workers 3`` does: three recorders, one database, nothing lost."""
+    db = tmp_path / "shared.db"
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(str(db), 25)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert _count(db) == 3 * 25 * 4
+
+
+def test_settings_are_validated_with_the_variable_name(tmp_path: Path) -> None:
+    env = {"IMGCLF_MONITOR_DB": str(tmp_path / "m.db")}
+    s = Settings.from_env({**env, "IMGCLF_SAMPLE_DIR": str(tmp_path), "IMGCLF_SAMPLE_RATE": "0.5"})
+    assert s.sample_rate == 0.5 and s.monitor_db == tmp_path / "m.db"
+    bad = [
+        ({**env, "IMGCLF_SAMPLE_DIR": "s", "IMGCLF_SAMPLE_RATE": "1.5"}, "IMGCLF_SAMPLE_RATE"),
+        ({**env, "IMGCLF_SAMPLE_DIR": "s", "IMGCLF_SAMPLE_RATE": "often"}, "not a number"),
+        ({"IMGCLF_SAMPLE_DIR": "s"}, "IMGCLF_MONITOR_DB is not"),
+        ({**env, "IMGCLF_SAMPLE_RATE": "0.1"}, "IMGCLF_SAMPLE_DIR is not"),
+        ({**env, "IMGCLF_SAMPLE_DIR": "s", "IMGCLF_SAMPLE_MAX_BYTES": "-1"}, ">= 1"),
+        ({**env, "IMGCLF_MONITOR_MAX_ROWS": "0"}, "IMGCLF_MONITOR_MAX_ROWS"),
+        ({"IMGCLF_MONITOR_DB": str(tmp_path)}, "is a directory"),
+    ]
+    for values, message in bad:
+        with pytest.raises(SettingsError, match=message):
+            Settings.from_env(values)
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    with pytest.raises(SettingsError, match=r"IMGCLF_MONITOR_DB=.* cannot be used"):
+        open_monitor(Settings(monitor_db=blocked / "m.db"))
+    assert open_monitor(Settings()) is None
+
+
+def test_windows_and_bad_databases_have_clear_errors(tmp_path: Path) -> None:
+    assert parse_time("2h", now=10_000) == 10_000 - 7200
+    assert parse_time("2026-11-30T06:00:00Z") == pytest.approx(1796018400)
+    for text in ("yesterday", "2026-11-30T06:00:00"):
+        with pytest.raises(TrafficError):
+            parse_time(text)
+    with pytest.raises(TrafficError, match="does not exist"):
+        load_traffic(tmp_path / "none.db", 0, 1, None)
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).execute("CREATE TABLE x (y)").connection.commit()
+    with pytest.raises(TrafficError, match="not an imgclf monitoring database"):
+        load_traffic(other, 0, 1, None)
