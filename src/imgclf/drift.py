@@ -114,9 +114,14 @@ def build_report(
     reference: Reference, traffic: Traffic, alpha: float = ALPHA
 ) -> tuple[DriftReport, Any]:
     """The verdicts, and the Evidently snapshot whose HTML shows the distributions."""
+    import warnings
+
     import pandas as pd
-    from evidently import DataDefinition, Dataset, Report
-    from evidently.metrics import ValueDrift
+
+    with warnings.catch_warnings():  # its dependencies' deprecation notes are not ours
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from evidently import DataDefinition, Dataset, Report
+        from evidently.metrics import ValueDrift
 
     n_ref, n_cur = reference.rows, traffic.rows
     small = min(n_ref, n_cur)
