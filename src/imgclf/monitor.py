@@ -1,12 +1,14 @@
 """Record what the API serves: features, prediction, confidence — in SQLite, off the request path.
 
-The API's worker threads call :meth:`Monitor.observe` with the pixels they just
-classified; it computes the :mod:`imgclf.profile` features there (never on the
-event loop), optionally keeps the upload's bytes as a *sample*, and puts one small
-record per image on a bounded queue. One writer thread per process drains the queue
-about once a second into an SQLite database in a single transaction, so a request
-never waits for the disk. When the queue is full (the disk is stuck), records are
-dropped and counted in ``/metrics`` (``imgclf_monitor_dropped``), never the request.
+The API's worker thread, right after it classified a request, notes each upload's size
+and format (from the image object the decode already opened, see :class:`SourceBudget`),
+draws the optional sample, and queues references to the pixels, probabilities and
+embedding it already holds — a few microseconds, never on the event loop. One writer
+thread per process wakes about once a second, computes the :mod:`imgclf.profile`
+features of everything queued in one vectorised pass (per-image numpy calls cost more
+than the digits model's inference), and writes them in one SQLite transaction. When the
+queue is full (the disk is stuck), records are dropped and counted in ``/metrics``
+(``imgclf_monitor_dropped``), never the request.
 
 Several processes (``uvicorn --workers N``, or replicas on a shared volume of a
 filesystem with working locks) share one file: WAL journal, a busy timeout, and each
@@ -36,7 +38,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
+from imgclf.preprocessing import DecodeBudget
 from imgclf.profile import image_features, reduce_embedding, source_info
 from imgclf.settings import Settings, SettingsError
 
@@ -59,7 +63,8 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 FLUSH_S = 1.0  # how often the writer commits what the workers recorded
 BATCH_ROWS = 2000  # rows per transaction at most
-QUEUE_ROWS = 20_000  # records waiting for the writer; past it they are dropped (counted)
+# Pixels (and sample bytes) waiting for the writer; past it records are dropped (counted).
+QUEUE_BYTES = 64 * 1024 * 1024
 BUSY_TIMEOUT_MS = 10_000
 SAMPLE_SUFFIX = {"PNG": ".png", "JPEG": ".jpg", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp"}
 
@@ -98,25 +103,62 @@ class MonitorConfig:
     sample_max_bytes: int = 1024**3
 
 
-@dataclass
-class Record:
+class SourceBudget(DecodeBudget):
+    """The request's decode budget, which also notes each image it is charged for.
+
+    :func:`imgclf.preprocessing.open_image` charges the budget with the opened image,
+    then decodes and EXIF-rotates that same object in place; so after ``preprocess``
+    returns, the noted image says the upload's size (as ``prepare`` records it, rotation
+    applied) and format without opening the file a second time.
+    """
+
+    def __init__(self, left: int) -> None:
+        super().__init__(left)
+        self.last: Image.Image | None = None
+
+    def take(self, img: Image.Image) -> None:
+        super().take(img)
+        self.last = img
+
+
+@dataclass(frozen=True)
+class Upload:
+    """What is recorded about one accepted upload besides its pixels."""
+
+    width: int
+    height: int
+    format: str
+    sample: bytes | None  # the bytes, only when drawn for sampling
+
+
+@dataclass(frozen=True)
+class Pending:
+    """One request's worth of records, as queued by a worker thread."""
+
     ts: float
-    model_version: str
-    label: str
-    confidence: float
-    features: dict[str, Any]
-    embedding: bytes | None
-    sample: bytes | None = None
-    sample_format: str = ""
+    version: str
+    classes: list[str]
+    uploads: list[Upload]
+    pixels: np.ndarray
+    probs: np.ndarray
+    embedding: np.ndarray | None
 
 
 class Monitor:
-    """Per-process recorder: :meth:`observe` in worker threads, one writer thread."""
+    """Per-process recorder: :meth:`observe` in worker threads, one writer thread.
+
+    A worker thread does only what must happen while the request's data is at hand
+    (note the upload's size, draw the sample, queue references to the arrays it already
+    has: a few microseconds); the writer computes the features of everything queued in
+    one vectorised pass, about once a second, and writes them in one transaction.
+    """
 
     def __init__(self, config: MonitorConfig, telemetry: Any | None = None) -> None:
         self.config = config
         self.telemetry = telemetry
-        self._queue: queue.Queue[Record | None] = queue.Queue(QUEUE_ROWS)
+        self._queue: queue.Queue[Pending | None] = queue.Queue()
+        self._queued_bytes = 0  # pixels waiting; bounded by QUEUE_BYTES
+        self._lock = threading.Lock()
         self._random = random.Random()
         self._conn = connect(config.db)  # fails at startup, loudly, if the path is unusable
         if config.sample_dir is not None:
@@ -125,49 +167,39 @@ class Monitor:
         self._writer.start()
 
     # --- worker threads -------------------------------------------------------------------
+    @staticmethod
+    def budget(max_bytes: int) -> SourceBudget:
+        return SourceBudget(max_bytes)
+
+    def upload(self, data: bytes | bytearray, budget: DecodeBudget) -> Upload:
+        """Right after ``preprocess`` accepted ``data`` with ``budget``: what to record."""
+        img = getattr(budget, "last", None)
+        if img is not None:
+            budget.last = None  # type: ignore[attr-defined]
+            width, height, fmt = img.size[0], img.size[1], img.format or ""
+        else:  # a budget that noted nothing: read the header again
+            width, height, fmt = source_info(data)
+        c = self.config
+        sampled = c.sample_dir is not None and self._random.random() < c.sample_rate
+        return Upload(width, height, fmt, bytes(data) if sampled else None)
+
     def observe(
         self,
-        uploads: list[bytes | bytearray],
+        uploads: list[Upload],
         pixels: np.ndarray,
         probs: np.ndarray,
         embedding: np.ndarray | None,
         classes: list[str],
         version: str,
     ) -> None:
-        """Queue one record per classified upload; never raises, never blocks."""
-        try:
-            infos = [source_info(data) for data in uploads]
-            feats = image_features(
-                pixels, [i[0] for i in infos], [i[1] for i in infos], [i[2] for i in infos]
-            )
-            reduced = None if embedding is None else reduce_embedding(embedding)
-            now = time.time()
-            for k, data in enumerate(uploads):
-                index = int(np.argmax(probs[k]))
-                record = Record(
-                    ts=now,
-                    model_version=version,
-                    label=classes[index],
-                    confidence=float(probs[k][index]),
-                    features={name: values[k] for name, values in feats.items()},
-                    embedding=None if reduced is None else reduced[k].astype("<f4").tobytes(),
-                )
-                if self._sampled():
-                    record.sample, record.sample_format = bytes(data), infos[k][2]
-                self._put(record)
-        except Exception:  # recording must never fail a prediction
-            log.exception("monitoring: could not record a prediction")
-            self._count("dropped", len(uploads))
-
-    def _sampled(self) -> bool:
-        c = self.config
-        return c.sample_dir is not None and self._random.random() < c.sample_rate
-
-    def _put(self, record: Record) -> None:
-        try:
-            self._queue.put_nowait(record)
-        except queue.Full:
-            self._count("dropped", 1)
+        """Queue the request's records for the writer; never raises, never blocks."""
+        size = pixels.nbytes + sum(len(u.sample) for u in uploads if u.sample is not None)
+        with self._lock:
+            if self._queued_bytes + size > QUEUE_BYTES:
+                self._count("dropped", len(uploads))
+                return
+            self._queued_bytes += size
+        self._queue.put(Pending(time.time(), version, classes, uploads, pixels, probs, embedding))
 
     def _count(self, what: str, n: int) -> None:
         metric = getattr(self.telemetry, f"monitor_{what}", None)
@@ -183,16 +215,16 @@ class Monitor:
             if stop:
                 return
 
-    def _collect(self) -> tuple[list[Record], bool]:
-        """Records that arrived within about FLUSH_S (at most BATCH_ROWS); True: shut down."""
+    def _collect(self) -> tuple[list[Pending], bool]:
+        """Requests queued within about FLUSH_S (at most BATCH_ROWS images); True: shut down."""
         try:
             first = self._queue.get(timeout=FLUSH_S)
         except queue.Empty:
             return [], False
         if first is None:
             return [], True
-        batch, deadline = [first], time.monotonic() + FLUSH_S
-        while len(batch) < BATCH_ROWS:
+        batch, rows, deadline = [first], len(first.uploads), time.monotonic() + FLUSH_S
+        while rows < BATCH_ROWS:
             try:
                 item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
@@ -200,13 +232,48 @@ class Monitor:
             if item is None:
                 return batch, True
             batch.append(item)
+            rows += len(item.uploads)
         return batch, False
 
-    def _write(self, batch: list[Record]) -> None:
+    def _rows(self, batch: list[Pending]) -> list[list[Any]]:
+        """The features of every queued image in one vectorised pass, as table rows."""
+        uploads = [u for p in batch for u in p.uploads]
+        feats = image_features(
+            np.concatenate([p.pixels for p in batch]),
+            [u.width for u in uploads],
+            [u.height for u in uploads],
+            [u.format for u in uploads],
+        )
+        names = list(feats)
+        columns = [feats[n] for n in names]
+        probs = np.concatenate([p.probs for p in batch])
+        top = probs.argmax(1)
+        confidence = probs[np.arange(len(probs)), top].tolist()
+        embeddings: list[bytes | None] = []
+        for p in batch:
+            if p.embedding is None:
+                embeddings += [None] * len(p.uploads)
+            else:
+                reduced = reduce_embedding(p.embedding).astype("<f4")
+                embeddings += [row.tobytes() for row in reduced]
+        rows: list[list[Any]] = []
+        k = 0
+        for p in batch:
+            for u in p.uploads:
+                features = json.dumps(dict(zip(names, [c[k] for c in columns], strict=True)))
+                label = p.classes[int(top[k])]
+                rows.append([p.ts, p.version, label, confidence[k], features, embeddings[k], u])
+                k += 1
+        return rows
+
+    def _write(self, batch: list[Pending]) -> None:
+        images = sum(len(p.uploads) for p in batch)
         try:
+            rows = self._rows(batch)
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                rows = [self._row(r) for r in batch]
+                for row in rows:  # the sample's file name replaces the Upload
+                    row[6] = self._store_sample(row[0], row[6])
                 self._conn.executemany(
                     "INSERT INTO requests (ts, model_version, label, confidence, features, "
                     "embedding, sample) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -221,36 +288,38 @@ class Monitor:
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
-            self._count("records", len(batch))
+            self._count("records", images)
         except Exception:  # a full disk or a locked file: count, keep serving
-            log.exception(
-                "monitoring: could not write %d records to %s", len(batch), self.config.db
+            log.exception("monitoring: could not write %d records to %s", images, self.config.db)
+            self._count("dropped", images)
+        finally:
+            size = sum(
+                p.pixels.nbytes + sum(len(u.sample) for u in p.uploads if u.sample is not None)
+                for p in batch
             )
-            self._count("dropped", len(batch))
+            with self._lock:
+                self._queued_bytes -= size
 
-    def _row(self, r: Record) -> tuple[Any, ...]:
-        sample = self._store_sample(r) if r.sample is not None else None
-        features = json.dumps(r.features, separators=(",", ":"))
-        return (r.ts, r.model_version, r.label, r.confidence, features, r.embedding, sample)
-
-    def _store_sample(self, r: Record) -> str | None:
+    def _store_sample(self, ts: float, upload: Upload) -> str | None:
         """Write the upload's bytes if the cap allows (checked in the open transaction)."""
-        assert r.sample is not None and self.config.sample_dir is not None
+        if upload.sample is None or self.config.sample_dir is None:
+            return None
+        data = upload.sample
         (used,) = self._conn.execute("SELECT value FROM meta WHERE key = 'sample_bytes'").fetchone()
-        if int(used) + len(r.sample) > self.config.sample_max_bytes:
+        if int(used) + len(data) > self.config.sample_max_bytes:
             self._count("samples_skipped", 1)
             return None
-        day = time.strftime("%Y-%m-%d", time.gmtime(r.ts))
-        name = f"{day}/{int(r.ts * 1000)}-{self._random.getrandbits(48):012x}"
-        name += SAMPLE_SUFFIX.get(r.sample_format, ".bin")
+        day = time.strftime("%Y-%m-%d", time.gmtime(ts))
+        name = f"{day}/{int(ts * 1000)}-{self._random.getrandbits(48):012x}"
+        name += SAMPLE_SUFFIX.get(upload.format, ".bin")
         path = self.config.sample_dir / name
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(r.sample)
+        tmp.write_bytes(data)
         tmp.replace(path)
         self._conn.execute(
             "UPDATE meta SET value = CAST(value AS INTEGER) + ? WHERE key = 'sample_bytes'",
-            (len(r.sample),),
+            (len(data),),
         )
         self._count("samples", 1)
         return name

@@ -35,7 +35,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from imgclf.monitor import open_monitor
+from imgclf.monitor import Upload, open_monitor
 from imgclf.preprocessing import (
     SUPPORTED_FORMATS,
     DecodeBudget,
@@ -266,26 +266,27 @@ class Service:
         Runs in a worker thread. The files of one request share one decode budget.
         """
         assert self.backend is not None
-        budget = DecodeBudget(self.settings.max_decode_bytes)
+        monitor = self.monitor
+        limit = self.settings.max_decode_bytes
+        budget = DecodeBudget(limit) if monitor is None else monitor.budget(limit)
         out: list[np.ndarray | ImageError] = []
         good: list[np.ndarray] = []
-        accepted: list[bytearray] = []
+        accepted: list[Upload] = []  # what monitoring records besides the pixels
         for data in uploads:
             try:
                 good.append(self.pixels(data, budget))
                 out.append(good[-1])
-                accepted.append(data)
+                if monitor is not None:
+                    accepted.append(monitor.upload(data, budget))
             except ImageError as exc:
                 out.append(exc)
         if good:
             batch = np.stack(good)
             with self.telemetry.inference.time():
                 probs, embedding = self._infer(batch)
-            if self.monitor is not None:  # features computed here, in the worker thread
+            if monitor is not None:  # queued for the writer thread: microseconds here
                 backend = self.backend
-                self.monitor.observe(
-                    accepted, batch, probs, embedding, backend.classes, backend.version
-                )
+                monitor.observe(accepted, batch, probs, embedding, backend.classes, backend.version)
             it = iter(probs)
             out = [r if isinstance(r, ImageError) else next(it) for r in out]
         return out

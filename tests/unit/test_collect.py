@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from imgclf.cli import app
 from imgclf.collect import CollectError, collect
 from imgclf.monitor import Monitor, MonitorConfig
+from imgclf.preprocessing import DecodeBudget
 
 
 @pytest.fixture
@@ -26,7 +27,7 @@ def served(tmp_path: Path) -> tuple[Path, Path]:
         for value in (10, 120, 240):
             buf = io.BytesIO()
             Image.new("RGB", (20, 10), (value, value, value)).save(buf, fmt)
-            uploads.append(buf.getvalue())
+            uploads.append(monitor.upload(buf.getvalue(), DecodeBudget(10**6)))
         probs = np.tile([conf, 1 - conf], (3, 1))
         pixels = np.zeros((3, 8, 8, 1), np.uint8)
         monitor.observe(uploads, pixels, probs, None, ["cat", "dog"], "v1")

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from imgclf.monitor import Monitor, MonitorConfig, open_monitor
+from imgclf.preprocessing import DecodeBudget, PreprocessSpec, preprocess
 from imgclf.settings import Settings, SettingsError
 from imgclf.telemetry import Telemetry
 from imgclf.traffic import TrafficError, load_traffic, parse_time
@@ -26,10 +27,16 @@ def _png(value: int, size: int = 12) -> bytes:
 
 
 def _observe(monitor: Monitor, n: int, value: int = 100) -> None:
-    uploads = [_png(value) for _ in range(n)]
-    pixels = np.full((n, 8, 8, 1), value, np.uint8)
+    """What Service.classify does for a request of ``n`` accepted uploads."""
+    spec = PreprocessSpec(8, "grayscale")
+    budget = monitor.budget(10**8)
+    uploads, pixels = [], []
+    for _ in range(n):
+        data = _png(value)
+        pixels.append(preprocess(data, spec, budget))
+        uploads.append(monitor.upload(data, budget))
     probs = np.tile([0.3, 0.7], (n, 1))
-    monitor.observe(uploads, pixels, probs, np.ones((n, 4)), CLASSES, "v1")
+    monitor.observe(uploads, np.stack(pixels), probs, np.ones((n, 4)), CLASSES, "v1")
 
 
 def _count(db: Path, where: str = "1") -> int:
@@ -90,13 +97,31 @@ def test_samples_are_kept_up_to_the_byte_cap(tmp_path: Path) -> None:
 
 def test_a_full_queue_drops_records_never_blocks(tmp_path: Path, monkeypatch) -> None:
     """A stuck disk (here: a writer that never drains) costs records, not requests."""
-    monkeypatch.setattr("imgclf.monitor.QUEUE_ROWS", 3)
+    monkeypatch.setattr("imgclf.monitor.QUEUE_BYTES", 3 * 64)  # three 8×8 gray images
     monkeypatch.setattr(Monitor, "_run", lambda self: None)
     telemetry = Telemetry()
     monitor = Monitor(MonitorConfig(db=tmp_path / "m.db"), telemetry)
-    _observe(monitor, 40)
+    for _ in range(40):
+        _observe(monitor, 1)
     assert telemetry.monitor_dropped._value.get() == 37
     monitor.close(timeout=0.1)
+
+
+def test_sizes_are_the_upright_image_and_the_bytes_are_not_read_twice(tmp_path: Path) -> None:
+    """A phone photo stored sideways (EXIF orientation 6) is recorded as prepare sees it."""
+    monitor = Monitor(MonitorConfig(db=tmp_path / "m.db"))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (90, 90, 90)).save(buf, "JPEG", exif=exif)
+    budget = monitor.budget(10**8)
+    preprocess(buf.getvalue(), PreprocessSpec(8, "grayscale"), budget)
+    upload = monitor.upload(buf.getvalue(), budget)
+    assert (upload.width, upload.height, upload.format, upload.sample) == (30, 40, "JPEG", None)
+    # Without a noting budget (another caller), the header is read again: same answer.
+    again = monitor.upload(buf.getvalue(), DecodeBudget(10**8))
+    assert (again.width, again.height, again.format) == (30, 40, "JPEG")
+    monitor.close()
 
 
 def _writer(db: str, n: int) -> None:
