@@ -26,22 +26,20 @@ Only the standard library and numpy: the serving image stays lean.
 
 from __future__ import annotations
 
-import json
 import logging
-import queue
 import random
 import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image
 
 from imgclf.preprocessing import DecodeBudget
-from imgclf.profile import image_features, reduce_embedding, source_info
+from imgclf.profile import feature_matrix, reduce_embedding, source_info
 from imgclf.settings import Settings, SettingsError
 
 log = logging.getLogger("imgclf.monitor")
@@ -54,15 +52,20 @@ CREATE TABLE IF NOT EXISTS requests (
     model_version TEXT NOT NULL,
     label TEXT NOT NULL,
     confidence REAL NOT NULL,
-    features TEXT NOT NULL,
+    format TEXT NOT NULL,
+    feature_set INTEGER NOT NULL REFERENCES feature_sets (id),
+    features BLOB NOT NULL,
     embedding BLOB,
     sample TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts);
+CREATE TABLE IF NOT EXISTS feature_sets (id INTEGER PRIMARY KEY, names TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-FLUSH_S = 1.0  # how often the writer commits what the workers recorded
-BATCH_ROWS = 2000  # rows per transaction at most
+# ``features`` and ``embedding`` are little-endian float32 arrays; ``feature_sets`` names
+# the features' columns (comma-separated, as imgclf.profile.numeric_features lists them).
+FLUSH_S = 1.0  # how often the writer wakes up and commits what the workers queued
+BATCH_ROWS = 5000  # images per transaction at most
 # Pixels (and sample bytes) waiting for the writer; past it records are dropped (counted).
 QUEUE_BYTES = 64 * 1024 * 1024
 BUSY_TIMEOUT_MS = 10_000
@@ -121,8 +124,7 @@ class SourceBudget(DecodeBudget):
         self.last = img
 
 
-@dataclass(frozen=True)
-class Upload:
+class Upload(NamedTuple):
     """What is recorded about one accepted upload besides its pixels."""
 
     width: int
@@ -131,17 +133,28 @@ class Upload:
     sample: bytes | None  # the bytes, only when drawn for sampling
 
 
-@dataclass(frozen=True)
 class Pending:
-    """One request's worth of records, as queued by a worker thread."""
+    """One request's worth of records, as queued by a worker thread (cheap to build)."""
 
-    ts: float
-    version: str
-    classes: list[str]
-    uploads: list[Upload]
-    pixels: np.ndarray
-    probs: np.ndarray
-    embedding: np.ndarray | None
+    __slots__ = ("classes", "embedding", "pixels", "probs", "size", "ts", "uploads", "version")
+
+    def __init__(
+        self,
+        version: str,
+        classes: list[str],
+        uploads: list[Upload],
+        pixels: np.ndarray,
+        probs: np.ndarray,
+        embedding: np.ndarray | None,
+    ) -> None:
+        self.ts = time.time()
+        self.version, self.classes, self.uploads = version, classes, uploads
+        self.pixels, self.probs, self.embedding = pixels, probs, embedding
+        # Bytes held in memory while it waits: pixels, and sampled uploads.
+        self.size = pixels.nbytes
+        for u in uploads:
+            if u.sample is not None:
+                self.size += len(u.sample)
 
 
 class Monitor:
@@ -156,9 +169,13 @@ class Monitor:
     def __init__(self, config: MonitorConfig, telemetry: Any | None = None) -> None:
         self.config = config
         self.telemetry = telemetry
-        self._queue: queue.Queue[Pending | None] = queue.Queue()
-        self._queued_bytes = 0  # pixels waiting; bounded by QUEUE_BYTES
+        # Workers append under the lock; the writer takes the whole list once a second.
+        # (A queue.Queue would wake the writer at every request: a context switch each.)
+        self._pending: list[Pending] = []
+        self._queued_bytes = 0  # pixels and samples waiting; bounded by QUEUE_BYTES
         self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._feature_sets: dict[str, int] = {}
         self._random = random.Random()
         self._conn = connect(config.db)  # fails at startup, loudly, if the path is unusable
         if config.sample_dir is not None:
@@ -193,13 +210,14 @@ class Monitor:
         version: str,
     ) -> None:
         """Queue the request's records for the writer; never raises, never blocks."""
-        size = pixels.nbytes + sum(len(u.sample) for u in uploads if u.sample is not None)
+        pending = Pending(version, classes, uploads, pixels, probs, embedding)
+        size = pending.size
         with self._lock:
-            if self._queued_bytes + size > QUEUE_BYTES:
-                self._count("dropped", len(uploads))
+            if self._queued_bytes + size <= QUEUE_BYTES:
+                self._queued_bytes += size
+                self._pending.append(pending)
                 return
-            self._queued_bytes += size
-        self._queue.put(Pending(time.time(), version, classes, uploads, pixels, probs, embedding))
+        self._count("dropped", len(uploads))
 
     def _count(self, what: str, n: int) -> None:
         metric = getattr(self.telemetry, f"monitor_{what}", None)
@@ -208,75 +226,70 @@ class Monitor:
 
     # --- the writer thread ----------------------------------------------------------------
     def _run(self) -> None:
-        while True:
-            batch, stop = self._collect()
-            if batch:
-                self._write(batch)
-            if stop:
-                return
+        stop = False
+        while not stop:
+            stop = self._stop.wait(FLUSH_S)
+            with self._lock:
+                batch, self._pending = self._pending, []
+            for start in range(0, len(batch), BATCH_ROWS):  # requests ≤ images
+                self._write(batch[start : start + BATCH_ROWS])
 
-    def _collect(self) -> tuple[list[Pending], bool]:
-        """Requests queued within about FLUSH_S (at most BATCH_ROWS images); True: shut down."""
-        try:
-            first = self._queue.get(timeout=FLUSH_S)
-        except queue.Empty:
-            return [], False
-        if first is None:
-            return [], True
-        batch, rows, deadline = [first], len(first.uploads), time.monotonic() + FLUSH_S
-        while rows < BATCH_ROWS:
-            try:
-                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if item is None:
-                return batch, True
-            batch.append(item)
-            rows += len(item.uploads)
-        return batch, False
+    def _feature_set(self, names: list[str]) -> int:
+        """The id of this list of feature names in ``feature_sets`` (inside a transaction)."""
+        key = ",".join(names)
+        if key not in self._feature_sets:
+            self._conn.execute("INSERT OR IGNORE INTO feature_sets (names) VALUES (?)", (key,))
+            (ident,) = self._conn.execute(
+                "SELECT id FROM feature_sets WHERE names = ?", (key,)
+            ).fetchone()
+            self._feature_sets[key] = int(ident)
+        return self._feature_sets[key]
 
-    def _rows(self, batch: list[Pending]) -> list[list[Any]]:
+    def _rows(self, batch: list[Pending]) -> tuple[list[str], list[list[Any]]]:
         """The features of every queued image in one vectorised pass, as table rows."""
         uploads = [u for p in batch for u in p.uploads]
-        feats = image_features(
+        names, matrix = feature_matrix(
             np.concatenate([p.pixels for p in batch]),
             [u.width for u in uploads],
             [u.height for u in uploads],
-            [u.format for u in uploads],
         )
-        names = list(feats)
-        columns = [feats[n] for n in names]
+        features = matrix.astype("<f4")
         probs = np.concatenate([p.probs for p in batch])
         top = probs.argmax(1)
         confidence = probs[np.arange(len(probs)), top].tolist()
-        embeddings: list[bytes | None] = []
-        for p in batch:
-            if p.embedding is None:
-                embeddings += [None] * len(p.uploads)
-            else:
-                reduced = reduce_embedding(p.embedding).astype("<f4")
-                embeddings += [row.tobytes() for row in reduced]
+        embeddings = [p.embedding for p in batch if p.embedding is not None]
+        flat = None  # all embeddings reduced at once when they have one width (the usual case)
+        if embeddings and len({e.shape[1] for e in embeddings}) == 1:
+            flat = iter(reduce_embedding(np.concatenate(embeddings)).astype("<f4"))
         rows: list[list[Any]] = []
         k = 0
         for p in batch:
-            for u in p.uploads:
-                features = json.dumps(dict(zip(names, [c[k] for c in columns], strict=True)))
+            if p.embedding is None:
+                vectors: list[bytes | None] = [None] * len(p.uploads)
+            elif flat is not None:
+                vectors = [next(flat).tobytes() for _ in p.uploads]
+            else:
+                vectors = [r.tobytes() for r in reduce_embedding(p.embedding).astype("<f4")]
+            for u, vector in zip(p.uploads, vectors, strict=True):
                 label = p.classes[int(top[k])]
-                rows.append([p.ts, p.version, label, confidence[k], features, embeddings[k], u])
+                row = [p.ts, p.version, label, confidence[k], u.format, 0, features[k].tobytes()]
+                rows.append([*row, vector, u])  # feature_set (0) and sample set in _write
                 k += 1
-        return rows
+        return names, rows
 
     def _write(self, batch: list[Pending]) -> None:
         images = sum(len(p.uploads) for p in batch)
         try:
-            rows = self._rows(batch)
+            names, rows = self._rows(batch)
             self._conn.execute("BEGIN IMMEDIATE")
             try:
+                feature_set = self._feature_set(names)
                 for row in rows:  # the sample's file name replaces the Upload
-                    row[6] = self._store_sample(row[0], row[6])
+                    row[5] = feature_set
+                    row[8] = self._store_sample(row[0], row[8])
                 self._conn.executemany(
-                    "INSERT INTO requests (ts, model_version, label, confidence, features, "
-                    "embedding, sample) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO requests (ts, model_version, label, confidence, format, "
+                    "feature_set, features, embedding, sample) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
                 # The ring buffer: keep the newest max_rows rows (an index range delete).
@@ -287,16 +300,14 @@ class Monitor:
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
+                self._feature_sets.clear()  # the insert may have been rolled back
                 raise
             self._count("records", images)
         except Exception:  # a full disk or a locked file: count, keep serving
             log.exception("monitoring: could not write %d records to %s", images, self.config.db)
             self._count("dropped", images)
         finally:
-            size = sum(
-                p.pixels.nbytes + sum(len(u.sample) for u in p.uploads if u.sample is not None)
-                for p in batch
-            )
+            size = sum(p.size for p in batch)
             with self._lock:
                 self._queued_bytes -= size
 
@@ -326,12 +337,11 @@ class Monitor:
 
     def close(self, timeout: float = 10.0) -> None:
         """Flush what is queued and stop the writer (the app's shutdown)."""
+        self._stop.set()
+        self._writer.join(timeout)
         if self._writer.is_alive():
-            try:
-                self._queue.put(None, timeout=timeout)
-            except queue.Full:
-                log.warning("monitoring: queue still full at shutdown, records lost")
-            self._writer.join(timeout)
+            log.warning("monitoring: the writer did not finish within %s s", timeout)
+            return
         self._conn.close()
 
 

@@ -7,7 +7,6 @@ against the production file can never change it.
 
 from __future__ import annotations
 
-import json
 import re
 import sqlite3
 import time
@@ -88,25 +87,45 @@ def load_traffic(db: Path, start: float, end: float, version: str | None) -> Tra
     traffic = Traffic(start, end, version)
     conn = open_readonly(db)
     try:
+        sets = {i: names.split(",") for i, names in conn.execute("SELECT * FROM feature_sets")}
         cursor = conn.execute(
-            "SELECT model_version, label, confidence, features, embedding, sample "
-            "FROM requests WHERE ts >= ? AND ts < ? ORDER BY id",
+            "SELECT model_version, label, confidence, format, feature_set, features, embedding, "
+            "sample FROM requests WHERE ts >= ? AND ts < ? ORDER BY id",
             (start, end),
         )
         embeddings: list[np.ndarray] = []
-        for model_version, label, confidence, features, embedding, sample in cursor:
+        rows: dict[int, list[bytes]] = {}
+        formats: list[str] = []
+        for (
+            model_version,
+            label,
+            confidence,
+            fmt,
+            feature_set,
+            features,
+            embedding,
+            sample,
+        ) in cursor:
             if version is not None and model_version != version:
                 traffic.other_versions[model_version] += 1
                 continue
             traffic.predicted.append(label)
             traffic.confidence.append(float(confidence))
             traffic.samples.append(sample)
-            for name, value in json.loads(features).items():
-                traffic.features.setdefault(name, []).append(value)
+            formats.append(fmt)
+            rows.setdefault(feature_set, []).append(features)
             if embedding is not None:
                 embeddings.append(np.frombuffer(embedding, dtype="<f4"))
     finally:
         conn.close()
+    if len(rows) > 1:  # e.g. a grayscale and an RGB model in one window
+        raise TrafficError("the window mixes models with different features: pick one version")
+    for feature_set, blobs in rows.items():
+        matrix = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), -1)
+        for j, name in enumerate(sets[feature_set]):
+            traffic.features[name] = [round(float(x), 6) for x in matrix[:, j]]
+    if formats:
+        traffic.features["format"] = formats
     dims = {len(e) for e in embeddings}
     if embeddings and len(embeddings) == traffic.rows and len(dims) == 1:
         traffic.embedding = np.stack(embeddings).astype(np.float64)
