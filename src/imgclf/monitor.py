@@ -367,3 +367,42 @@ def open_monitor(settings: Settings, telemetry: Any | None = None) -> Monitor | 
         raise SettingsError(
             f"IMGCLF_MONITOR_DB={settings.monitor_db} (or IMGCLF_SAMPLE_DIR) cannot be used: {exc}"
         ) from None
+
+
+def snapshot(source: Path, target: Path) -> int:
+    """A consistent copy of a live database, with the rows the WAL holds; returns the rows.
+
+    Copying the file with ``cp`` while the API writes can miss the last second of rows
+    (they are in ``-wal``) or tear a page; SQLite's online backup cannot. This is what a
+    deployment runs before uploading the file for the scheduled drift report (README,
+    Monitoring): ``python -m imgclf.monitor snapshot /var/lib/imgclf/monitor.db /tmp/m.db``
+    works in the serving image (standard library only).
+    """
+    src = sqlite3.connect(f"file:{source.resolve()}?mode=ro", uri=True, timeout=10)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.unlink(missing_ok=True)
+        dst = sqlite3.connect(tmp)
+        try:
+            src.backup(dst)
+            dst.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
+            (rows,) = dst.execute("SELECT COUNT(*) FROM requests").fetchone()
+        finally:
+            dst.close()
+        tmp.replace(target)
+    finally:
+        src.close()
+    return int(rows)
+
+
+if __name__ == "__main__":  # python -m imgclf.monitor snapshot SOURCE TARGET
+    import sys
+
+    if len(sys.argv) != 4 or sys.argv[1] != "snapshot":
+        sys.exit("usage: python -m imgclf.monitor snapshot SOURCE.db TARGET.db")
+    try:
+        count = snapshot(Path(sys.argv[2]), Path(sys.argv[3]))
+    except sqlite3.Error as exc:
+        sys.exit(f"error: cannot snapshot {sys.argv[2]}: {exc}")
+    print(f"{sys.argv[3]}: {count} recorded predictions")

@@ -194,3 +194,23 @@ def test_sampled_uploads_become_an_image_folder(served: dict[str, Any], tmp_path
     copied = [p for p in out.rglob("*.png")]
     assert len(copied) == len(files)
     assert {p.parent.parent for p in copied} == {out}
+
+
+def test_overhead_bench_runs(project: ProjectTree) -> None:
+    """bench/bench_monitor.py --quick: the three servers answer, the table is printed."""
+    import subprocess
+    import sys
+
+    from tests.support import ROOT, tool_env
+
+    results = (ROOT / "bench" / "RESULTS.md").read_bytes()
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_monitor.py"), "--quick",
+         "--model-dir", str(project.model_dir)],
+        env=tool_env(ROOT), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [ln for ln in proc.stdout.splitlines() if ln.startswith("| digits 8×8 PNG |")]
+    assert [r.split("|")[2].strip() for r in rows] == ["off", "monitor", "monitor + 1 % samples"]
+    assert all(r.split("|")[4].strip() == "0" for r in rows), "errors in the quick run"
+    assert (ROOT / "bench" / "RESULTS.md").read_bytes() == results  # --quick records nothing

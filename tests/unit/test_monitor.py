@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import multiprocessing
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ from imgclf.preprocessing import DecodeBudget, PreprocessSpec, preprocess
 from imgclf.settings import Settings, SettingsError
 from imgclf.telemetry import Telemetry
 from imgclf.traffic import TrafficError, load_traffic, parse_time
+from tests.support import ROOT, tool_env
 
 CLASSES = ["a", "b"]
 
@@ -179,3 +182,29 @@ def test_windows_and_bad_databases_have_clear_errors(tmp_path: Path) -> None:
     sqlite3.connect(other).execute("CREATE TABLE x (y)").connection.commit()
     with pytest.raises(TrafficError, match="not an imgclf monitoring database"):
         load_traffic(other, 0, 1, None)
+
+
+def test_snapshot_is_a_consistent_self_contained_copy(tmp_path: Path) -> None:
+    """What a deployment uploads for the scheduled report: rows still in the WAL included."""
+    db = tmp_path / "live.db"
+    monitor = Monitor(MonitorConfig(db=db))
+    keeper = sqlite3.connect(db)  # another process still has it open: no final checkpoint
+    keeper.execute("SELECT 1 FROM requests").fetchall()
+    _observe(monitor, 7)
+    monitor.close()
+    assert (tmp_path / "live.db-wal").stat().st_size > 0  # the rows live in the WAL only
+    target = tmp_path / "copy" / "snap.db"
+    proc = subprocess.run(
+        [sys.executable, "-m", "imgclf.monitor", "snapshot", str(db), str(target)],
+        capture_output=True, text=True, env=tool_env(ROOT), timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "7 recorded predictions" in proc.stdout
+    assert not (tmp_path / "copy" / "snap.db-wal").exists()
+    assert load_traffic(target, 0, 2e9, "v1").rows == 7
+    bad = subprocess.run(
+        [sys.executable, "-m", "imgclf.monitor", "snapshot", str(tmp_path / "no.db"), str(target)],
+        capture_output=True, text=True, env=tool_env(ROOT), timeout=60,
+    )  # fmt: skip
+    assert bad.returncode == 1 and "cannot snapshot" in bad.stderr
+    keeper.close()
