@@ -79,6 +79,7 @@ bench: install-dev  ## Run every benchmark (appends bench/RESULTS.md; best on an
 	$(PY) bench/bench_train.py
 	$(PY) bench/bench_numerics.py
 	$(PY) bench/bench_api.py
+	$(PY) bench/bench_monitor.py
 	$(PY) bench/bench_gpu.py
 
 HOST ?= 127.0.0.1
