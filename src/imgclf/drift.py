@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import html
 import json
+import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -110,19 +111,22 @@ def _constant(ref: list[Any], cur: list[Any]) -> bool:
     return len(set(ref) | set(cur)) == 1
 
 
+def _frame(columns: dict[str, list[Any]], emb: np.ndarray | None) -> Any:
+    """A pandas DataFrame of the columns, plus ``emb_0…`` for the embedding."""
+    import pandas as pd
+
+    df = pd.DataFrame(columns)
+    if emb is not None:
+        df = pd.concat(
+            [df, pd.DataFrame(emb, columns=[f"emb_{i}" for i in range(emb.shape[1])])], axis=1
+        )
+    return df
+
+
 def build_report(
     reference: Reference, traffic: Traffic, alpha: float = ALPHA
 ) -> tuple[DriftReport, Any]:
     """The verdicts, and the Evidently snapshot whose HTML shows the distributions."""
-    import warnings
-
-    import pandas as pd
-
-    with warnings.catch_warnings():  # its dependencies' deprecation notes are not ours
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from evidently import DataDefinition, Dataset, Report
-        from evidently.metrics import ValueDrift
-
     n_ref, n_cur = reference.rows, traffic.rows
     small = min(n_ref, n_cur)
     features = [f for f in reference.features if f in traffic.features]
@@ -139,13 +143,10 @@ def build_report(
         for s in sections.values():
             s.skipped = f"{n_cur} served predictions in the window, at least {MIN_ROWS} needed"
         return report, None
-
-    def frame(columns: dict[str, list[Any]], emb: np.ndarray | None) -> pd.DataFrame:
-        df = pd.DataFrame(columns)
-        if emb is not None:
-            for i in range(emb.shape[1]):
-                df[f"emb_{i}"] = emb[:, i]
-        return df
+    with warnings.catch_warnings():  # its dependencies' deprecation notes are not ours
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from evidently import DataDefinition, Dataset, Report
+        from evidently.metrics import ValueDrift
 
     ref_cols = {f: reference.features[f] for f in features}
     cur_cols = {f: traffic.features[f] for f in features}
@@ -156,8 +157,8 @@ def build_report(
         and traffic.embedding is not None
         and reference.embedding.shape[1] == traffic.embedding.shape[1]
     )
-    ref_df = frame(ref_cols, reference.embedding if with_emb else None)
-    cur_df = frame(cur_cols, traffic.embedding if with_emb else None)
+    ref_df = _frame(ref_cols, reference.embedding if with_emb else None)
+    cur_df = _frame(cur_cols, traffic.embedding if with_emb else None)
 
     plan: list[tuple[str, str, str]] = [("features", f, "cat" if f in CATEGORICAL else "num")
                                         for f in features]  # fmt: skip
