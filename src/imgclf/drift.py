@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from imgclf.markdown import code, inline, table
 from imgclf.profile import CATEGORICAL, Reference
 from imgclf.traffic import Traffic
 
@@ -220,28 +221,25 @@ def markdown(report: DriftReport, html_name: str = "") -> str:
     lines = [
         f"## Drift report: {head}",
         "",
-        f"Window {report.window[0]} → {report.window[1]}, model `{report.model_version}`: "
+        f"Window {report.window[0]} → {report.window[1]}, model {code(report.model_version)}: "
         f"{report.current_rows} served predictions.",
     ]
-    if report.excluded_rows:
-        other = ", ".join(f"`{v}` ({n})" for v, n in sorted(report.excluded_rows.items()))
+    if report.excluded_rows:  # versions and class names come from the database: made inert
+        other = ", ".join(f"{code(v)} ({n})" for v, n in sorted(report.excluded_rows.items()))
         lines.append(f"Left out, served by other model versions: {other}.")
-    lines += ["", "| Section | Verdict | Reference rows | Served rows |", "|---|---|---:|---:|"]
-    for s in report.sections:
-        mark = "⚠️ " if s.drifted else ""
-        lines.append(f"| {s.title} | {mark}{s.verdict} | {s.reference_rows} | {s.current_rows} |")
+    lines.append("")
+    lines += table(
+        ["Section", "Verdict", "Reference rows", "Served rows"],
+        [[s.title, ("⚠️ " if s.drifted else "") + s.verdict, str(s.reference_rows),
+          str(s.current_rows)] for s in report.sections],
+    )  # fmt: skip
     lines += ["", "<details><summary>Every test</summary>", ""]
-    lines += [
-        "| Section | Column | Method | Score | Threshold | Drift |",
-        "|---|---|---|---:|---:|---|",
-    ]
-    for s in report.sections:
-        for c in s.checks:
-            method = c.method + (f" ({c.note})" if c.note else "")
-            lines.append(
-                f"| {s.title} | {c.column} | {method} | {c.score:.4g} | {c.threshold:.4g} | "
-                f"{'yes' if c.drifted else 'no'} |"
-            )
+    rows = [
+        [s.title, c.column, c.method + (f" ({inline(c.note)})" if c.note else ""),
+         f"{c.score:.4g}", f"{c.threshold:.4g}", "yes" if c.drifted else "no"]
+        for s in report.sections for c in s.checks
+    ]  # fmt: skip
+    lines += table(["Section", "Column", "Method", "Score", "Threshold", "Drift"], rows)
     lines += ["", "</details>", ""]
     if html_name:
         lines.append(f"Distributions per column: `{html_name}` (Evidently HTML report).")

@@ -76,3 +76,17 @@ def test_other_model_versions_are_left_out_and_said(setup: dict[str, Path]) -> N
 
     report = DriftReport(("a", "b"), "cdcdcdcdcdcd", 0, {"abababababab": 10}, [])
     assert "Left out, served by other model versions: `abababababab` (10)." in markdown(report)
+
+
+def test_strings_from_the_database_are_inert_in_the_markdown() -> None:
+    """Versions and class names come from a file anyone with the volume can write."""
+    from imgclf.drift import Check, DriftReport, Section
+
+    section = Section("Predicted classes", 40, 40)
+    section.checks.append(Check("predicted", "constant", 0.0, 0.0, False, "always a|b\n# @team"))
+    report = DriftReport(("a", "b"), "v|1\n<img src=x>", 40, {"@x\n# y": 3}, [section])
+    md = markdown(report)
+    assert "\n# " not in md  # no heading, no raw line break: each string is one code span
+    assert "model `v|1\\n<img src=x>`:" in md and "`@x\\n# y` (3)" in md
+    (row,) = [ln for ln in md.splitlines() if ln.startswith("| Predicted classes | predicted")]
+    assert "`always a\\|b\\n# @team`" in row  # the pipe cannot end the cell
