@@ -90,3 +90,28 @@ def test_strings_from_the_database_are_inert_in_the_markdown() -> None:
     assert "model `v|1\\n<img src=x>`:" in md and "`@x\\n# y` (3)" in md
     (row,) = [ln for ln in md.splitlines() if ln.startswith("| Predicted classes | predicted")]
     assert "`always a\\|b\\n# @team`" in row  # the pipe cannot end the cell
+
+
+@pytest.mark.slow
+def test_a_category_the_reference_never_had_is_drift() -> None:
+    """Half the traffic is JPEG where the reference is all PNG; a third class appears."""
+    from imgclf.drift import build_report
+    from imgclf.profile import Reference
+    from imgclf.traffic import Traffic
+
+    rng = np.random.default_rng(0)
+
+    def features(n: int, formats: list[str]) -> dict[str, list]:
+        return {"brightness": list(rng.normal(0.3, 0.05, n)), "format": formats}
+
+    predicted, confidence = list(rng.choice(["a", "b"], 200)), list(rng.uniform(0.5, 1, 200))
+    ref = Reference("ab" * 32, ["a", "b", "c"], features(200, ["PNG"] * 200), predicted,
+                    confidence, None, 200)  # fmt: skip
+    predicted, confidence = list(rng.choice(["a", "b", "c"], 100)), list(rng.uniform(0.5, 1, 100))
+    cur = Traffic(0, 1, "abababababab", features(100, ["PNG", "JPEG"] * 50), predicted, confidence)
+    report, _ = build_report(ref, cur)
+    verdicts = {s.title: s.verdict for s in report.sections}
+    assert verdicts["Input features"] == "DRIFT in format"  # brightness did not move
+    assert verdicts["Predicted classes"] == "DRIFT in predicted"
+    assert verdicts["Confidence"] == "no drift"
+    assert verdicts["Embedding"].startswith("not tested")
