@@ -69,7 +69,8 @@ BATCH_ROWS = 5000  # images per transaction at most
 # Pixels (and sample bytes) waiting for the writer; past it records are dropped (counted).
 QUEUE_BYTES = 64 * 1024 * 1024
 BUSY_TIMEOUT_MS = 10_000
-SAMPLE_SUFFIX = {"PNG": ".png", "JPEG": ".jpg", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp"}
+SAMPLE_SUFFIX = {"PNG": ".png", "JPEG": ".jpg", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp",
+                 "TIFF": ".tif"}  # fmt: skip
 
 
 def connect(path: Path, timeout_ms: int = BUSY_TIMEOUT_MS) -> sqlite3.Connection:
@@ -88,9 +89,16 @@ def connect(path: Path, timeout_ms: int = BUSY_TIMEOUT_MS) -> sqlite3.Connection
             conn.execute(statement)
         conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
         conn.execute("INSERT OR IGNORE INTO meta VALUES ('sample_bytes', '0')")
+        (version,) = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        if version != SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(
+                f"{path} has monitoring schema {version}; this server writes {SCHEMA_VERSION} "
+                "(move the old file away, or point IMGCLF_MONITOR_DB at a new one)"
+            )
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
+        conn.close()
         raise
     return conn
 

@@ -168,6 +168,12 @@ def test_settings_are_validated_with_the_variable_name(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match=r"IMGCLF_MONITOR_DB=.* cannot be used"):
         open_monitor(Settings(monitor_db=blocked / "m.db"))
     assert open_monitor(Settings()) is None
+    future = tmp_path / "future.db"
+    Monitor(MonitorConfig(db=future)).close()
+    with sqlite3.connect(future) as conn:
+        conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema'")
+    with pytest.raises(SettingsError, match="has monitoring schema 99; this server writes 1"):
+        open_monitor(Settings(monitor_db=future))
 
 
 def test_windows_and_bad_databases_have_clear_errors(tmp_path: Path) -> None:
