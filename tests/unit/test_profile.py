@@ -13,7 +13,9 @@ from PIL import Image, ImageFilter
 
 from imgclf.artifact import EMBEDDING_NAME, REFERENCE_FILE, export_onnx
 from imgclf.dataio import INDEX_FIELDS, write_json
+from imgclf.errors import ModelIntegrityError
 from imgclf.evaluate import evaluate
+from imgclf.integrity import verify_model
 from imgclf.models import WithSoftmax, build_model
 from imgclf.params import ModelParams, Params
 from imgclf.predictor import Predictor
@@ -185,6 +187,11 @@ def test_evaluate_writes_the_reference_profile_next_to_the_model(tmp_path: Path)
     # Byte-stable: a second run writes the same file.
     evaluate(Params(), tmp_path / "prepared", model_dir, tmp_path / "metrics")
     assert json.loads(path.read_text()) == data
+    # `imgclf verify-model` (and the image build) refuse a profile of another model.
+    assert verify_model(model_dir, tmp_path / "metrics" / "evaluate.json") == card["model_sha256"]
+    path.write_text(json.dumps({**data, "model_sha256": "0" * 64}))
+    with pytest.raises(ModelIntegrityError, match=r"reference\.json profiles model '000"):
+        verify_model(model_dir)
 
 
 def test_reference_is_sampled_when_large_and_refuses_foreign_files(
