@@ -30,7 +30,13 @@ DbOpt = Annotated[
 def drift_report(
     since: Annotated[str, typer.Option(help="Window start: 1h, 30m, 2d … or ISO-8601.")] = "1d",
     until: Annotated[str | None, typer.Option(help="Window end (default: now).")] = None,
-    db: DbOpt = None,
+    db: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help=f"Monitoring database, repeatable: one per replica [default: "
+            f"$IMGCLF_MONITOR_DB or {DEFAULT_DB}]."
+        ),
+    ] = None,
     reference: Annotated[Path, typer.Option(help="Reference profile written by evaluate.")] = Path(
         "models/reference.json"
     ),
@@ -59,7 +65,7 @@ def drift_report(
             )
         ref = load_reference(reference)
         version = None if all_versions else ref.model_sha256[:12]
-        traffic = load_traffic(_db(db), start, end, version)
+        traffic = load_traffic(db or [_db(None)], start, end, version)
     except (TrafficError, FileNotFoundError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -78,51 +78,44 @@ def open_readonly(db: Path) -> sqlite3.Connection:
     return conn
 
 
-def load_traffic(db: Path, start: float, end: float, version: str | None) -> Traffic:
+def load_traffic(dbs: Path | list[Path], start: float, end: float, version: str | None) -> Traffic:
     """Rows with ``start <= ts < end``; only ``version``'s (others are counted, not mixed in).
 
     A report that mixed two models' answers would show "drift" that is only the new
-    model; counting the others lets the report say what it left out.
+    model; counting the others lets the report say what it left out. Several files
+    (one per replica) are read as one window.
     """
     traffic = Traffic(start, end, version)
-    conn = open_readonly(db)
-    try:
-        sets = {i: names.split(",") for i, names in conn.execute("SELECT * FROM feature_sets")}
-        cursor = conn.execute(
-            "SELECT model_version, label, confidence, format, feature_set, features, embedding, "
-            "sample FROM requests WHERE ts >= ? AND ts < ? ORDER BY id",
-            (start, end),
-        )
-        embeddings: list[np.ndarray] = []
-        rows: dict[int, list[bytes]] = {}
-        formats: list[str] = []
-        for (
-            model_version,
-            label,
-            confidence,
-            fmt,
-            feature_set,
-            features,
-            embedding,
-            sample,
-        ) in cursor:
-            if version is not None and model_version != version:
-                traffic.other_versions[model_version] += 1
-                continue
-            traffic.predicted.append(label)
-            traffic.confidence.append(float(confidence))
-            traffic.samples.append(sample)
-            formats.append(fmt)
-            rows.setdefault(feature_set, []).append(features)
-            if embedding is not None:
-                embeddings.append(np.frombuffer(embedding, dtype="<f4"))
-    finally:
-        conn.close()
+    embeddings: list[np.ndarray] = []
+    rows: dict[str, list[bytes]] = {}  # feature names (comma-joined) → float32 rows
+    formats: list[str] = []
+    for db in [dbs] if isinstance(dbs, Path) else dbs:
+        conn = open_readonly(db)
+        try:
+            sets = dict(conn.execute("SELECT id, names FROM feature_sets"))
+            cursor = conn.execute(
+                "SELECT model_version, label, confidence, format, feature_set, features, "
+                "embedding, sample FROM requests WHERE ts >= ? AND ts < ? ORDER BY id",
+                (start, end),
+            )
+            for model_version, label, conf, fmt, feature_set, features, emb, sample in cursor:
+                if version is not None and model_version != version:
+                    traffic.other_versions[model_version] += 1
+                    continue
+                traffic.predicted.append(label)
+                traffic.confidence.append(float(conf))
+                traffic.samples.append(sample)
+                formats.append(fmt)
+                rows.setdefault(sets[feature_set], []).append(features)
+                if emb is not None:
+                    embeddings.append(np.frombuffer(emb, dtype="<f4"))
+        finally:
+            conn.close()
     if len(rows) > 1:  # e.g. a grayscale and an RGB model in one window
         raise TrafficError("the window mixes models with different features: pick one version")
-    for feature_set, blobs in rows.items():
+    for names, blobs in rows.items():
         matrix = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), -1)
-        for j, name in enumerate(sets[feature_set]):
+        for j, name in enumerate(names.split(",")):
             traffic.features[name] = [round(float(x), 6) for x in matrix[:, j]]
     if formats:
         traffic.features["format"] = formats

@@ -214,3 +214,14 @@ def test_snapshot_is_a_consistent_self_contained_copy(tmp_path: Path) -> None:
     )  # fmt: skip
     assert bad.returncode == 1 and "cannot snapshot" in bad.stderr
     keeper.close()
+
+
+def test_several_files_read_as_one_window(tmp_path: Path) -> None:
+    """One database per replica (hosts cannot share a WAL file): the report reads them all."""
+    for name, n in (("a.db", 3), ("b.db", 5)):
+        monitor = Monitor(MonitorConfig(db=tmp_path / name))
+        _observe(monitor, n)
+        monitor.close()
+    traffic = load_traffic([tmp_path / "a.db", tmp_path / "b.db"], 0, 2e9, "v1")
+    assert traffic.rows == 8 and len(traffic.features["brightness"]) == 8
+    assert traffic.embedding is not None and traffic.embedding.shape == (8, 4)
