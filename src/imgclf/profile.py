@@ -1,12 +1,13 @@
 """Per-image features and the reference profile: what the model was evaluated on, as numbers.
 
-One function, :func:`image_features`, turns the uint8 pixels the model sees (the
-output of :func:`imgclf.preprocessing.preprocess`) plus the upload's original size
-and format into a few numbers per image. ``evaluate`` runs it on the test split and
-writes the result, with the model's predictions, confidences and embeddings, as the
-*reference profile* next to the model (``models/reference.json``); the API runs it on
-every accepted upload and records the same numbers (:mod:`imgclf.monitor`); the drift
-report compares the two. Computing both sides with the same function on the same kind
+One function, :func:`feature_matrix` (:func:`image_features` is the same as columns),
+turns the uint8 pixels the model sees (the output of
+:func:`imgclf.preprocessing.preprocess`) plus the upload's decoded size and format into a
+few numbers per image. ``evaluate`` runs it on the test split and writes the result, with
+the model's predictions, confidences and embeddings, as the *reference profile* next to
+the model (``models/reference.json``); the API's recorder (:mod:`imgclf.monitor`) runs it
+on every accepted upload's pixels and stores the same numbers; the drift report compares
+the two. Computing both sides with the same function on the same kind
 of pixels is what makes the comparison mean something.
 
 Only numpy: the serving image has no pandas or torch. Sums are taken in integers where
