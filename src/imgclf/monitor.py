@@ -386,7 +386,7 @@ def snapshot(source: Path, target: Path) -> int:
     Monitoring): ``python -m imgclf.monitor snapshot /var/lib/imgclf/monitor.db /tmp/m.db``
     works in the serving image (standard library only).
     """
-    src = sqlite3.connect(f"file:{source.resolve()}?mode=ro", uri=True, timeout=10)
+    src = sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(target.name + ".tmp")

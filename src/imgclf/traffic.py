@@ -69,7 +69,8 @@ def open_readonly(db: Path) -> sqlite3.Connection:
             f"{db} does not exist: start the API with IMGCLF_MONITOR_DB={db} (make serve does) "
             "and send it some traffic"
         )
-    conn = sqlite3.connect(f"file:{db.resolve()}?mode=ro", uri=True, timeout=10)
+    # as_uri() escapes "?" and "#" in the path; mode=ro: a report can never change the file.
+    conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
     try:
         conn.execute("SELECT 1 FROM requests LIMIT 1")
     except sqlite3.DatabaseError as exc:

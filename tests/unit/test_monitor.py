@@ -218,10 +218,10 @@ def test_snapshot_is_a_consistent_self_contained_copy(tmp_path: Path) -> None:
 
 def test_several_files_read_as_one_window(tmp_path: Path) -> None:
     """One database per replica (hosts cannot share a WAL file): the report reads them all."""
-    for name, n in (("a.db", 3), ("b.db", 5)):
+    for name, n in (("a.db", 3), ("b #1?.db", 5)):  # URI-special characters in a name
         monitor = Monitor(MonitorConfig(db=tmp_path / name))
         _observe(monitor, n)
         monitor.close()
-    traffic = load_traffic([tmp_path / "a.db", tmp_path / "b.db"], 0, 2e9, "v1")
+    traffic = load_traffic([tmp_path / "a.db", tmp_path / "b #1?.db"], 0, 2e9, "v1")
     assert traffic.rows == 8 and len(traffic.features["brightness"]) == 8
     assert traffic.embedding is not None and traffic.embedding.shape == (8, 4)
