@@ -245,6 +245,8 @@ def build_reference(
             "model_dims": int(embedding.shape[1]),
             "values": [[round(float(x), 4) for x in row] for row in reduced],
         }
+    predicted = [classes[int(k)] for k in probs[keep].argmax(1)]
+    confidence = [round(float(p), 6) for p in probs[keep].max(1)]
     return {
         "format": PROFILE_FORMAT,
         "model_sha256": model_sha256,
@@ -252,10 +254,47 @@ def build_reference(
         "split": "test",
         "total": total,
         "rows": len(keep),
+        "summary": summarize(features, predicted, confidence, classes),
         "features": features,
-        "predicted": [classes[int(k)] for k in probs[keep].argmax(1)],
-        "confidence": [round(float(p), 6) for p in probs[keep].max(1)],
+        "predicted": predicted,
+        "confidence": confidence,
         "embedding": emb,
+    }
+
+
+QUANTILES = (0.0, 0.01, 0.05, 0.5, 0.95, 0.99, 1.0)
+
+
+def summarize(
+    features: dict[str, list[Any]],
+    predicted: list[str],
+    confidence: list[float],
+    classes: list[str],
+) -> dict[str, Any]:
+    """What a person (or a range check) reads first: quantiles and shares.
+
+    Per numeric feature its quantiles (``p0`` … ``p100``), the share of each format and
+    of each predicted class, and the confidence's quantiles: the ranges the evaluated
+    data spans, without reading every row.
+    """
+
+    def quantiles(values: list[float]) -> dict[str, float]:
+        qs = np.quantile(np.asarray(values, dtype=np.float64), QUANTILES)
+        return {
+            f"p{round(q * 100)}": round(float(v), 6) for q, v in zip(QUANTILES, qs, strict=True)
+        }
+
+    def shares(values: list[str], keys: list[str]) -> dict[str, float]:
+        n = max(len(values), 1)
+        return {k: round(values.count(k) / n, 6) for k in keys}
+
+    numeric = {k: quantiles(v) for k, v in features.items() if k not in CATEGORICAL and v}
+    formats = features.get("format", [])
+    return {
+        "features": numeric,
+        "format": shares(formats, sorted(set(formats))),
+        "predicted": shares(predicted, classes),
+        "confidence": quantiles(confidence) if confidence else {},
     }
 
 

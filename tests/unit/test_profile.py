@@ -179,6 +179,13 @@ def test_evaluate_writes_the_reference_profile_next_to_the_model(tmp_path: Path)
     assert ref.rows == ref.total == 30 and ref.classes == CLASSES
     assert ref.features["width"] == [16] * 30 and ref.features["format"] == ["PNG"] * 30
     assert ref.embedding is not None and ref.embedding.shape == (30, 64)
+    summary = data["summary"]  # the ranges, for people and range checks
+    assert summary["features"]["width"] == {f"p{q}": 16.0 for q in (0, 1, 5, 50, 95, 99, 100)}
+    b = summary["features"]["brightness"]
+    assert b["p0"] <= b["p5"] <= b["p50"] <= b["p95"] <= b["p100"]
+    assert summary["format"] == {"PNG": 1.0}
+    assert sum(summary["predicted"].values()) == pytest.approx(1.0)
+    assert list(summary["predicted"]) == CLASSES
     # The predictions in the profile are the ones in predictions.csv.
     with (tmp_path / "metrics" / "predictions.csv").open() as fh:
         rows = list(csv.DictReader(fh))
