@@ -107,6 +107,9 @@ def collect(
     except (CollectError, TrafficError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    except OSError as exc:  # e.g. --out names a file, or a read-only disk
+        typer.echo(f"error: cannot write under {out}: {exc}", err=True)
+        raise typer.Exit(2) from None
     typer.echo(done)
     if counts:
         typer.echo("per class: " + ", ".join(f"{k} {n}" for k, n in sorted(counts.items())))
