@@ -36,6 +36,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from imgclf.dataio import expand
+from imgclf.monitor import Upload, open_monitor
 from imgclf.preprocessing import (
     SUPPORTED_FORMATS,
     DecodeBudget,
@@ -173,6 +174,8 @@ class Service:
         self.model_info: dict[str, Any] = {}
         self.pool = WorkPool(settings.worker_threads, settings.max_queue)
         self.telemetry.queue.set_function(lambda: self.pool.jobs)
+        # What is served, recorded off the request path (IMGCLF_MONITOR_DB; None: off).
+        self.monitor = open_monitor(settings, self.telemetry)
 
     def load(self) -> None:
         """Load (and verify) the artifact unless one was injected; on failure report not ready."""
@@ -264,26 +267,45 @@ class Service:
         Runs in a worker thread. The files of one request share one decode budget.
         """
         assert self.backend is not None
-        budget = DecodeBudget(self.settings.max_decode_bytes)
+        monitor = self.monitor
+        limit = self.settings.max_decode_bytes
+        budget = DecodeBudget(limit) if monitor is None else monitor.budget(limit)
         out: list[np.ndarray | ImageError] = []
         good: list[np.ndarray] = []
+        accepted: list[Upload] = []  # what monitoring records besides the pixels
         for data in uploads:
             try:
                 good.append(self.pixels(data, budget))
                 out.append(good[-1])
+                if monitor is not None:
+                    accepted.append(monitor.upload(data, budget))
             except ImageError as exc:
                 out.append(exc)
         if good:
+            batch = np.stack(good)
             with self.telemetry.inference.time():
-                probs = iter(self.backend.predict_proba(np.stack(good)))
-            out = [r if isinstance(r, ImageError) else next(probs) for r in out]
+                probs, embedding = self._infer(batch)
+            if monitor is not None:  # queued for the writer thread: microseconds here
+                backend = self.backend
+                monitor.observe(accepted, batch, probs, embedding, backend.classes, backend.version)
+            it = iter(probs)
+            out = [r if isinstance(r, ImageError) else next(it) for r in out]
         return out
+
+    def _infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities, plus the embedding when monitoring records it (same pass)."""
+        assert self.backend is not None
+        with_embedding = getattr(self.backend, "predict_with_embedding", None)
+        if self.monitor is not None and with_embedding is not None:
+            return with_embedding(batch)
+        return self.backend.predict_proba(batch), None
 
     def answer(self, probs: np.ndarray) -> dict[str, Any]:
         assert self.backend is not None
         index = int(np.argmax(probs))
         label = self.backend.classes[index]
         self.telemetry.predictions.labels(label).inc()
+        self.telemetry.confidence.observe(float(probs[index]))
         return {
             "label": label,
             "index": index,
