@@ -14,10 +14,12 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
+from imgclf.artifact import REFERENCE_FILE
 from imgclf.baseline import score_baselines
 from imgclf.dataio import load_split, read_index, with_detail, write_json
 from imgclf.params import Params
 from imgclf.predictor import Predictor
+from imgclf.profile import build_reference, format_from_path
 
 PREDICTION_FIELDS = ("position", "path", "actual", "predicted", "confidence", "correct")
 
@@ -116,11 +118,27 @@ EVALUATE_DETAIL = (
 
 
 def evaluate(params: Params, prepared: Path, model_dir: Path, out_dir: Path) -> dict[str, Any]:
-    """Run the whole stage: metrics JSON (with baselines), predictions CSV, confusion PNG."""
+    """Run the whole stage: metrics JSON (with baselines), predictions CSV, confusion PNG,
+    and the reference profile ``<model_dir>/reference.json`` (:mod:`imgclf.profile`)."""
     predictor = Predictor(model_dir)
     images, labels = load_split(prepared, "test")
-    sources = [row["path"] for row in read_index(prepared, "test")]
-    probs = predictor.predict_proba(images, params.evaluate.batch_size)
+    rows = read_index(prepared, "test")
+    sources = [row["path"] for row in rows]
+    probs, embedding = predictor.predict_with_embedding(images, params.evaluate.batch_size)
+    # The profile the API's traffic is compared with (imgclf drift-report), next to the
+    # model so that it travels with it into the serving image.
+    reference = build_reference(
+        images,
+        [int(row["width"]) for row in rows],
+        [int(row["height"]) for row in rows],
+        [format_from_path(p) for p in sources],
+        probs,
+        embedding,
+        predictor.classes,
+        predictor.card["model_sha256"],
+        params.seed,
+    )
+    write_json(model_dir / REFERENCE_FILE, reference)
     metrics = score(probs, labels, predictor.classes, params.evaluate.calibration_bins)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_predictions(out_dir / "predictions.csv", probs, labels, predictor.classes, sources)

@@ -341,7 +341,7 @@ def train(params: Params, prepared: Path, model_dir: Path, live_dir: Path) -> di
     if rt.is_main:
         model_dir.mkdir(parents=True, exist_ok=True)
         shape = (image_size, image_size, channels)
-        sha = export_onnx(WithSoftmax(model), shape, model_dir / MODEL_FILE)
+        sha = export_onnx(WithSoftmax(model, embedding=True), shape, model_dir / MODEL_FILE)
         card = model_card(params, meta, history, sha, rt.numerics)
         torch.save({"state_dict": model.state_dict(), "card": card}, model_dir / CHECKPOINT_FILE)
         write_json(model_dir / CARD_FILE, card)
