@@ -1,0 +1,211 @@
+"""Fit, calibrate and measure the OOD detector (:mod:`imgclf.ood`) in the evaluate stage.
+
+* **fit** on the training split: the input checks' allowed ranges (0.1–99.9 % quantiles
+  of :func:`imgclf.profile.image_features`, widened by a margin) and the feature space
+  (class means and a shared, shrunk covariance of the embedding);
+* **calibrate** on the test split: the distance threshold that lets
+  ``evaluate.ood_pass_rate`` (default 95 %) of the test images pass, input checks included;
+* **measure** on generated OOD sets (:mod:`imgclf.oodsets`): AUROC and the false-accept
+  rate at that threshold, per set and overall, like accuracy.
+
+Nothing here is tuned per dataset, so a user's own photo model gets the same calibration
+with no configuration. Byte-stable output: the covariance is summed in integers (the
+embedding in fixed point), the matrix inverse is rounded to 10 significant digits and the
+threshold to 6, so CPUs with other SIMD widths write the same ``ood.json``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from imgclf.ood import OOD_FORMAT, Detector, detector_from_dict
+from imgclf.oodsets import ood_sets
+from imgclf.preprocessing import PreprocessSpec, preprocess
+from imgclf.profile import image_features, reduce_embedding, source_info
+
+# Rows of the training split used for the fit (a seeded sample beyond): plenty for 64-dim
+# statistics, and bounded time on a large photo set.
+MAX_FIT_ROWS = 5000
+QUANTILES = (0.001, 0.999)
+# Log-scale checks: how many times beyond the training range counts as one unit "out".
+LOG_FACTORS = {"size": 4.0, "aspect": 1.4, "sharpness": 3.0}
+# Linear checks (0-1 features): margin of 10 % of the training range, at least 0.05.
+MIN_MARGIN, MARGIN = 0.05, 0.1
+# Covariance shrinkage towards a scaled identity: a photo model's 64-dim embedding from a
+# few hundred images is otherwise near-singular, and its inverse would amplify noise.
+SHRINK = 0.1
+FIXED_POINT = 1024.0  # embedding quantum for the integer sums (1/1024 of a unit)
+
+
+def _sig(x: float, digits: int) -> float:
+    return float(f"{x:.{digits}g}")
+
+
+def fit_checks(features: dict[str, list[Any]]) -> dict[str, dict[str, Any]]:
+    """Allowed ranges of every numeric feature (``image_features`` columns of the train split)."""
+    checks: dict[str, dict[str, Any]] = {}
+    for name, values in sorted(features.items()):
+        if name in ("format", "width", "height"):
+            continue
+        x = np.asarray(values, np.float64)
+        lo, hi = (float(v) for v in np.quantile(x, QUANTILES))
+        if name in LOG_FACTORS:
+            f = LOG_FACTORS[name]
+            checks[name] = {"lo": lo / f, "hi": hi * f, "log": True, "unit": math.log(f)}
+        else:
+            margin = max(MARGIN * (hi - lo), MIN_MARGIN)
+            checks[name] = {"lo": lo - margin, "hi": hi + margin, "log": False, "unit": margin}
+    sides = np.asarray(features["width"] + features["height"], np.float64)
+    lo, hi = (float(v) for v in np.quantile(sides, QUANTILES))
+    f = LOG_FACTORS["size"]
+    checks["size"] = {"lo": lo / f, "hi": hi * f, "log": True, "unit": math.log(f)}
+    return {k: {n: _sig(v, 8) if isinstance(v, float) else v for n, v in c.items()}
+            for k, c in checks.items()}  # fmt: skip
+
+
+def fit_space(embedding: np.ndarray, labels: np.ndarray, classes: int) -> dict[str, Any]:
+    """Class means and the shrunk shared precision matrix of the reduced embedding.
+
+    Sums are exact (int64 on fixed-point values), so they do not depend on the order a
+    CPU's SIMD kernels add in; only the final inverse goes through LAPACK, and it is
+    rounded to 10 significant digits.
+    """
+    q = np.round(reduce_embedding(embedding) * FIXED_POINT).astype(np.int64)
+    n, d = q.shape
+    scatter = (q.T @ q).astype(np.float64)  # int64 matmul: exact, no BLAS
+    means = np.zeros((classes, d))
+    for c in range(classes):
+        rows = q[labels == c]
+        if len(rows):
+            s = rows.sum(0)
+            scatter -= np.outer(s, s).astype(np.float64) / len(rows)
+            means[c] = s / len(rows)
+    cov = scatter / max(n - classes, 1) / FIXED_POINT**2
+    means /= FIXED_POINT
+    scale = math.fsum(np.diag(cov).tolist()) / d or 1.0
+    shrunk = (1 - SHRINK) * cov + SHRINK * scale * np.eye(d)
+    precision = np.linalg.inv(shrunk)
+    precision = (precision + precision.T) / 2
+    present = [c for c in range(classes) if (labels == c).any()]
+    return {
+        "dims": d,
+        "means": [[_sig(v, 10) for v in means[c]] for c in present],
+        "precision": [[_sig(v, 10) for v in row] for row in precision],
+    }
+
+
+def calibrate(detector: Detector, doc: dict[str, Any], test: dict[str, Any]) -> float:
+    """The squared-distance threshold that lets ``pass_rate`` of the test split through.
+
+    Images the input checks already flag count as failures, so the overall pass rate is
+    the stated one. Rounded *up* to 6 significant digits (never fewer passes).
+    """
+    _, violations, _ = detector.raw_scores(**test)
+    ok = np.ones(len(test["pixels"]), bool)
+    for v in violations.values():
+        ok &= v <= 0
+    assert detector.space is not None
+    dist = np.sort(detector.space.distance(test["embedding"])[ok])
+    need = math.ceil(doc["pass_rate"] * len(ok))
+    if len(dist) == 0:
+        return 1.0
+    t = float(dist[min(need, len(dist)) - 1])
+    r = _sig(t, 6)
+    return r if r >= t else _sig(t * (1 + 1e-5), 6)
+
+
+def fit_detector(
+    train: dict[str, Any],
+    labels: np.ndarray,
+    test: dict[str, Any],
+    classes: int,
+    model_sha256: str,
+    pass_rate: float,
+) -> dict[str, Any]:
+    """The ``ood.json`` document: ranges and space from ``train``, threshold from ``test``.
+
+    ``train``/``test`` hold ``pixels`` (uint8 NHWC), ``embedding`` (or None), ``widths``,
+    ``heights`` and ``formats``: the keywords of :meth:`imgclf.ood.Detector.judge`.
+    """
+    feats = image_features(train["pixels"], train["widths"], train["heights"], train["formats"])
+    doc: dict[str, Any] = {
+        "format": OOD_FORMAT,
+        "model_sha256": model_sha256,
+        "pass_rate": pass_rate,
+        "checks": fit_checks(feats),
+        "embedding": None,
+    }
+    if train["embedding"] is not None and test["embedding"] is not None:
+        space = fit_space(train["embedding"], labels, classes)
+        doc["embedding"] = {**space, "threshold": 1.0}
+        doc["embedding"]["threshold"] = calibrate(detector_from_dict(doc), doc, test)
+    return doc
+
+
+def scores(detector: Detector, batch: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Combined OOD score per image (1.0 = threshold) and whether it is in distribution."""
+    verdicts = detector.judge(**batch)
+    return (
+        np.array([v.score for v in verdicts]),
+        np.array([v.in_distribution for v in verdicts]),
+    )
+
+
+def encoded_batch(files: list[bytes], spec: PreprocessSpec, predictor: Any) -> dict[str, Any]:
+    """Generated files as the API sees them: :func:`preprocess`, header info, one model pass."""
+    pixels = np.stack([preprocess(f, spec) for f in files])
+    info = [source_info(f) for f in files]
+    probs, embedding = predictor.predict_with_embedding(pixels)
+    return {
+        "pixels": pixels,
+        "embedding": embedding,
+        "widths": [i[0] for i in info],
+        "heights": [i[1] for i in info],
+        "formats": [i[2] for i in info],
+        "probs": probs,
+    }
+
+
+def measure(
+    detector: Detector,
+    test: dict[str, Any],
+    test_probs: np.ndarray,
+    predictor: Any,
+    seed: int,
+) -> dict[str, Any]:
+    """Pass rate on the test split; AUROC and false-accept rate per generated OOD set and
+    pooled; and the classifier's own confidence as a detector, for comparison."""
+    id_score, id_ok = scores(detector, test)
+    r = lambda v: round(float(v), 6)  # noqa: E731 - fixed precision keeps the JSON byte-stable
+    sets: dict[str, Any] = {}
+    all_scores, all_ok, all_conf = [], [], []
+    for name, files in ood_sets(np.asarray(test["pixels"]), seed).items():
+        batch = encoded_batch(files, predictor.spec, predictor)
+        probs = batch.pop("probs")
+        s, ok = scores(detector, batch)
+        y = np.r_[np.zeros(len(id_score)), np.ones(len(s))]
+        sets[name] = {
+            "auroc": r(roc_auc_score(y, np.r_[id_score, s])),
+            "false_accept": r(ok.mean()),
+            "n": len(s),
+        }
+        all_scores.append(s)
+        all_ok.append(ok)
+        all_conf.append(probs.max(1))
+    pooled, pooled_ok = np.concatenate(all_scores), np.concatenate(all_ok)
+    y = np.r_[np.zeros(len(id_score)), np.ones(len(pooled))]
+    # Max-softmax as a detector (low confidence = OOD): what the API offered before.
+    conf = np.r_[test_probs.max(1), np.concatenate(all_conf)]
+    return {
+        "auroc": r(roc_auc_score(y, np.r_[id_score, pooled])),
+        "false_accept": r(pooled_ok.mean()),
+        "test_pass_rate": r(id_ok.mean()),
+        "target_pass_rate": detector.pass_rate,
+        "threshold": detector.space.threshold if detector.space else None,
+        "confidence_auroc": r(roc_auc_score(y, -conf)),
+        "sets": sets,
+    }
