@@ -15,10 +15,10 @@ import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from imgclf.artifact import REFERENCE_FILE
-from imgclf.ood import OOD_FILE, detector_from_dict
-from imgclf.oodfit import MAX_FIT_ROWS, fit_detector, measure
 from imgclf.baseline import score_baselines
 from imgclf.dataio import load_split, read_index, with_detail, write_json
+from imgclf.ood import OOD_FILE, detector_from_dict
+from imgclf.oodfit import MAX_FIT_ROWS, fit_detector, measure
 from imgclf.params import Params
 from imgclf.predictor import Predictor
 from imgclf.profile import build_reference, format_from_path

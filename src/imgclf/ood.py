@@ -34,7 +34,6 @@ from imgclf.profile import image_features, reduce_embedding, source_info
 
 OOD_FILE = "ood.json"
 OOD_FORMAT = "imgclf-ood/1"
-MODES = ("flag", "refuse", "off")
 FEATURES_CHECK = "features"  # the reason code of the feature-space distance
 
 # Human names of the input checks, for reasons (codes are the keys, for /metrics labels).

@@ -134,7 +134,8 @@ def other_datasets(rng: np.random.Generator, _: np.ndarray) -> Image.Image:
     cx, cy = (int(v) for v in rng.integers(r, 32 - r, 2))
     color = tuple(int(v) for v in rng.integers(40, 230, 3))
     draw = ImageDraw.Draw(img)
-    (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((cx - r, cy - r, cx + r, cy + r), color)
+    shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
+    shape((cx - r, cy - r, cx + r, cy + r), color)
     return img
 
 

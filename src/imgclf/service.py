@@ -35,6 +35,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
+from imgclf import oodserve
 from imgclf.dataio import expand
 from imgclf.preprocessing import (
     SUPPORTED_FORMATS,
@@ -171,6 +172,7 @@ class Service:
         self.spec: PreprocessSpec | None = None
         self.error: str | None = None
         self.model_info: dict[str, Any] = {}
+        self.ood: oodserve.Detector | None = None  # the OOD flag's statistics (imgclf.ood)
         self.pool = WorkPool(settings.worker_threads, settings.max_queue)
         self.telemetry.queue.set_function(lambda: self.pool.jobs)
 
@@ -186,6 +188,8 @@ class Service:
             limit = min(self.settings.max_pixels, self.backend.spec.max_pixels)
             self.spec = replace(self.backend.spec, max_pixels=limit)
             self.backend.predict_proba(np.zeros((1, *self.input_shape()), np.uint8))  # warm-up
+            s = self.settings
+            self.ood = oodserve.load(s.ood, s.model_dir, card.get("model_sha256", ""))
             self.model_info = self._describe(card)
             self.telemetry.set_model(
                 {
@@ -253,34 +257,41 @@ class Service:
 
     async def classify_async(
         self, uploads: list[bytearray], deadline: float
-    ) -> list[np.ndarray | ImageError]:
+    ) -> list[oodserve.Scored | ImageError]:
         """:meth:`classify` in the work pool, answered by ``deadline`` (loop time) or 503."""
         remaining = deadline - asyncio.get_running_loop().time()
         return await self.pool.run(self.classify, uploads, timeout=remaining)
 
-    def classify(self, uploads: list[bytearray]) -> list[np.ndarray | ImageError]:
-        """Probabilities per upload, or that upload's error; one model call for the batch.
+    def classify(self, uploads: list[bytearray]) -> list[oodserve.Scored | ImageError]:
+        """Probabilities and OOD verdict per upload, or that upload's error; one model call
+        for the batch (IMGCLF_OOD=refuse turns an OOD upload into its error).
 
         Runs in a worker thread. The files of one request share one decode budget.
         """
         assert self.backend is not None
         budget = DecodeBudget(self.settings.max_decode_bytes)
-        out: list[np.ndarray | ImageError] = []
+        out: list[Any] = []
         good: list[np.ndarray] = []
+        sources: list[bytearray] = []
         for data in uploads:
             try:
                 good.append(self.pixels(data, budget))
+                sources.append(data)
                 out.append(good[-1])
             except ImageError as exc:
                 out.append(exc)
         if good:
+            batch = np.stack(good)
             with self.telemetry.inference.time():
-                probs = iter(self.backend.predict_proba(np.stack(good)))
-            out = [r if isinstance(r, ImageError) else next(probs) for r in out]
+                probs, emb = oodserve.infer(self.backend, batch, self.ood is not None)
+            mode, telemetry = self.settings.ood, self.telemetry
+            scored = iter(oodserve.judge(self.ood, mode, telemetry, batch, probs, emb, sources))
+            out = [r if isinstance(r, ImageError) else next(scored) for r in out]
         return out
 
-    def answer(self, probs: np.ndarray) -> dict[str, Any]:
+    def answer(self, result: oodserve.Scored) -> dict[str, Any]:
         assert self.backend is not None
+        probs = result.probs
         index = int(np.argmax(probs))
         label = self.backend.classes[index]
         self.telemetry.predictions.labels(label).inc()
@@ -289,6 +300,7 @@ class Service:
             "index": index,
             "confidence": float(probs[index]),
             "probabilities": dict(zip(self.backend.classes, map(float, probs), strict=True)),
+            **result.ood_json(),
         }
 
     def reject(self, reason: str) -> None:

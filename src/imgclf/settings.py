@@ -13,6 +13,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 MiB = 1024 * 1024
+# IMGCLF_OOD values (imgclf.ood.MODES, repeated here so settings import nothing heavy).
+OOD_MODES = ("flag", "refuse", "off")
 
 
 class SettingsError(ValueError):
@@ -51,6 +53,9 @@ class Settings:
     keep_alive_s: float = 5.0
     metrics_file: Path | None = None
     git_revision: str | None = None
+    # Out-of-distribution flag (imgclf.ood): ``flag`` answers with in_distribution/
+    # ood_score/ood_reasons, ``refuse`` answers 422 out_of_distribution, ``off`` skips it.
+    ood: str = "flag"
 
     @property
     def evaluation_file(self) -> Path:
@@ -103,6 +108,11 @@ class Settings:
                 raise SettingsError(f"{name}={value} must be a positive number of seconds")
             return value
 
+        ood = (env.get("IMGCLF_OOD") or d.ood).strip().lower()
+        if ood not in OOD_MODES:
+            raise SettingsError(
+                f"IMGCLF_OOD={env.get('IMGCLF_OOD')!r} is not one of {', '.join(OOD_MODES)}"
+            )
         cors = env.get("IMGCLF_CORS_ORIGINS", "")
         origins = tuple(o.strip() for o in cors.split(",") if o.strip())
         metrics = env.get("IMGCLF_METRICS_FILE")
@@ -123,6 +133,7 @@ class Settings:
             keep_alive_s=seconds("IMGCLF_KEEP_ALIVE_S", d.keep_alive_s),
             metrics_file=Path(metrics) if metrics else None,
             git_revision=env.get("IMGCLF_GIT_REVISION") or None,
+            ood=ood,
         )
         if settings.max_request_bytes < settings.max_upload_bytes:
             raise SettingsError(
