@@ -159,18 +159,20 @@ class Detector:
         ratio, violations, values = self.raw_scores(pixels, embedding, widths, heights, formats)
         out = []
         for i in range(len(pixels)):
-            score, reasons, codes = float(ratio[i]), [], []
+            found: list[tuple[float, str, str]] = []  # (score, reason, code)
             for name, v in violations.items():
                 if v[i] > 0:
-                    score = max(score, 1.0 + float(v[i]))
-                    reasons.append(self._reason(name, values, i, widths[i], heights[i]))
-                    codes.append(name)
+                    reason = self._reason(name, values, i, widths[i], heights[i])
+                    found.append((1.0 + float(v[i]), reason, name))
             if ratio[i] > 1.0:
-                reasons.append(
+                reason = (
                     "unlike every training class in the model's feature space "
                     f"(distance {ratio[i]:.2f}x the threshold)"
                 )
-                codes.append(FEATURES_CHECK)
+                found.append((float(ratio[i]), reason, FEATURES_CHECK))
+            found.sort(key=lambda f: -f[0])  # the most telling reason first
+            score = max([float(ratio[i])] + [f[0] for f in found])
+            reasons, codes = [f[1] for f in found], [f[2] for f in found]
             out.append(Verdict(not codes, score, reasons, codes))
         return out
 
