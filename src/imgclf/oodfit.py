@@ -10,8 +10,8 @@
 
 Nothing here is tuned per dataset, so a user's own photo model gets the same calibration
 with no configuration. Byte-stable output: the covariance is summed in integers (the
-embedding in fixed point), the matrix inverse is rounded to 10 significant digits and the
-threshold to 6, so CPUs with other SIMD widths write the same ``ood.json``.
+embedding in fixed point), inverted with element-wise arithmetic only, and the threshold
+rounded to 6 significant digits, so CPUs with other SIMD widths write the same ``ood.json``.
 """
 
 from __future__ import annotations
@@ -67,12 +67,31 @@ def fit_checks(features: dict[str, list[Any]]) -> dict[str, dict[str, Any]]:
             for k, c in checks.items()}  # fmt: skip
 
 
+def spd_inverse(a: np.ndarray) -> np.ndarray:
+    """Inverse of a symmetric positive-definite matrix by Gauss-Jordan elimination.
+
+    Why not ``np.linalg.inv``: LAPACK's kernels are chosen by CPU (AVX2 vs AVX-512 block
+    sizes) and sum in different orders, so the last bits — and the bytes of ``ood.json``
+    in ``dvc.lock`` — would depend on the machine. Here every step is an element-wise
+    IEEE operation (no reductions, no fused multiply-add), the same on every CPU. No
+    pivoting is needed for an SPD matrix; 64 dims take ~1 ms.
+    """
+    d = a.shape[0]
+    m = np.concatenate([np.array(a, np.float64), np.eye(d)], axis=1)
+    for k in range(d):
+        m[k] = m[k] / m[k, k]
+        col = m[:, k].copy()
+        col[k] = 0.0
+        m -= np.multiply.outer(col, m[k])
+    return m[:, d:]
+
+
 def fit_space(embedding: np.ndarray, labels: np.ndarray, classes: int) -> dict[str, Any]:
     """Class means and the shrunk shared precision matrix of the reduced embedding.
 
     Sums are exact (int64 on fixed-point values), so they do not depend on the order a
-    CPU's SIMD kernels add in; only the final inverse goes through LAPACK, and it is
-    rounded to 10 significant digits.
+    CPU's SIMD kernels add in, and the inverse is element-wise arithmetic
+    (:func:`spd_inverse`): the same bytes on every CPU.
     """
     q = np.round(reduce_embedding(embedding) * FIXED_POINT).astype(np.int64)
     n, d = q.shape
@@ -88,7 +107,7 @@ def fit_space(embedding: np.ndarray, labels: np.ndarray, classes: int) -> dict[s
     means /= FIXED_POINT
     scale = math.fsum(np.diag(cov).tolist()) / d or 1.0
     shrunk = (1 - SHRINK) * cov + SHRINK * scale * np.eye(d)
-    precision = np.linalg.inv(shrunk)
+    precision = spd_inverse(shrunk)
     precision = (precision + precision.T) / 2
     present = [c for c in range(classes) if (labels == c).any()]
     return {

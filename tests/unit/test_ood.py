@@ -165,3 +165,13 @@ def test_imgclf_ood_setting_names_the_allowed_values() -> None:
     assert Settings.from_env({"IMGCLF_OOD": "off"}).ood == "off"
     with pytest.raises(SettingsError, match="IMGCLF_OOD='block' is not one of flag, refuse, off"):
         Settings.from_env({"IMGCLF_OOD": "block"})
+
+
+def test_spd_inverse_matches_lapack_without_its_cpu_dependent_kernels() -> None:
+    from imgclf.oodfit import spd_inverse
+
+    r = np.random.default_rng(0).standard_normal((300, 32))
+    a = r.T @ r / 300 + 0.1 * np.eye(32)
+    inv = spd_inverse(a)
+    np.testing.assert_allclose(inv @ a, np.eye(32), atol=1e-12)
+    np.testing.assert_allclose(inv, np.linalg.inv(a), rtol=1e-10, atol=1e-12)
