@@ -35,9 +35,11 @@ QUANTILES = (0.001, 0.999)
 LOG_FACTORS = {"size": 4.0, "aspect": 1.4, "sharpness": 3.0}
 # Linear checks (0-1 features): margin of 10 % of the training range, at least 0.05.
 MIN_MARGIN, MARGIN = 0.05, 0.1
-# Covariance shrinkage towards a scaled identity: a photo model's 64-dim embedding from a
-# few hundred images is otherwise near-singular, and its inverse would amplify noise.
-SHRINK = 0.1
+# Covariance shrinkage towards a scaled identity, so that a photo model's embedding from a
+# few hundred images stays invertible. Measured (digits; photos_64 at 64 px): 1 % detects
+# more than 10 % on every generated set (a stronger pull hides the low-variance
+# directions in which OOD inputs stand out).
+SHRINK = 0.01
 FIXED_POINT = 1024.0  # embedding quantum for the integer sums (1/1024 of a unit)
 
 
