@@ -50,6 +50,16 @@ def load(mode: str, model_dir: Path, model_sha256: str) -> Detector | None:
         return None
 
 
+def describe(mode: str, detector: Detector | None) -> dict[str, Any]:
+    """What ``GET /model`` says about the flag: the mode, whether it is live, its rate."""
+    return {
+        "mode": mode,
+        "active": detector is not None,
+        "pass_rate": detector.pass_rate if detector else None,
+        "feature_space": bool(detector and detector.space),
+    }
+
+
 def infer(backend: Any, pixels: np.ndarray, embedding: bool) -> tuple[np.ndarray, Any]:
     """Probabilities, and the embedding from the same pass when the detector needs it
     and the backend has one (bench's torch twin and old artifacts do not)."""

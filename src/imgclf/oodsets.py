@@ -106,7 +106,7 @@ def textures(rng: np.random.Generator, _: np.ndarray) -> Image.Image:
 
 def photos(rng: np.random.Generator, _: np.ndarray) -> Image.Image:
     """Photo-like scenes (as bench/make_photos.py): smooth colour fields and an object."""
-    w, h = _size(rng, 160, 400)
+    w, h = _size(rng, 160, 320)
     small = rng.integers(0, 256, (h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8)
     img = Image.fromarray(small, "RGB").resize((w, h), Image.Resampling.BICUBIC)
     draw = ImageDraw.Draw(img)

@@ -228,6 +228,7 @@ class Service:
             "git_revision": s.git_revision,
             "metrics": metrics,
             "metrics_match_model": match,
+            "ood": oodserve.describe(s.ood, self.ood),
             "limits": {
                 "max_upload_bytes": s.max_upload_bytes,
                 "max_request_bytes": s.max_request_bytes,

@@ -80,6 +80,8 @@ ISSUE_INPUTS = {
 
 @pytest.mark.parametrize("name", sorted(ISSUE_INPUTS))
 def test_the_issues_inputs_are_flagged(client: httpx.Client, name: str) -> None:
+    ood = client.get("/model").json()["ood"]
+    assert ood == {"mode": "flag", "active": True, "pass_rate": 0.95, "feature_space": True}
     r = client.post("/predict", files={"file": (f"{name}.img", ISSUE_INPUTS[name]())})
     assert r.status_code == 200, r.text
     body = r.json()
