@@ -8,6 +8,7 @@ class the API uses, and fed the uint8 arrays that ``prepare`` produced with
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +17,12 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from imgclf.artifact import REFERENCE_FILE
 from imgclf.baseline import score_baselines
-from imgclf.dataio import load_split, read_index, with_detail, write_json
+from imgclf.dataio import META_FILE, load_split, read_index, with_detail, write_json
 from imgclf.ood import OOD_FILE, detector_from_dict
 from imgclf.oodfit import MAX_FIT_ROWS, fit_detector, measure
 from imgclf.params import Params
 from imgclf.predictor import Predictor
-from imgclf.profile import build_reference, format_from_path
+from imgclf.profile import build_reference, format_from_path, source_colorfulness
 
 PREDICTION_FIELDS = ("position", "path", "actual", "predicted", "confidence", "correct")
 
@@ -133,6 +134,26 @@ def _sizes(rows: list[dict[str, str]]) -> dict[str, list[Any]]:
     }
 
 
+# Original files read for a grayscale model's colour check (the rest count as unmeasured).
+MAX_COLOUR_FILES = 2000
+
+
+def _colours(prepared: Path, rows: list[dict[str, str]], gray: bool) -> list[float | None]:
+    """Colourfulness of the split's original files, for a grayscale model (its arrays are
+    gray). The files are the ones ``prepare`` hashed into ``index.csv``, so the
+    ``data/prepared`` dependency covers them; missing files count as unmeasured."""
+    meta = prepared / META_FILE
+    if not gray or not meta.is_file():
+        return [None] * len(rows)
+    root = Path(json.loads(meta.read_text())["dataset"]["path"])
+    out: list[float | None] = []
+    for i, row in enumerate(rows):
+        path = root / row["path"]
+        ok = i < MAX_COLOUR_FILES and path.is_file()
+        out.append(source_colorfulness(path.read_bytes()) if ok else None)
+    return out
+
+
 def evaluate_ood(
     params: Params,
     predictor: Predictor,
@@ -150,7 +171,11 @@ def evaluate_ood(
         keep = np.sort(np.random.default_rng(params.seed).choice(len(keep), MAX_FIT_ROWS, False))
     pixels = np.asarray(train_x[keep])
     _, train_emb = predictor.predict_with_embedding(pixels, params.evaluate.batch_size)
-    train = {"pixels": pixels, "embedding": train_emb, **_sizes([rows[i] for i in keep])}
+    fit_rows = [rows[i] for i in keep]
+    gray = predictor.spec.channels == 1
+    train = {"pixels": pixels, "embedding": train_emb, **_sizes(fit_rows),
+             "colours": _colours(prepared, fit_rows, gray)}  # fmt: skip
+    test = {**test, "colours": _colours(prepared, read_index(prepared, "test"), gray)}
     doc = fit_detector(
         train,
         np.asarray(train_y)[keep],

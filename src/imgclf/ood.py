@@ -30,11 +30,13 @@ from typing import Any
 
 import numpy as np
 
-from imgclf.profile import image_features, reduce_embedding, source_info
+from imgclf.profile import image_features, reduce_embedding, source_colorfulness, source_info
 
 OOD_FILE = "ood.json"
 OOD_FORMAT = "imgclf-ood/1"
 FEATURES_CHECK = "features"  # the reason code of the feature-space distance
+# Grayscale models only: the colourfulness of the original file (their pixels are gray).
+SOURCE_COLOUR = "source_colour"
 
 # Human names of the input checks, for reasons (codes are the keys, for /metrics labels).
 CHECK_NAMES = {
@@ -52,6 +54,7 @@ CHECK_NAMES = {
     "std_green": "green contrast",
     "std_blue": "blue contrast",
     "colorfulness": "colourfulness",
+    SOURCE_COLOUR: "colourfulness of the file",
 }
 
 
@@ -129,11 +132,16 @@ class Detector:
         widths: list[int],
         heights: list[int],
         formats: list[str],
+        colours: list[float | None] | None = None,
     ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, list[float]]]:
         """Feature-space ratio (distance / threshold, 0 without an embedding), per-check
-        violations, and the feature values (for the reasons' text)."""
+        violations, and the feature values (for the reasons' text). ``colours``: the
+        files' :func:`~imgclf.profile.source_colorfulness` (None: not measured, passes)."""
         feats = image_features(pixels, widths, heights, formats)
         values: dict[str, list[float]] = {k: v for k, v in feats.items() if k != "format"}
+        if colours is not None and SOURCE_COLOUR in self.checks:
+            lo = self.checks[SOURCE_COLOUR].lo
+            values[SOURCE_COLOUR] = [lo if c is None else c for c in colours]
         violations: dict[str, np.ndarray] = {}
         for name, check in self.checks.items():
             if name == "size":
@@ -154,9 +162,12 @@ class Detector:
         widths: list[int],
         heights: list[int],
         formats: list[str],
+        colours: list[float | None] | None = None,
     ) -> list[Verdict]:
         """A :class:`Verdict` per image of a batch (uint8 NHWC model pixels + originals)."""
-        ratio, violations, values = self.raw_scores(pixels, embedding, widths, heights, formats)
+        ratio, violations, values = self.raw_scores(
+            pixels, embedding, widths, heights, formats, colours
+        )
         out = []
         for i in range(len(pixels)):
             found: list[tuple[float, str, str]] = []  # (score, reason, code)
@@ -179,14 +190,27 @@ class Detector:
     def judge_uploads(
         self, pixels: np.ndarray, embedding: np.ndarray | None, uploads: list[bytes | bytearray]
     ) -> list[Verdict]:
-        """:meth:`judge` for uploaded files: original size and format from their headers."""
+        """:meth:`judge` for uploaded files: original size and format from their headers
+        (and, for a grayscale model, the file's colourfulness)."""
         info = [source_info(data) for data in uploads]
-        return self.judge(pixels, embedding, *map(list, zip(*info, strict=True)))
+        colours = self.colours(uploads)
+        return self.judge(pixels, embedding, *map(list, zip(*info, strict=True)), colours)
+
+    def colours(self, files: list[bytes | bytearray]) -> list[float | None] | None:
+        """The files' colourfulness when this detector checks it (grayscale models)."""
+        if SOURCE_COLOUR not in self.checks:
+            return None
+        return [source_colorfulness(data) for data in files]
 
     def _reason(
         self, name: str, values: dict[str, list[float]], i: int, width: int, height: int
     ) -> str:
         check = self.checks[name]
+        if name == SOURCE_COLOUR and check.hi <= 0.1:
+            return (
+                "a colour image, the training images are grayscale "
+                f"(colourfulness {values[name][i]:.3g}; allowed up to {check.hi:.3g})"
+            )
         if name == "size":
             return (
                 f"image size outside the training range ({width}x{height} px; "

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from imgclf.ood import OOD_FORMAT, Detector, detector_from_dict
+from imgclf.ood import OOD_FORMAT, SOURCE_COLOUR, Detector, detector_from_dict
 from imgclf.oodsets import ood_sets
 from imgclf.preprocessing import PreprocessSpec, preprocess
 from imgclf.profile import image_features, reduce_embedding, source_info
@@ -67,6 +67,18 @@ def fit_checks(features: dict[str, list[Any]]) -> dict[str, dict[str, Any]]:
     checks["size"] = {"lo": lo / f, "hi": hi * f, "log": True, "unit": math.log(f)}
     return {k: {n: _sig(v, 8) if isinstance(v, float) else v for n, v in c.items()}
             for k, c in checks.items()}  # fmt: skip
+
+
+def fit_colour(colours: list[float | None] | None) -> dict[str, Any] | None:
+    """The colour check of a grayscale model: the training files' colourfulness range
+    (None when fewer than 10 files could be measured, e.g. the raw data is not here)."""
+    known = np.asarray([c for c in colours or [] if c is not None], np.float64)
+    if len(known) < 10:
+        return None
+    lo, hi = (float(v) for v in np.quantile(known, QUANTILES))
+    margin = max(MARGIN * (hi - lo), MIN_MARGIN)
+    return {"lo": _sig(lo - margin, 8), "hi": _sig(hi + margin, 8), "log": False,
+            "unit": _sig(margin, 8)}  # fmt: skip
 
 
 def spd_inverse(a: np.ndarray) -> np.ndarray:
@@ -150,14 +162,19 @@ def fit_detector(
     """The ``ood.json`` document: ranges and space from ``train``, threshold from ``test``.
 
     ``train``/``test`` hold ``pixels`` (uint8 NHWC), ``embedding`` (or None), ``widths``,
-    ``heights`` and ``formats``: the keywords of :meth:`imgclf.ood.Detector.judge`.
+    ``heights``, ``formats`` and ``colours`` (grayscale models: the files' colourfulness,
+    or None): the keywords of :meth:`imgclf.ood.Detector.judge`.
     """
     feats = image_features(train["pixels"], train["widths"], train["heights"], train["formats"])
+    checks = fit_checks(feats)
+    colour = fit_colour(train.get("colours"))
+    if colour is not None:
+        checks[SOURCE_COLOUR] = colour
     doc: dict[str, Any] = {
         "format": OOD_FORMAT,
         "model_sha256": model_sha256,
         "pass_rate": pass_rate,
-        "checks": fit_checks(feats),
+        "checks": dict(sorted(checks.items())),
         "embedding": None,
     }
     if train["embedding"] is not None and test["embedding"] is not None:
@@ -207,6 +224,7 @@ def measure(
     for name, files in ood_sets(np.asarray(test["pixels"]), seed).items():
         batch = encoded_batch(files, predictor.spec, predictor)
         probs = batch.pop("probs")
+        batch["colours"] = detector.colours(files)
         s, ok = scores(detector, batch)
         y = np.r_[np.zeros(len(id_score)), np.ones(len(s))]
         sets[name] = {

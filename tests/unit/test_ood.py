@@ -175,3 +175,41 @@ def test_spd_inverse_matches_lapack_without_its_cpu_dependent_kernels() -> None:
     inv = spd_inverse(a)
     np.testing.assert_allclose(inv @ a, np.eye(32), atol=1e-12)
     np.testing.assert_allclose(inv, np.linalg.inv(a), rtol=1e-10, atol=1e-12)
+
+
+def _png(img: object, fmt: str = "PNG") -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, fmt)  # type: ignore[attr-defined]
+    return buf.getvalue()
+
+
+def test_a_grayscale_model_flags_colour_files_by_their_original_colours() -> None:
+    """Its pixels are gray, so the colour check reads the file: a red photo is flagged as
+    colour, a gray image saved as RGB is not (it has no colour, whatever its mode)."""
+    from PIL import Image
+
+    from imgclf.profile import source_colorfulness
+
+    gray_files = [_png(Image.fromarray(p[..., 0])) for p in _pixels(40, 20)]
+    assert {source_colorfulness(f) for f in gray_files} == {0.0}
+    emb, labels = _blobs(40, 21)
+    train = {**_batch(_pixels(40, 20), emb), "colours": [0.0] * 40}
+    test = {**_batch(_pixels(40, 22), _blobs(40, 23)[0]), "colours": [0.0] * 40}
+    doc = fit_detector(train, labels, test, 3, "sha", 0.95)
+    assert doc["checks"]["source_colour"]["hi"] == 0.05
+    det = detector_from_dict(doc)
+    red = Image.new("RGB", (8, 8), (200, 30, 30))
+    gray_rgb = Image.new("RGB", (8, 8), (90, 90, 90))
+    files = [_png(red), _png(gray_rgb, "JPEG")]
+    px = np.stack([preprocess(f, PreprocessSpec(8, "grayscale")) for f in files])
+    red_v, gray_v = det.judge_uploads(px, None, files)
+    assert "source_colour" in red_v.codes
+    assert any(
+        r.startswith("a colour image, the training images are grayscale") for r in red_v.reasons
+    )
+    assert "source_colour" not in gray_v.codes
+    # Without measured colours (no raw files at evaluate time) there is no colour check.
+    assert "source_colour" not in fit_detector({**train, "colours": None}, labels, test, 3,
+                                               "sha", 0.95)["checks"]  # fmt: skip
