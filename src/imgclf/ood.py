@@ -143,13 +143,16 @@ class Detector:
             lo = self.checks[SOURCE_COLOUR].lo
             values[SOURCE_COLOUR] = [lo if c is None else c for c in colours]
         violations: dict[str, np.ndarray] = {}
+        # A size source_info could not read (0) is unknown: no size or aspect verdict on it.
+        known = (np.asarray(widths) > 0) & (np.asarray(heights) > 0)
         for name, check in self.checks.items():
             if name == "size":
                 w = check.violation(np.asarray(values["width"], np.float64))
                 h = check.violation(np.asarray(values["height"], np.float64))
-                violations[name] = np.maximum(w, h)
+                violations[name] = np.where(known, np.maximum(w, h), 0.0)
             elif name in values:
-                violations[name] = check.violation(np.asarray(values[name], np.float64))
+                v = check.violation(np.asarray(values[name], np.float64))
+                violations[name] = np.where(known, v, 0.0) if name == "aspect" else v
         ratio = np.zeros(len(pixels))
         if self.space is not None and embedding is not None:
             ratio = self.space.distance(embedding) / self.space.threshold

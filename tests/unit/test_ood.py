@@ -213,3 +213,11 @@ def test_a_grayscale_model_flags_colour_files_by_their_original_colours() -> Non
     # Without measured colours (no raw files at evaluate time) there is no colour check.
     assert "source_colour" not in fit_detector({**train, "colours": None}, labels, test, 3,
                                                "sha", 0.95)["checks"]  # fmt: skip
+
+
+def test_an_unreadable_original_size_is_no_size_verdict() -> None:
+    emb, labels = _blobs(300, 30)
+    train, test = _batch(_pixels(300, 31), emb), _batch(_pixels(100, 32), _blobs(100, 33)[0])
+    det = detector_from_dict(fit_detector(train, labels, test, 3, "sha", 0.95))
+    (v,) = det.judge(_pixels(1, 34), emb[:1], [0], [0], [""])
+    assert "size" not in v.codes and "aspect" not in v.codes
