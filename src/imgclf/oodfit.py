@@ -33,6 +33,9 @@ MAX_FIT_ROWS = 5000
 QUANTILES = (0.001, 0.999)
 # Log-scale checks: how many times beyond the training range counts as one unit "out".
 LOG_FACTORS = {"size": 4.0, "aspect": 1.4, "sharpness": 3.0}
+# Larger uploads lose nothing when resized down (a phone's 4032 px photo for a model
+# trained on 640 px ones), smaller ones are blown up: twice the room above.
+SIZE_ABOVE = 8.0
 # Linear checks (0-1 features): margin of 10 % of the training range, at least 0.05.
 MIN_MARGIN, MARGIN = 0.05, 0.1
 # Covariance shrinkage towards a scaled identity, so that a photo model's embedding from a
@@ -64,7 +67,7 @@ def fit_checks(features: dict[str, list[Any]]) -> dict[str, dict[str, Any]]:
     sides = np.asarray(features["width"] + features["height"], np.float64)
     lo, hi = (float(v) for v in np.quantile(sides, QUANTILES))
     f = LOG_FACTORS["size"]
-    checks["size"] = {"lo": lo / f, "hi": hi * f, "log": True, "unit": math.log(f)}
+    checks["size"] = {"lo": lo / f, "hi": hi * SIZE_ABOVE, "log": True, "unit": math.log(f)}
     return {k: {n: _sig(v, 8) if isinstance(v, float) else v for n, v in c.items()}
             for k, c in checks.items()}  # fmt: skip
 
