@@ -33,7 +33,8 @@ COPY requirements-serve.txt /tmp/requirements-serve.txt
 RUN python -m venv /opt/venv \
  && pip install --no-cache-dir -r /tmp/requirements-serve.txt \
  && rm /tmp/requirements-serve.txt \
- && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin imgclf
+ && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin imgclf \
+ && install -d -o 10001 -m 0750 /var/lib/imgclf
 
 WORKDIR /app
 # Code and artifact stay root-owned and read-only for the service user.
@@ -45,6 +46,12 @@ COPY models/model.onnx models/model.json models/reference.json models/ood.json /
 COPY metrics/evaluate.json /app/models/evaluate.json
 # A model that is not the evaluated one stops the build here, with the reason.
 RUN python -m imgclf.integrity /app/models --evaluated /app/models/evaluate.json
+
+# Monitoring (README, Monitoring): every answer is recorded (features, class, confidence;
+# never the image unless IMGCLF_SAMPLE_DIR is set) in SQLite on this volume. Mount one to
+# keep it (-v imgclf-monitor:/var/lib/imgclf); IMGCLF_MONITOR_DB= (empty) turns it off.
+ENV IMGCLF_MONITOR_DB=/var/lib/imgclf/monitor.db
+VOLUME ["/var/lib/imgclf"]
 
 USER 10001
 EXPOSE 8000

@@ -174,6 +174,8 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         await run_in_threadpool(service.load)
         yield
         service.pool.shutdown()
+        if service.monitor is not None:  # flush what was recorded before exiting
+            service.monitor.close()
 
     app = FastAPI(
         title="imgclf",

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from imgclf import monitor_cli
+
 app = typer.Typer(
     help="imgclf: reproducible image classification (the pipeline itself runs with `dvc repro`).",
     no_args_is_help=True,
@@ -265,6 +267,11 @@ def serve(
     if model_dir is not None:
         settings = settings.with_model_dir(model_dir)
     run(settings, host=host, port=port, access_log=access_log)
+
+
+# The monitoring loop (README, Monitoring): served traffic vs the reference, and back to data.
+app.command("drift-report")(monitor_cli.drift_report)
+app.command()(monitor_cli.collect)
 
 
 if __name__ == "__main__":  # pragma: no cover

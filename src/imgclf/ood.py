@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
+from imgclf.artifact import OOD_FILE as OOD_FILE  # re-exported: where the statistics live
 from imgclf.profile import image_features, reduce_embedding, source_colorfulness, source_info
 
-OOD_FILE = "ood.json"
 OOD_FORMAT = "imgclf-ood/1"
 FEATURES_CHECK = "features"  # the reason code of the feature-space distance
 # Grayscale models only: the colourfulness of the original file (their pixels are gray).

@@ -9,11 +9,12 @@ the value and what is allowed (with a "did you mean" for typos).
 from __future__ import annotations
 
 import difflib
+import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 PARAMS_FILE = Path("params.yaml")
 WEIGHTS_DIR = "weights"
@@ -138,11 +139,25 @@ class EvaluateParams(_Section):
     )
 
 
+def _lr(value: Any) -> Any:
+    """``auto`` or a number in (0, 10], with one message instead of one per union branch."""
+    if value == "auto":
+        return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not 0.0 < number <= 10.0:
+        raise ValueError(f"lr must be 'auto' or a number > 0 and <= 10, got {value!r}")
+    return number
+
+
 class Params(_Section):
     """The whole ``params.yaml``. Top-level keys are the ones people tune most."""
 
     seed: int = Field(42, ge=0, le=2**32 - 1)
-    lr: float = Field(3e-3, gt=0.0, le=10.0)
+    # "auto": scaled to the model's width when training starts (see imgclf.train.resolve_lr).
+    lr: Annotated[float | Literal["auto"], BeforeValidator(_lr)] = "auto"
     epochs: int = Field(40, ge=1, le=10_000)
     batch_size: int = Field(64, ge=1, le=65_536)
     data: DataParams = DataParams()
@@ -189,7 +204,8 @@ def _describe(err: dict[str, Any]) -> str:
         close = suggest(str(loc[-1]), known)
         hint = f" Did you mean '{'.'.join([*map(str, loc[:-1]), close])}'?" if close else ""
         return f"unknown key '{key}'.{hint} Allowed here: {', '.join(known)}."
-    return f"'{key}' = {err.get('input')!r}: {err['msg']}."
+    message = str(err["msg"]).removeprefix("Value error, ")  # our own validators' wording
+    return f"'{key}' = {err.get('input')!r}: {message}."
 
 
 def validate_params(raw: Any, source: str = "params.yaml") -> Params:

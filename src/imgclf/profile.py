@@ -1,12 +1,13 @@
 """Per-image features and the reference profile: what the model was evaluated on, as numbers.
 
-One function, :func:`image_features`, turns the uint8 pixels the model sees (the
-output of :func:`imgclf.preprocessing.preprocess`) plus the upload's original size
-and format into a few numbers per image. ``evaluate`` runs it on the test split and
-writes the result, with the model's predictions, confidences and embeddings, as the
-*reference profile* next to the model (``models/reference.json``); the API runs it on
-every accepted upload and records the same numbers (:mod:`imgclf.monitor`); the drift
-report compares the two. Computing both sides with the same function on the same kind
+One function, :func:`feature_matrix` (:func:`image_features` is the same as columns),
+turns the uint8 pixels the model sees (the output of
+:func:`imgclf.preprocessing.preprocess`) plus the upload's decoded size and format into a
+few numbers per image. ``evaluate`` runs it on the test split and writes the result, with
+the model's predictions, confidences and embeddings, as the *reference profile* next to
+the model (``models/reference.json``); the API's recorder (:mod:`imgclf.monitor`) runs it
+on every accepted upload's pixels and stores the same numbers; the drift report compares
+the two. Computing both sides with the same function on the same kind
 of pixels is what makes the comparison mean something.
 
 Only numpy: the serving image has no pandas or torch. Sums are taken in integers where
@@ -74,22 +75,18 @@ def _mean_std(values: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]
     return mean / scale, np.sqrt(np.maximum(var, 0.0)) / scale
 
 
-def image_features(
-    pixels: np.ndarray, widths: list[int], heights: list[int], formats: list[str]
-) -> dict[str, list[Any]]:
-    """Feature columns for a batch: uint8 ``(N, H, W, C)`` model pixels + original size/format.
+def feature_matrix(
+    pixels: np.ndarray, widths: list[int], heights: list[int]
+) -> tuple[list[str], np.ndarray]:
+    """The numeric features of a batch as a float64 ``(N, F)`` array (names in order).
 
-    * ``width``, ``height``, ``aspect``, ``format``: the upload before resizing — a new
-      camera or a screenshot shows here first;
-    * ``brightness``/``contrast``: mean and standard deviation of the luma, 0-1;
-    * ``sharpness``: variance of the Laplacian of the luma (blur lowers it);
-    * ``saturated``/``dark``: fraction of pixels with a channel ≥ 250 / all channels ≤ 5;
-    * RGB models also get per-channel mean and std and Hasler–Süsstrunk colorfulness.
+    Vectorised, with no per-value Python work: the API's recorder runs it on everything
+    queued in the last second at once. :func:`image_features` is the same, as columns.
     """
     if pixels.ndim != 4 or pixels.dtype != np.uint8:
         raise ValueError(f"expected uint8 (N, H, W, C) pixels, got {pixels.dtype} {pixels.shape}")
     n, h, w, c = pixels.shape
-    if not len(widths) == len(heights) == len(formats) == n:
+    if not len(widths) == len(heights) == n:
         raise ValueError("one width, height and format per image is needed")
     px = pixels.astype(np.int32)
     # Luma ×1000 (BT.601 weights as integers): exact.
@@ -102,10 +99,12 @@ def image_features(
         sharpness = lap_std**2
     else:
         sharpness = np.zeros(n)
-    cols: dict[str, Any] = {
-        "width": [int(v) for v in widths],
-        "height": [int(v) for v in heights],
-        "aspect": [w_ / max(h_, 1) for w_, h_ in zip(widths, heights, strict=True)],
+    width = np.asarray(widths, dtype=np.float64).reshape(n)
+    height = np.asarray(heights, dtype=np.float64).reshape(n)
+    cols: dict[str, np.ndarray] = {
+        "width": width,
+        "height": height,
+        "aspect": width / np.maximum(height, 1.0),
         "brightness": brightness,
         "contrast": contrast,
         "sharpness": sharpness,
@@ -120,7 +119,29 @@ def image_features(
         rg_mean, rg_std = _mean_std(rg, 255.0)
         yb_mean, yb_std = _mean_std(yb, 510.0)
         cols["colorfulness"] = np.hypot(rg_std, yb_std) + 0.3 * np.hypot(rg_mean, yb_mean)
-    out = {k: [round(float(x), 6) for x in v] for k, v in cols.items()}
+    names = numeric_features(c)
+    return names, np.stack([cols[name] for name in names], axis=1)
+
+
+def image_features(
+    pixels: np.ndarray, widths: list[int], heights: list[int], formats: list[str]
+) -> dict[str, list[Any]]:
+    """Feature columns for a batch: uint8 ``(N, H, W, C)`` model pixels + original size/format.
+
+    * ``width``, ``height``, ``aspect``, ``format``: the upload before resizing — a new
+      camera or a screenshot shows here first;
+    * ``brightness``/``contrast``: mean and standard deviation of the luma, 0-1;
+    * ``sharpness``: variance of the Laplacian of the luma (blur lowers it);
+    * ``saturated``/``dark``: fraction of pixels with a channel ≥ 250 / all channels ≤ 5;
+    * RGB models also get per-channel mean and std and Hasler–Süsstrunk colorfulness.
+    """
+    if len(formats) != len(widths):
+        raise ValueError("one width, height and format per image is needed")
+    names, matrix = feature_matrix(pixels, widths, heights)
+    out: dict[str, list[Any]] = {
+        name: [round(float(x), 6) for x in matrix[:, j]] for j, name in enumerate(names)
+    }
+    out["width"], out["height"] = [int(v) for v in widths], [int(v) for v in heights]
     out["format"] = [str(f) for f in formats]
     return out
 
@@ -263,6 +284,8 @@ def build_reference(
             "model_dims": int(embedding.shape[1]),
             "values": [[round(float(x), 4) for x in row] for row in reduced],
         }
+    predicted = [classes[int(k)] for k in probs[keep].argmax(1)]
+    confidence = [round(float(p), 6) for p in probs[keep].max(1)]
     return {
         "format": PROFILE_FORMAT,
         "model_sha256": model_sha256,
@@ -270,10 +293,47 @@ def build_reference(
         "split": "test",
         "total": total,
         "rows": len(keep),
+        "summary": summarize(features, predicted, confidence, classes),
         "features": features,
-        "predicted": [classes[int(k)] for k in probs[keep].argmax(1)],
-        "confidence": [round(float(p), 6) for p in probs[keep].max(1)],
+        "predicted": predicted,
+        "confidence": confidence,
         "embedding": emb,
+    }
+
+
+QUANTILES = (0.0, 0.01, 0.05, 0.5, 0.95, 0.99, 1.0)
+
+
+def summarize(
+    features: dict[str, list[Any]],
+    predicted: list[str],
+    confidence: list[float],
+    classes: list[str],
+) -> dict[str, Any]:
+    """What a person (or a range check) reads first: quantiles and shares.
+
+    Per numeric feature its quantiles (``p0`` … ``p100``), the share of each format and
+    of each predicted class, and the confidence's quantiles: the ranges the evaluated
+    data spans, without reading every row.
+    """
+
+    def quantiles(values: list[float]) -> dict[str, float]:
+        qs = np.quantile(np.asarray(values, dtype=np.float64), QUANTILES)
+        return {
+            f"p{round(q * 100)}": round(float(v), 6) for q, v in zip(QUANTILES, qs, strict=True)
+        }
+
+    def shares(values: list[str], keys: list[str]) -> dict[str, float]:
+        n = max(len(values), 1)
+        return {k: round(values.count(k) / n, 6) for k in keys}
+
+    numeric = {k: quantiles(v) for k, v in features.items() if k not in CATEGORICAL and v}
+    formats = features.get("format", [])
+    return {
+        "features": numeric,
+        "format": shares(formats, sorted(set(formats))),
+        "predicted": shares(predicted, classes),
+        "confidence": quantiles(confidence) if confidence else {},
     }
 
 

@@ -37,6 +37,7 @@ import numpy as np
 
 from imgclf import oodserve
 from imgclf.dataio import expand
+from imgclf.monitor import Upload, open_monitor
 from imgclf.preprocessing import (
     SUPPORTED_FORMATS,
     DecodeBudget,
@@ -175,6 +176,8 @@ class Service:
         self.ood: oodserve.Detector | None = None  # the OOD flag's statistics (imgclf.ood)
         self.pool = WorkPool(settings.worker_threads, settings.max_queue)
         self.telemetry.queue.set_function(lambda: self.pool.jobs)
+        # What is served, recorded off the request path (IMGCLF_MONITOR_DB; None: off).
+        self.monitor = open_monitor(settings, self.telemetry)
 
     def load(self) -> None:
         """Load (and verify) the artifact unless one was injected; on failure report not ready."""
@@ -270,25 +273,41 @@ class Service:
         Runs in a worker thread. The files of one request share one decode budget.
         """
         assert self.backend is not None
-        budget = DecodeBudget(self.settings.max_decode_bytes)
+        monitor = self.monitor
+        limit = self.settings.max_decode_bytes
+        budget = DecodeBudget(limit) if monitor is None else monitor.budget(limit)
         out: list[Any] = []
         good: list[np.ndarray] = []
-        sources: list[bytearray] = []
+        sources: list[bytearray] = []  # the OOD flag reads their original size (and colour)
+        accepted: list[Upload] = []  # what monitoring records besides the pixels
         for data in uploads:
             try:
                 good.append(self.pixels(data, budget))
                 sources.append(data)
                 out.append(good[-1])
+                if monitor is not None:
+                    accepted.append(monitor.upload(data, budget))
             except ImageError as exc:
                 out.append(exc)
         if good:
             batch = np.stack(good)
             with self.telemetry.inference.time():
-                probs, emb = oodserve.infer(self.backend, batch, self.ood is not None)
+                probs, embedding = self._infer(batch)
+            if monitor is not None:  # queued for the writer thread: microseconds here
+                backend = self.backend
+                monitor.observe(accepted, batch, probs, embedding, backend.classes, backend.version)
             mode, telemetry = self.settings.ood, self.telemetry
-            scored = iter(oodserve.judge(self.ood, mode, telemetry, batch, probs, emb, sources))
-            out = [r if isinstance(r, ImageError) else next(scored) for r in out]
+            scored = oodserve.judge(self.ood, mode, telemetry, batch, probs, embedding, sources)
+            it = iter(scored)
+            out = [r if isinstance(r, ImageError) else next(it) for r in out]
         return out
+
+    def _infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities, plus the embedding (same pass) when monitoring records it or the
+        OOD flag measures its distance."""
+        assert self.backend is not None
+        wanted = self.monitor is not None or self.ood is not None
+        return oodserve.infer(self.backend, batch, wanted)
 
     def answer(self, result: oodserve.Scored) -> dict[str, Any]:
         assert self.backend is not None
@@ -296,6 +315,7 @@ class Service:
         index = int(np.argmax(probs))
         label = self.backend.classes[index]
         self.telemetry.predictions.labels(label).inc()
+        self.telemetry.confidence.observe(float(probs[index]))
         return {
             "label": label,
             "index": index,

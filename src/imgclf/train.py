@@ -172,10 +172,34 @@ def _run_epoch(
     return loss_sum / count, correct / count
 
 
-def _schedule(optimizer: torch.optim.Optimizer, params: Params, steps: int) -> Any:
+# `lr: auto` is this learning rate for a model whose widest convolution has this many
+# channels (the digits default: 0.005 was the best of the sweep there), scaled inversely.
+REFERENCE_LR, REFERENCE_WIDTH = 0.005, 64
+
+
+def resolve_lr(params: Params, model: nn.Module) -> tuple[float, str]:
+    """The learning rate to train with, and how it was chosen (recorded in the card).
+
+    Why scale by width: an Adam step moves every weight by about ``lr``, so a unit's
+    output moves by about ``lr × fan-in``; a model with 4× wider layers takes 4× larger
+    steps in function space at the same ``lr`` (the argument behind muP's 1/width rule
+    for Adam). Measured (bench/RESULTS.md, issue 10): on 10 classes × 48 RGB images at
+    32 px (widest conv 256) lr 0.005 scored 0.56 — below the linear baseline — while
+    0.002 gave 0.92 and 0.001 gave 1.00; on the 8 px digits (widest 64) 0.005 was best.
+    An explicit number (``-S lr=1e-3``) is used as it is.
+    """
+    if params.lr != "auto":
+        return float(params.lr), "set"
+    widths = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+    widest = max(widths, default=REFERENCE_WIDTH)
+    # Multiplying by a power of two is exact: the digits default gets exactly 0.005.
+    return REFERENCE_LR * REFERENCE_WIDTH / widest, f"auto: 0.005 x 64 / {widest} channels"
+
+
+def _schedule(optimizer: torch.optim.Optimizer, params: Params, steps: int, lr: float) -> Any:
     total = params.epochs * steps
     if params.train.scheduler == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=params.lr, total_steps=total)
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total)
     if params.train.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
@@ -271,14 +295,15 @@ def train(params: Params, prepared: Path, model_dir: Path, live_dir: Path) -> di
     train_data = AugmentedArrays(train_x, train_y, augment, params.seed)
     train_loader = _loader(train_data, per_rank_batch, True, params, rt)
     val_loader = _loader(AugmentedArrays(val_x, val_y, None, params.seed), 256, False, params, rt)
+    lr, lr_source = resolve_lr(params, model)
     optimizer = numerics.make_optimizer(
         params.train.numerics,
         rt.device.type,
         model.parameters(),
-        params.lr,
+        lr,
         params.train.weight_decay,
     )
-    scheduler = _schedule(optimizer, params, len(train_loader))
+    scheduler = _schedule(optimizer, params, len(train_loader), lr)
 
     live = None
     if rt.is_main:
@@ -336,6 +361,8 @@ def train(params: Params, prepared: Path, model_dir: Path, live_dir: Path) -> di
         "best_val_accuracy": round(best["val_accuracy"], 6),
         "selection": f"val accuracy, then val loss; epochs 1-{warmup} not eligible",
         "processes": rt.world_size,
+        "lr": lr,  # what ran (params.lr may be "auto")
+        "lr_source": lr_source,
     }
     card: dict[str, Any] = {}
     if rt.is_main:

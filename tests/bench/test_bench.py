@@ -22,6 +22,8 @@ pytestmark = pytest.mark.slow
         pytest.param("bench_pipeline.py", "`dvc repro` up to date", marks=pytest.mark.heavy),
         ("bench_selection.py", "| after | 42 | 2/2 |"),
         ("bench_datasets.py", "| digits_few | default |"),
+        # dvc add + repro + a queued two-value sweep in a temp git copy: ~1 min idle.
+        pytest.param("bench_sweep.py", "2 ok, 0 failed", marks=pytest.mark.heavy),
     ],
 )
 def test_bench_script_quick_mode(script: str, expected: str) -> None:

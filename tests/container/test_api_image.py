@@ -126,6 +126,25 @@ def test_image_serves_the_local_artifact(
     assert httpx.post(url + "/predict", files={"file": ("x.png", b"nope")}).status_code == 415
 
 
+def test_image_records_what_it_serves_on_its_volume(
+    container: tuple[list[str], str, str], tree: ProjectTree
+) -> None:
+    """Monitoring is on in the image, writable by the non-root user, and snapshot works."""
+    engine, cid, url = container
+    image = next(iter(sorted((tree.raw / "3").iterdir())))
+    for _ in range(3):
+        assert httpx.post(
+            url + "/predict", files={"file": ("x.png", image.read_bytes())}
+        ).is_success
+    time.sleep(2.5)  # the writer commits about once a second
+    out = _run([*engine, "exec", cid, "python", "-m", "imgclf.monitor", "snapshot",
+                "/var/lib/imgclf/monitor.db", "/var/lib/imgclf/snapshot.db"])  # fmt: skip
+    count = int(out.split(": ")[1].split()[0])
+    assert count >= 3, out
+    volumes = _run([*engine, "image", "inspect", "--format", "{{json .Config.Volumes}}", IMAGE])
+    assert "/var/lib/imgclf" in volumes
+
+
 def test_image_runs_as_non_root_with_healthcheck(container: tuple[list[str], str, str]) -> None:
     engine, cid, _ = container
     assert _run([*engine, "exec", cid, "id", "-u"]).strip() != "0"

@@ -81,3 +81,11 @@ def test_evaluate_calibrates_and_measures_the_flag_on_a_photo_model(
     _, embedding = predictor.predict_with_embedding(pixels)
     (verdict,) = detector.judge_uploads(pixels, embedding, [buf.getvalue()])
     assert not verdict.in_distribution and verdict.score > 1
+
+    # The image build's integrity check refuses another model's statistics.
+    from imgclf.integrity import ModelIntegrityError, verify_model
+
+    assert verify_model(model_dir) == doc["model_sha256"]
+    (model_dir / OOD_FILE).write_text(json.dumps({**doc, "model_sha256": "0" * 64}))
+    with pytest.raises(ModelIntegrityError, match=r"ood\.json was calibrated for model '000"):
+        verify_model(model_dir)

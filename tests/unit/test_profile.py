@@ -13,7 +13,9 @@ from PIL import Image, ImageFilter
 
 from imgclf.artifact import EMBEDDING_NAME, REFERENCE_FILE, export_onnx
 from imgclf.dataio import INDEX_FIELDS, write_json
+from imgclf.errors import ModelIntegrityError
 from imgclf.evaluate import evaluate
+from imgclf.integrity import verify_model
 from imgclf.models import WithSoftmax, build_model
 from imgclf.params import ModelParams, Params
 from imgclf.predictor import Predictor
@@ -177,6 +179,13 @@ def test_evaluate_writes_the_reference_profile_next_to_the_model(tmp_path: Path)
     assert ref.rows == ref.total == 30 and ref.classes == CLASSES
     assert ref.features["width"] == [16] * 30 and ref.features["format"] == ["PNG"] * 30
     assert ref.embedding is not None and ref.embedding.shape == (30, 64)
+    summary = data["summary"]  # the ranges, for people and range checks
+    assert summary["features"]["width"] == {f"p{q}": 16.0 for q in (0, 1, 5, 50, 95, 99, 100)}
+    b = summary["features"]["brightness"]
+    assert b["p0"] <= b["p5"] <= b["p50"] <= b["p95"] <= b["p100"]
+    assert summary["format"] == {"PNG": 1.0}
+    assert sum(summary["predicted"].values()) == pytest.approx(1.0)
+    assert list(summary["predicted"]) == CLASSES
     # The predictions in the profile are the ones in predictions.csv.
     with (tmp_path / "metrics" / "predictions.csv").open() as fh:
         rows = list(csv.DictReader(fh))
@@ -185,6 +194,11 @@ def test_evaluate_writes_the_reference_profile_next_to_the_model(tmp_path: Path)
     # Byte-stable: a second run writes the same file.
     evaluate(Params(), tmp_path / "prepared", model_dir, tmp_path / "metrics")
     assert json.loads(path.read_text()) == data
+    # `imgclf verify-model` (and the image build) refuse a profile of another model.
+    assert verify_model(model_dir, tmp_path / "metrics" / "evaluate.json") == card["model_sha256"]
+    path.write_text(json.dumps({**data, "model_sha256": "0" * 64}))
+    with pytest.raises(ModelIntegrityError, match=r"reference\.json profiles model '000"):
+        verify_model(model_dir)
 
 
 def test_reference_is_sampled_when_large_and_refuses_foreign_files(
