@@ -45,6 +45,9 @@ MIN_MARGIN, MARGIN = 0.1, 0.25
 # more than 10 % on every generated set (a stronger pull hides the low-variance
 # directions in which OOD inputs stand out).
 SHRINK = 0.01
+# The colour check's smallest margin: gray files measure exactly 0 (a gray JPEG saved as
+# RGB ~0.005), a muted colour photo ~0.08, a colourful one 0.15-0.3.
+COLOUR_MIN_MARGIN = 0.05
 FIXED_POINT = 1024.0  # embedding quantum for the integer sums (1/1024 of a unit)
 
 
@@ -81,7 +84,7 @@ def fit_colour(colours: list[float | None] | None) -> dict[str, Any] | None:
     if len(known) < 10:
         return None
     lo, hi = (float(v) for v in np.quantile(known, QUANTILES))
-    margin = max(MARGIN * (hi - lo), MIN_MARGIN)
+    margin = max(MARGIN * (hi - lo), COLOUR_MIN_MARGIN)
     return {"lo": _sig(lo - margin, 8), "hi": _sig(hi + margin, 8), "log": False,
             "unit": _sig(margin, 8)}  # fmt: skip
 
