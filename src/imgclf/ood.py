@@ -217,7 +217,7 @@ class Detector:
         if name == "size":
             return (
                 f"image size outside the training range ({width}x{height} px; "
-                f"training images {check.lo:.3g}-{check.hi:.3g} px a side, with margin)"
+                f"allowed {check.lo:.3g}-{check.hi:.3g} px a side)"
             )
         return (
             f"{CHECK_NAMES.get(name, name)} outside the training range "
