@@ -27,6 +27,7 @@ INPUT_NAME, OUTPUT_NAME = "pixels", "probabilities"
 # Second output (models exported since the monitoring profile): the penultimate layer.
 EMBEDDING_NAME = "embedding"
 REFERENCE_FILE = "reference.json"  # the evaluated data's profile (imgclf.profile), by evaluate
+OOD_FILE = "ood.json"  # the out-of-distribution flag's statistics (imgclf.oodfit), by evaluate
 CARD_FORMAT = "imgclf-model/1"
 
 

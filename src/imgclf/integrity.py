@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from imgclf.artifact import CARD_FILE, MODEL_FILE, REFERENCE_FILE
+from imgclf.artifact import CARD_FILE, MODEL_FILE, OOD_FILE, REFERENCE_FILE
 from imgclf.errors import ModelIntegrityError
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -149,6 +149,15 @@ def verify_model(model_dir: Path | str, evaluated: Path | str | None = None) -> 
         if profiled != actual:
             raise ModelIntegrityError(
                 f"{reference} profiles model {profiled!r}, not {model_path} ({actual}): "
+                "pull or reproduce both from the same dvc.lock (`dvc repro evaluate`)"
+            )
+    # So must the OOD flag's statistics: another model's would flag the wrong inputs.
+    ood = model_dir / OOD_FILE
+    if ood.is_file():
+        calibrated = read_card(ood).get("model_sha256")
+        if calibrated != actual:
+            raise ModelIntegrityError(
+                f"{ood} was calibrated for model {calibrated!r}, not {model_path} ({actual}): "
                 "pull or reproduce both from the same dvc.lock (`dvc repro evaluate`)"
             )
     return actual

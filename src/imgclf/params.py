@@ -130,6 +130,13 @@ class EvaluateParams(_Section):
 
     batch_size: int = Field(256, ge=1)
     calibration_bins: int = Field(10, ge=2, le=100)
+    ood_pass_rate: float = Field(
+        0.95,
+        ge=0.5,
+        le=0.999,
+        description="fraction of the in-distribution test split the OOD flag lets pass: "
+        "the threshold is set there (higher: fewer false alarms, more OOD accepted)",
+    )
 
 
 def _lr(value: Any) -> Any:

@@ -174,6 +174,45 @@ def source_info(data: bytes | bytearray) -> tuple[int, int, str]:
     return width, height, fmt
 
 
+# Pillow modes without colour: their colourfulness is 0 without decoding anything.
+_GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+# Decoded pixels the colour measurement may take (after JPEG's reduced-scale decoding):
+# beyond it the answer is None ("not measured") rather than a second full decode.
+COLOUR_MAX_PIXELS = 4_000_000
+
+
+def source_colorfulness(data: bytes | bytearray) -> float | None:
+    """Colourfulness (Hasler–Süsstrunk, as :func:`image_features`) of the *original* file.
+
+    For grayscale models, whose pixels have lost the colour: a colour photo sent to a
+    model trained on grayscale scans shows here (the OOD flag's colour check). Gray
+    modes answer 0 from the header; JPEGs decode at 1/8 scale; other files are measured
+    up to :data:`COLOUR_MAX_PIXELS`, else None. Never an exception (best effort).
+    """
+    import io
+
+    from PIL import Image
+
+    from imgclf.preprocessing import sniff
+
+    fmt = sniff(data)
+    if fmt is None:
+        return None
+    try:
+        with Image.open(io.BytesIO(data), formats=[fmt]) as img:
+            if img.mode in _GRAY_MODES:
+                return 0.0
+            if fmt == "JPEG":
+                img.draft("RGB", (64, 64))
+            if img.size[0] * img.size[1] > COLOUR_MAX_PIXELS:
+                return None
+            img.thumbnail((64, 64))
+            rgb = np.asarray(img.convert("RGB"))
+    except Exception:  # noqa: BLE001 - a monitoring value, never a request error
+        return None
+    return float(image_features(rgb[None], [1], [1], [""])["colorfulness"][0])
+
+
 def format_from_path(path: str) -> str:
     """The image format a training file most likely has, from its suffix (for the reference)."""
     return FORMAT_BY_SUFFIX.get(Path(path).suffix.lower(), Path(path).suffix.lstrip(".").upper())

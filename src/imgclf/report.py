@@ -67,6 +67,8 @@ HEADLINE: tuple[tuple[str, str, str], ...] = (
     (EVALUATE, "n_test", "test samples"),
     (EVALUATE, "baseline.accuracy", "linear baseline accuracy"),
     (EVALUATE, "baseline.macro_f1", "linear baseline macro-F1"),
+    (EVALUATE, "ood.auroc", "OOD detection AUROC (generated OOD sets)"),
+    (EVALUATE, "ood.false_accept", "OOD false-accept rate at the threshold (lower is better)"),
     (TRAIN, "best_epoch", "kept epoch"),
     (TRAIN, "epochs_run", "epochs run"),
 )

@@ -13,6 +13,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 MiB = 1024 * 1024
+# IMGCLF_OOD values (imgclf.ood.MODES, repeated here so settings import nothing heavy).
+OOD_MODES = ("flag", "refuse", "off")
 
 
 class SettingsError(ValueError):
@@ -51,6 +53,9 @@ class Settings:
     keep_alive_s: float = 5.0
     metrics_file: Path | None = None
     git_revision: str | None = None
+    # Out-of-distribution flag (imgclf.ood): ``flag`` answers with in_distribution/
+    # ood_score/ood_reasons, ``refuse`` answers 422 out_of_distribution, ``off`` skips it.
+    ood: str = "flag"
     # Monitoring (imgclf.monitor): the SQLite file every served prediction is recorded in
     # (None: off), bounded to this many newest rows …
     monitor_db: Path | None = None
@@ -111,6 +116,12 @@ class Settings:
                 raise SettingsError(f"{name}={value} must be a positive number of seconds")
             return value
 
+        ood = (env.get("IMGCLF_OOD") or d.ood).strip().lower()
+        if ood not in OOD_MODES:
+            raise SettingsError(
+                f"IMGCLF_OOD={env.get('IMGCLF_OOD')!r} is not one of {', '.join(OOD_MODES)}"
+            )
+
         def fraction(name: str, default: float) -> float:
             raw = env.get(name)
             if raw is None or raw.strip() == "":
@@ -143,6 +154,7 @@ class Settings:
             keep_alive_s=seconds("IMGCLF_KEEP_ALIVE_S", d.keep_alive_s),
             metrics_file=Path(metrics) if metrics else None,
             git_revision=env.get("IMGCLF_GIT_REVISION") or None,
+            ood=ood,
             monitor_db=_path(env, "IMGCLF_MONITOR_DB"),
             monitor_max_rows=integer("IMGCLF_MONITOR_MAX_ROWS", d.monitor_max_rows),
             sample_dir=_path(env, "IMGCLF_SAMPLE_DIR"),

@@ -76,6 +76,13 @@ class Telemetry:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.ood = Counter(
+            "imgclf_ood_inputs",
+            "Images the out-of-distribution check flagged (IMGCLF_OOD=flag) or refused "
+            "(refuse), by reason: an input check (brightness, size, …) or 'features'.",
+            ["reason"],
+            registry=self.registry,
+        )
         self.model = Info("imgclf_model", "The served model artifact.", registry=self.registry)
         self.queue = Gauge(
             "imgclf_work_jobs",

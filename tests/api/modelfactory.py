@@ -50,6 +50,7 @@ class ProjectTree:
             self.model_dir / "model.json",
             self.model_dir / "checkpoint.pt",
             self.model_dir / "reference.json",
+            self.model_dir / "ood.json",
             self.metrics_dir / "evaluate.json",
             self.metrics_dir / "predictions.csv",
             self.prepared / "index.csv",

@@ -153,7 +153,8 @@ def test_image_runs_as_non_root_with_healthcheck(container: tuple[list[str], str
     if engine[0].endswith("podman"):
         _run([*engine, "healthcheck", "run", cid], timeout=60)
     files = _run([*engine, "exec", cid, "ls", "/app/models"]).split()
-    assert sorted(files) == ["evaluate.json", "model.json", "model.onnx", "reference.json"]
+    assert sorted(files) == ["evaluate.json", "model.json", "model.onnx", "ood.json",
+                             "reference.json"]  # fmt: skip
     pip = _run([*engine, "exec", cid, "pip", "list", "--format", "freeze"]).lower()
     assert "torch" not in pip and "dvc" not in pip
 
@@ -170,7 +171,7 @@ def test_build_refuses_a_tampered_model(
     context = tmp_path / "context"
     for rel in ("dockerfiles/api.dockerfile", "requirements-serve.txt", ".dockerignore",
                 "models/model.onnx", "models/model.json", "models/reference.json",
-                "metrics/evaluate.json"):  # fmt: skip
+                "models/ood.json", "metrics/evaluate.json"):  # fmt: skip
         (context / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2((ROOT if rel.startswith(("docker", "req", ".")) else tree.root) / rel,
                      context / rel)  # fmt: skip
