@@ -53,7 +53,8 @@ def _env(repo: Path) -> dict[str, str]:
 
 
 def sh(args: list[str], repo: Path, **kw: Any) -> str:
-    proc = subprocess.run(args, cwd=repo, env=_env(repo), text=True, check=True, **kw)
+    kw.setdefault("check", True)
+    proc = subprocess.run(args, cwd=repo, env=_env(repo), text=True, **kw)
     return proc.stdout or ""
 
 
@@ -103,7 +104,8 @@ def sweep_results(repo: Path, keys: list[str]) -> list[tuple[str, dict[str, Any]
 
 
 def bench(name: str, sweeps: list[str], timeout: float, epochs: int | None = None) -> list[Any]:
-    with tempfile.TemporaryDirectory() as tmp:
+    # The queue's worker may still be writing its logs while the directory goes.
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp:
         repo = user_repo(Path(tmp), name, epochs)
         start = time.perf_counter()
         sh(["dvc", "repro", "-q"], repo, capture_output=True)
@@ -115,6 +117,7 @@ def bench(name: str, sweeps: list[str], timeout: float, epochs: int | None = Non
         sh(["dvc", "queue", "start", "-j", "1"], repo, stdout=subprocess.DEVNULL)
         status = wait_for_queue(repo, timeout)
         results = sweep_results(repo, [s.split("=")[0] for s in sweeps])
+        sh(["dvc", "queue", "stop"], repo, capture_output=True, check=False)
         seconds = time.perf_counter() - start
     failed = status.count("Failed")
     best_label, best = max(results, key=lambda r: r[1]["accuracy"], default=("—", default))

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 CPUS = ("EPYC-Milan", "Haswell")  # AMD Zen 3, Intel 4th gen: AVX2, no AVX-512
 PER_CLASS = 25
-SHRUNK = {"epochs": 2, "batch_size": 32}
+SHRUNK = {"epochs": 2, "batch_size": 32, "data": {"dataset": "raw"}}
 OUTPUTS = ("models/model.onnx", "probabilities.npy")
 # What evaluate computes with onnxruntime, without its sklearn/matplotlib start-up
 # (a minute under emulation).
@@ -102,3 +102,36 @@ def test_default_numerics_give_the_same_bytes_on_other_cpus(workdir: Path) -> No
         native = (workdir / "native" / rel).read_bytes()
         for cpu in CPUS:
             assert (workdir / cpu / rel).read_bytes() == native, f"{rel} differs on {cpu}"
+
+
+EVALUATED = ("models/ood.json", "models/reference.json", "metrics/evaluate.json",
+             "metrics/predictions.csv")  # fmt: skip
+
+
+@pytest.mark.heavy
+def test_evaluate_stage_writes_the_same_bytes_on_an_avx2_cpu(workdir: Path) -> None:
+    """The whole evaluate stage — metrics, the reference profile, the OOD statistics
+    (numpy, BLAS matmuls, sklearn's baseline) — natively and on an emulated AVX2 CPU.
+
+    These bytes are in dvc.lock too. About 2 minutes under emulation (sklearn's import
+    and the generated OOD sets), hence `heavy`; measured once by hand on 2026-11-30 on the
+    full digits default as well (AMD Zen 4 AVX-512 vs emulated EPYC-Milan: identical).
+    """
+    prefix = emulator()
+    if prefix is None:
+        pytest.skip("no CPU emulator: install qemu-user (make system-deps) to run this test")
+    env = tool_env(workdir)
+    env["PYTHONPATH"] = str(ROOT / "src")
+    models = workdir / "eval-model"
+    if not (models / "model.onnx").exists():
+        train = [sys.executable, str(ROOT / "stages/train.py"), "prepared", str(models), "live"]
+        subprocess.run(train, cwd=workdir, env=env, check=True, capture_output=True)
+    for name, pre in (("eval-native", []), ("eval-EPYC-Milan", [*prefix, "EPYC-Milan"])):
+        shutil.copytree(models, workdir / name / "models")
+        cmd = [*pre, sys.executable, str(ROOT / "stages/evaluate.py"), "prepared",
+               f"{name}/models", f"{name}/metrics"]  # fmt: skip
+        proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    for rel in EVALUATED:
+        native = (workdir / "eval-native" / rel).read_bytes()
+        assert (workdir / "eval-EPYC-Milan" / rel).read_bytes() == native, rel
