@@ -210,7 +210,8 @@ def test_overhead_bench_runs(project: ProjectTree) -> None:
         env=tool_env(ROOT), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = [ln for ln in proc.stdout.splitlines() if ln.startswith("| digits 8×8 PNG |")]
+    rows = [ln for ln in proc.stdout.splitlines() if ln.startswith("| digits 8×8 PNG |")][:3]
     assert [r.split("|")[2].strip() for r in rows] == ["off", "monitor", "monitor + 1 % samples"]
     assert all(r.split("|")[4].strip() == "0" for r in rows), "errors in the quick run"
+    assert "| upload | off µs/req | monitor µs/req | added µs |" in proc.stdout  # in-process CPU
     assert (ROOT / "bench" / "RESULTS.md").read_bytes() == results  # --quick records nothing

@@ -225,3 +225,13 @@ def test_several_files_read_as_one_window(tmp_path: Path) -> None:
     traffic = load_traffic([tmp_path / "a.db", tmp_path / "b #1?.db"], 0, 2e9, "v1")
     assert traffic.rows == 8 and len(traffic.features["brightness"]) == 8
     assert traffic.embedding is not None and traffic.embedding.shape == (8, 4)
+
+
+def test_every_setting_is_documented() -> None:
+    """Each IMGCLF_* variable the server reads appears in the README."""
+    import re
+
+    names = set(re.findall(r'"(IMGCLF_[A-Z_]+)"', (ROOT / "src/imgclf/settings.py").read_text()))
+    assert {"IMGCLF_MONITOR_DB", "IMGCLF_SAMPLE_DIR", "IMGCLF_SAMPLE_MAX_BYTES"} <= names
+    readme = (ROOT / "README.md").read_text()
+    assert not {n for n in names if n not in readme}
