@@ -157,6 +157,10 @@ def test_image_runs_as_non_root_with_healthcheck(container: tuple[list[str], str
                              "reference.json"]  # fmt: skip
     pip = _run([*engine, "exec", cid, "pip", "list", "--format", "freeze"]).lower()
     assert "torch" not in pip and "dvc" not in pip
+    assert "evidently" not in pip and "pandas" not in pip  # the drift report is dev-only
+    # Issue 13: monitoring must not grow the serving image past 300 MB of Python packages.
+    size_mb = int(_run([*engine, "exec", cid, "du", "-sm", "/opt/venv"]).split()[0])
+    assert size_mb < 300, f"/opt/venv is {size_mb} MB"
 
 
 def test_build_refuses_a_tampered_model(
