@@ -55,7 +55,7 @@ def test_pr_flow_report(baseline: Path) -> None:
     for key, name in (("accuracy", "accuracy"), ("macro_f1", "macro-F1")):
         old, new = base_eval[key], head_eval[key]
         assert f"| {name} | {fmt(old)} | {fmt(new)} | {fmt_change(old, new)} |" in out
-    assert "| `lr` | 0.005 | 0.05 |" in out
+    assert "| `lr` | auto | 0.05 |" in out  # auto: 0.005 on the digits (card: training.lr)
     assert "| `epochs` |" not in out, "only the changed param is listed"
 
     sentence = re.search(
