@@ -32,6 +32,7 @@ from imgclf.dataio import expand  # noqa: E402
 
 # The issue's failing case: 2 classes × 100 images at 25 px, light augmentation.
 ISSUE_CASE = {
+    "lr": 0.005,  # the default when the issue was measured (now `auto`: 0.00125 here)
     "prepare": {"image_size": 32},
     "augment": {"hflip": 0.5, "shift": 0.05, "rotate": 10},
 }
@@ -101,7 +102,10 @@ def main() -> None:
             for label, tree in ((f"before ({args.before})", before), ("after", ROOT)):
                 params = yaml.safe_load((tree / "params.yaml").read_text())
                 for section, values in ISSUE_CASE.items():
-                    params[section].update(values)
+                    if isinstance(values, dict):
+                        params[section].update(values)
+                    else:
+                        params[section] = values
                 params["seed"] = seed
                 for item in args.overrides:
                     key, _, value = item.partition("=")
