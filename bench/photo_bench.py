@@ -10,8 +10,9 @@ briefly by :mod:`photo_models` with the real pipeline) and each real-size input
 * **ours**: ``imgclf serve`` with its defaults, ``POST /predict``;
 * **seed**: :mod:`seed_app` (torch eager, PIL in an ``async def`` handler);
 
-at each concurrency level, alternating ours and seed row by row (both servers are
-up; the idle one sleeps) so that a change in the machine's load hits both. The
+at each concurrency level: ceiling, ours and seed one after the other for every row
+(both servers are up; the idle one sleeps), so that a change in the machine's load
+hits all three of a row. The
 load client (:func:`bench_api._read_response`, keep-alive, prebuilt requests)
 shares the cores with the server, as in the digits benchmark; the ceiling does not
 have a client, which is part of what the ratio to it measures.
@@ -308,8 +309,9 @@ def run(args: argparse.Namespace) -> int:
         try:
             for name, path in inputs.items():
                 data = path.read_bytes()
-                best = ceiling.measure(data, args.seconds)
                 for concurrency in args.concurrency:
+                    # Right before its row, so that the same machine load applies to all three.
+                    best = ceiling.measure(data, args.seconds)
                     o = load(ours, ports[0], data, concurrency, args.seconds)
                     s = load(seed, ports[1], data, concurrency, args.seconds)
                     rows.append(Row(model, name, len(data), concurrency, o, s, best,
@@ -333,8 +335,9 @@ def run(args: argparse.Namespace) -> int:
             f"- software: {versions()}",
             f"- `python bench/bench_api.py --scenario photos`: each row {args.seconds:g} s of "
             f"`POST /predict` (at least 2 × concurrency requests) after a warm-up, ours and "
-            f"seed alternating row by row; ceiling = decode + preprocess + model in {cores} "
-            "processes, no HTTP, no client. Client and servers share the cores.",
+            "seed one after the other in every row; ceiling (measured right before its row) "
+            f"= decode + preprocess + model in {cores} processes, no HTTP, no client. "
+            "Client and servers share the cores.",
         ]
         if args.note:
             section.append(f"- note: {args.note}")
