@@ -263,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     photos = parser.add_argument_group("photos scenario")
     photos.add_argument("--models", default="mobilenet_v3_small,resnet18")
-    photos.add_argument("--seconds", type=float, default=5.0, help="per row and server")
+    photos.add_argument("--seconds", type=float, default=6.0, help="per row and server")
+    photos.add_argument("--rounds", type=int, default=3, help="slices a row's time is cut in")
     photos.add_argument("--train-images", type=int, default=160)
     photos.add_argument(
         "--work",
@@ -276,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         import photo_bench
 
         if args.quick:
-            args.models, args.concurrency, args.seconds = "small_cnn", [GOAL_CONCURRENCY], 0.5
+            args.models, args.concurrency, args.seconds = "small_cnn", [GOAL_CONCURRENCY], 0.6
+            args.rounds = 2
             args.train_images = 48
         return photo_bench.run(args)
     if args.quick:

@@ -10,9 +10,9 @@ briefly by :mod:`photo_models` with the real pipeline) and each real-size input
 * **ours**: ``imgclf serve`` with its defaults, ``POST /predict``;
 * **seed**: :mod:`seed_app` (torch eager, PIL in an ``async def`` handler);
 
-at each concurrency level: ceiling, ours and seed one after the other for every row
-(both servers are up; the idle one sleeps), so that a change in the machine's load
-hits all three of a row. The
+at each concurrency level: ceiling, ours and seed take turns in short slices within
+every row (both servers are up; the idle one sleeps), so that the other jobs of a
+shared machine weigh on all three alike. The
 load client (:func:`bench_api._read_response`, keep-alive, prebuilt requests)
 shares the cores with the server, as in the digits benchmark; the ceiling does not
 have a client, which is part of what the ratio to it measures.
@@ -243,13 +243,27 @@ async def _drive(
     return latencies, errors, time.perf_counter() - start
 
 
+def warm_up(port: int, image: bytes, concurrency: int, seconds: float) -> None:
+    request = multipart_request("/predict", "file", image, 1, port)
+    asyncio.run(_drive(port, request, concurrency, seconds, concurrency))
+
+
 def load(proc: subprocess.Popen, port: int, image: bytes, concurrency: int,
          seconds: float) -> Load:  # fmt: skip
+    """One slice of load: ``seconds``, and at least one request per connection."""
     request = multipart_request("/predict", "file", image, 1, port)
-    asyncio.run(_drive(port, request, concurrency, seconds / 5, concurrency))  # warm-up
     cpu = tree_cpu_seconds(proc.pid)
-    lat, errors, elapsed = asyncio.run(_drive(port, request, concurrency, seconds, 2 * concurrency))
+    lat, errors, elapsed = asyncio.run(_drive(port, request, concurrency, seconds, concurrency))
     return Load(np.array(lat), errors, elapsed, tree_cpu_seconds(proc.pid) - cpu)
+
+
+def merge(parts: list[Load]) -> Load:
+    return Load(
+        np.concatenate([p.latencies_ms for p in parts]),
+        sum(p.errors for p in parts),
+        sum(p.seconds for p in parts),
+        sum(p.server_cpu_s for p in parts),
+    )
 
 
 # --- the scenario --------------------------------------------------------------------------
@@ -310,11 +324,18 @@ def run(args: argparse.Namespace) -> int:
             for name, path in inputs.items():
                 data = path.read_bytes()
                 for concurrency in args.concurrency:
-                    # Right before its row, so that the same machine load applies to all three.
-                    best = ceiling.measure(data, args.seconds)
-                    o = load(ours, ports[0], data, concurrency, args.seconds)
-                    s = load(seed, ports[1], data, concurrency, args.seconds)
-                    rows.append(Row(model, name, len(data), concurrency, o, s, best,
+                    warm_up(ports[0], data, concurrency, args.seconds / 5)
+                    warm_up(ports[1], data, concurrency, args.seconds / 5)
+                    # Ceiling, ours and seed take turns in short slices, so that the other
+                    # jobs of a shared machine weigh on all three alike.
+                    per = args.seconds / args.rounds
+                    best, o_parts, s_parts = [], [], []
+                    for _ in range(args.rounds):
+                        best.append(ceiling.measure(data, per))
+                        o_parts.append(load(ours, ports[0], data, concurrency, per))
+                        s_parts.append(load(seed, ports[1], data, concurrency, per))
+                    rows.append(Row(model, name, len(data), concurrency, merge(o_parts),
+                                    merge(s_parts), float(np.mean(best)),
                                     os.getloadavg()[0]))  # fmt: skip
                     print("| " + " | ".join(rows[-1].cells()) + " |", flush=True)
         finally:
@@ -334,9 +355,10 @@ def run(args: argparse.Namespace) -> int:
             f"{end_load}; 1 / 5 / 15 min)",
             f"- software: {versions()}",
             f"- `python bench/bench_api.py --scenario photos`: each row {args.seconds:g} s of "
-            f"`POST /predict` (at least 2 × concurrency requests) after a warm-up, ours and "
-            "seed one after the other in every row; ceiling (measured right before its row) "
-            f"= decode + preprocess + model in {cores} processes, no HTTP, no client. "
+            f"`POST /predict` per server after a warm-up, in {args.rounds} slices taking turns "
+            "with the ceiling's (ceiling, ours, seed, ceiling, …; each slice at least one "
+            "request per connection); ceiling = decode + preprocess + model in "
+            f"{cores} processes, no HTTP, no client (mean of its slices). "
             "Client and servers share the cores.",
         ]
         if args.note:
