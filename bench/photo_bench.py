@@ -32,8 +32,10 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from bench_api import _read_response, cpu_seconds, free_port, machine, multipart_request, versions
@@ -266,12 +268,88 @@ def merge(parts: list[Load]) -> Load:
     )
 
 
+# --- where a request's time goes ----------------------------------------------------------
+
+
+def _cpu_ms(fn: Callable[[], object], runs: int) -> float:
+    """CPU time of this process per call, in ms (robust to other jobs, unlike wall time)."""
+    fn()
+    start = time.process_time()
+    for _ in range(runs):
+        fn()
+    return (time.process_time() - start) / runs * 1000
+
+
+def _stage_costs(data: bytes, predictor: Any, twin: Any, runs: int) -> tuple[str, list, list]:
+    """(size decoded by ours, ours' stage costs, seed's stage costs) for one file."""
+    import io
+
+    from PIL import Image
+
+    from imgclf.preprocessing import draft_target, fit_to_square, open_image, to_color_mode
+
+    spec = predictor.spec
+    size = spec.image_size
+    img = open_image(data, spec.max_pixels, draft_to=draft_target(spec))
+    x = np.asarray(fit_to_square(to_color_mode(img, "rgb"), size, spec.resize))[None]
+    ours = [
+        _cpu_ms(lambda: open_image(data, spec.max_pixels, draft_to=draft_target(spec)), runs),
+        _cpu_ms(lambda: fit_to_square(to_color_mode(img, "rgb"), size, spec.resize), runs),
+        _cpu_ms(lambda: predictor.predict_proba(x), runs),
+    ]
+    full = Image.open(io.BytesIO(data))
+    full.load()
+    rgb = full.convert("RGB")
+    seed = [
+        _cpu_ms(lambda: Image.open(io.BytesIO(data)).load(), runs),
+        _cpu_ms(lambda: full.convert("RGB"), runs),
+        _cpu_ms(lambda: rgb.resize((size, size), Image.Resampling.BILINEAR), runs),
+        _cpu_ms(lambda: twin.predict_proba(x), runs),
+    ]
+    return f"{img.size[0]}×{img.size[1]}", ours, seed
+
+
+def breakdown(model_dir: Path, inputs: dict[str, Path], quick: bool) -> list[list[str]]:
+    """CPU ms per stage of one request, ours and seed-style, for every input.
+
+    Ours: :func:`open_image` with the reduced-scale JPEG decode, then conversion and the
+    one resize, then the onnxruntime session. Seed: PIL's full decode, ``convert``, a
+    resize of the full image, the torch eager model (its threads' CPU included).
+    """
+    import torch
+    from torch_server import TorchPredictor
+
+    from imgclf.predictor import Predictor
+
+    predictor = Predictor(model_dir)
+    twin = TorchPredictor(model_dir, threads=torch.get_num_threads())
+    rows = []
+    for name, path in inputs.items():
+        runs = 3 if quick else (8 if "4000" in name else 30)
+        decoded, ours, seed = _stage_costs(path.read_bytes(), predictor, twin, runs)
+        rows.append([name, decoded, *(f"{v:.1f}" for v in ours), f"**{sum(ours):.1f}**",
+                     *(f"{v:.1f}" for v in seed), f"**{sum(seed):.1f}**",
+                     f"{sum(seed) / sum(ours):.1f}×"])  # fmt: skip
+    return rows
+
+
+BREAKDOWN_HEADER = [
+    "input", "ours decodes at", "ours decode", "ours convert+resize", "ours model",
+    "ours sum", "seed decode", "seed convert", "seed resize", "seed model (torch)", "seed sum",
+    "seed ÷ ours (CPU per image)",
+]  # fmt: skip
+
+
 # --- the scenario --------------------------------------------------------------------------
 
 
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
 def markdown(rows: list[Row]) -> str:
-    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    return "\n".join(lines + ["| " + " | ".join(r.cells()) + " |" for r in rows])
+    return markdown_table(HEADER, [r.cells() for r in rows])
 
 
 def verdicts(rows: list[Row]) -> list[str]:
@@ -313,6 +391,7 @@ def run(args: argparse.Namespace) -> int:
     env_line = machine()
     print(f"machine: {env_line}\n{versions()}", flush=True)
     rows: list[Row] = []
+    stages: list[str] = []
     for model in models:
         model_dir = build(work, model, images=args.train_images)
         ceiling = Ceiling(model_dir, cores)
@@ -343,6 +422,11 @@ def run(args: argparse.Namespace) -> int:
                 proc.terminate()
                 proc.wait(timeout=30)
             ceiling.close()
+        # After the load rows (it uses this process's CPU): where each request's time goes.
+        parts = breakdown(model_dir, inputs, args.quick)
+        stages.append(f"\n{model} — CPU ms per image and stage (process time, no HTTP):\n\n"
+                      + markdown_table(BREAKDOWN_HEADER, parts))  # fmt: skip
+        print(stages[-1], flush=True)
     table = markdown(rows)
     verdict = verdicts(rows)
     end_load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -363,7 +447,7 @@ def run(args: argparse.Namespace) -> int:
         ]
         if args.note:
             section.append(f"- note: {args.note}")
-        section += [f"- {v}" for v in verdict] + ["", table, ""]
+        section += [f"- {v}" for v in verdict] + ["", table, *stages, ""]
         with args.out.open("a") as fh:
             fh.write("\n".join(section))
         print(f"appended to {args.out}")
