@@ -78,6 +78,7 @@ class Row:
     ours: Load
     seed: Load
     ceiling: float
+    ceiling_cpu_ms: float
     load_avg: float
     notes: list[str] = field(default_factory=list)
 
@@ -89,13 +90,18 @@ class Row:
     def vs_ceiling(self) -> float:
         return self.ours.rps / self.ceiling
 
+    @property
+    def ours_cpu_ms(self) -> float:
+        return 1000 * self.ours.server_cpu_s / max(1, len(self.ours.latencies_ms))
+
     def cells(self) -> list[str]:
         o, s = self.ours, self.seed
-        cpu = 1000 * o.server_cpu_s / max(1, len(o.latencies_ms))
+        cpu = self.ours_cpu_ms
         return [
             self.model, self.input, f"{self.size / 1024:.0f} KB", str(self.concurrency),
             f"{self.ceiling:.0f}", f"{o.rps:.0f}", f"{o.pct(50):.1f}", f"{o.pct(99):.1f}",
-            f"{o.pct(99) / o.pct(50):.1f}", f"{cpu:.1f}",
+            f"{o.pct(99) / o.pct(50):.1f}", f"{cpu:.1f}", f"{self.ceiling_cpu_ms:.1f}",
+            f"{self.ceiling_cpu_ms / cpu:.2f}",
             f"{s.rps:.1f}", f"{s.pct(50):.0f}", f"{s.pct(99):.0f}",
             f"**{self.vs_seed:.1f}×**", f"**{self.vs_ceiling:.2f}**",
             str(len(o.latencies_ms)) + ("" if not o.errors else f" ({o.errors} errors)"),
@@ -105,7 +111,8 @@ class Row:
 
 HEADER = [
     "model", "input", "file", "conc.", "ceiling img/s", "ours req/s", "ours p50 ms",
-    "ours p99 ms", "p99/p50", "ours server CPU ms/req", "seed req/s", "seed p50 ms",
+    "ours p99 ms", "p99/p50", "ours server CPU ms/req", "ceiling CPU ms/img",
+    "ceiling CPU ÷ ours CPU", "seed req/s", "seed p50 ms",
     "seed p99 ms", "ours ÷ seed", "ours ÷ ceiling", "ours requests", "load 1 min",
 ]  # fmt: skip
 
@@ -131,19 +138,19 @@ def _ceiling_init(model_dir: str) -> None:
     _worker_state["predictor"] = Predictor(model_dir)
 
 
-def _ceiling_loop(data: bytes, seconds: float) -> tuple[int, float]:
-    """Decode + preprocess + model on ``data`` for ``seconds``; (images, elapsed)."""
+def _ceiling_loop(data: bytes, seconds: float) -> tuple[int, float, float]:
+    """Decode + preprocess + model on ``data`` for ``seconds``; (images, elapsed, CPU s)."""
     from imgclf.preprocessing import preprocess
 
     predictor = _worker_state["predictor"]
     warm = time.perf_counter()
     while time.perf_counter() - warm < seconds / 5:  # arena growth, caches, the sibling's start
         predictor.predict_proba(preprocess(data, predictor.spec)[None])
-    count, start = 0, time.perf_counter()
+    count, start, cpu = 0, time.perf_counter(), time.process_time()
     while (elapsed := time.perf_counter() - start) < seconds:
         predictor.predict_proba(preprocess(data, predictor.spec)[None])
         count += 1
-    return count, elapsed
+    return count, elapsed, time.process_time() - cpu
 
 
 class Ceiling:
@@ -156,10 +163,13 @@ class Ceiling:
             cores, mp_context=ctx, initializer=_ceiling_init, initargs=(str(model_dir),)
         )
 
-    def measure(self, data: bytes, seconds: float) -> float:
-        """Images per second, all processes together."""
+    def measure(self, data: bytes, seconds: float) -> tuple[float, float]:
+        """(images per second, all processes together; CPU ms per image)."""
         jobs = [self.pool.submit(_ceiling_loop, data, seconds) for _ in range(self.cores)]
-        return sum(count / elapsed for count, elapsed in (j.result() for j in jobs))
+        done = [j.result() for j in jobs]
+        images = sum(count for count, _, _ in done)
+        cpu_ms = 1000 * sum(cpu for _, _, cpu in done) / max(1, images)
+        return sum(count / elapsed for count, elapsed, _ in done), cpu_ms
 
     def close(self) -> None:
         self.pool.shutdown()
@@ -363,7 +373,10 @@ def verdicts(rows: list[Row]) -> list[str]:
             ok = r.vs_ceiling >= GOAL_CEILING_RATIO
             out.append(f"{model}: ours ÷ ceiling on {CEILING_INPUT} at concurrency "
                        f"{GOAL_CONCURRENCY} = {r.vs_ceiling:.2f} (goal ≥ {GOAL_CEILING_RATIO}): "
-                       f"{'met' if ok else 'NOT met'}")  # fmt: skip
+                       f"{'met' if ok else 'NOT met'}; in CPU, ours' server spends "
+                       f"{r.ours_cpu_ms:.1f} ms per request where the ceiling spends "
+                       f"{r.ceiling_cpu_ms:.1f} ms per image "
+                       f"({r.ceiling_cpu_ms / r.ours_cpu_ms:.2f})")  # fmt: skip
         if SEED_INPUT in at8:
             r = at8[SEED_INPUT]
             ok = r.vs_seed >= GOAL_SEED_RATIO
@@ -387,7 +400,6 @@ def run(args: argparse.Namespace) -> int:
     models = args.models.split(",")
     inputs = bench_inputs(work / "inputs")
     cores = len(os.sched_getaffinity(0))
-    start_load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     env_line = machine()
     print(f"machine: {env_line}\n{versions()}", flush=True)
     rows: list[Row] = []
@@ -414,7 +426,8 @@ def run(args: argparse.Namespace) -> int:
                         o_parts.append(load(ours, ports[0], data, concurrency, per))
                         s_parts.append(load(seed, ports[1], data, concurrency, per))
                     rows.append(Row(model, name, len(data), concurrency, merge(o_parts),
-                                    merge(s_parts), float(np.mean(best)),
+                                    merge(s_parts), float(np.mean([b[0] for b in best])),
+                                    float(np.mean([b[1] for b in best])),
                                     os.getloadavg()[0]))  # fmt: skip
                     print("| " + " | ".join(rows[-1].cells()) + " |", flush=True)
         finally:
@@ -435,8 +448,7 @@ def run(args: argparse.Namespace) -> int:
         when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
         section = [
             f"\n## Photo models: imgclf serve vs seed-style vs ceiling ({when})\n",
-            f"- machine: {env_line} (load average at start {start_load}, at the end "
-            f"{end_load}; 1 / 5 / 15 min)",
+            f"- machine: {env_line}; at the end {end_load} (1 / 5 / 15 min)",
             f"- software: {versions()}",
             f"- `python bench/bench_api.py --scenario photos`: each row {args.seconds:g} s of "
             f"`POST /predict` per server after a warm-up, in {args.rounds} slices taking turns "

@@ -22,6 +22,7 @@ pytestmark = pytest.mark.slow
         pytest.param("bench_pipeline.py", "`dvc repro` up to date", marks=pytest.mark.heavy),
         ("bench_selection.py", "| after | 42 | 2/2 |"),
         ("bench_datasets.py", "| digits_few | default |"),
+        ("bench_quantize.py", "int8 speed-up (best int8 ÷ fastest fp32)"),
     ],
 )
 def test_bench_script_quick_mode(script: str, expected: str) -> None:
