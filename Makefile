@@ -11,7 +11,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # gcsfs otherwise waits 60 s on a gRPC probe at every call (see README, remote).
 export GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT := false
 
-.PHONY: help install install-dev system-deps repro test test-all lint format bench serve clean report remote-check push pull verify-model pin-images
+.PHONY: help install install-dev system-deps repro test test-all lint format bench serve drift-report clean report remote-check push pull verify-model pin-images
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -24,7 +24,7 @@ $(VENV)/.installed: requirements.txt requirements-serve.txt pyproject.toml | $(B
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
-$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt requirements-monitor.txt
 	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $@
 
@@ -81,13 +81,19 @@ bench: install-dev  ## Run every benchmark (appends bench/RESULTS.md; best on an
 	$(PY) bench/bench_api.py
 	$(PY) bench/bench_api.py --scenario photos
 	$(PY) bench/bench_quantize.py --results bench/RESULTS.md
+	$(PY) bench/bench_monitor.py
 	$(PY) bench/bench_gpu.py
 
 HOST ?= 127.0.0.1
 PORT ?= 8000
-serve: install  ## Serve models/ (from `make repro` or `dvc pull`) on http://$(HOST):$(PORT)
+# What is served is recorded here (README, Monitoring); `make serve IMGCLF_MONITOR_DB=` turns it off.
+IMGCLF_MONITOR_DB ?= monitoring/requests.db
+serve: install  ## Serve models/ (from `make repro` or `dvc pull`) on http://$(HOST):$(PORT), recording to $(IMGCLF_MONITOR_DB)
 	@test -f models/model.onnx || { echo "models/model.onnx missing: run 'make repro' (or 'dvc pull') first" >&2; exit 2; }
-	$(BIN)/imgclf serve --host $(HOST) --port $(PORT) --model-dir models
+	IMGCLF_MONITOR_DB="$(IMGCLF_MONITOR_DB)" $(BIN)/imgclf serve --host $(HOST) --port $(PORT) --model-dir models
+
+drift-report: install-dev  ## Served traffic of the last day vs the evaluated test split (HTML + markdown in reports/drift)
+	$(BIN)/imgclf drift-report --since $(or $(SINCE),1d) --db "$(IMGCLF_MONITOR_DB)"
 
 verify-model: install  ## Is models/ the evaluated model? (sha256 vs the card and metrics/evaluate.json)
 	$(BIN)/imgclf verify-model --model-dir models --evaluated metrics/evaluate.json

@@ -28,6 +28,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 from common import report, table  # noqa: E402
 from make_datasets import DATASETS  # noqa: E402
 
+from imgclf.dataio import expand  # noqa: E402
+
 # The issue's failing case: 2 classes × 100 images at 25 px, light augmentation.
 ISSUE_CASE = {
     "prepare": {"image_size": 32},
@@ -56,7 +58,8 @@ def run_tree(tree: Path, raw: Path, work: Path, params: dict) -> dict:
     for args in steps:
         subprocess.run(args, cwd=work, env=env, check=True, capture_output=True, text=True)
     card = json.loads((work / "models/model.json").read_text())
-    return {"card": card, "eval": json.loads((work / "metrics/evaluate.json").read_text())}
+    evaluated = json.loads((work / "metrics/evaluate.json").read_text())
+    return {"card": card, "eval": expand(evaluated)}  # flat: headline + detail
 
 
 def baseline_of(work: Path, seed: int) -> dict:

@@ -30,7 +30,7 @@ def run(images: int, epochs: int, size: int, results: Path | None) -> dict[str, 
     from imgclf.models import build_model
     from imgclf.params import validate_params
     from imgclf.prepare import prepare
-    from imgclf.train import AugmentedArrays, Runtime, _run_epoch
+    from imgclf.train import AugmentedArrays, Runtime, _run_epoch, resolve_lr
 
     torch.set_num_threads(2)
     raw_params = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -50,7 +50,7 @@ def run(images: int, epochs: int, size: int, results: Path | None) -> dict[str, 
         meta = load_meta(Path(tmp) / "prepared")
         x, y = load_split(Path(tmp) / "prepared", "train")
         model = build_model(params.model, 3, 4, size, meta["mean"], meta["std"])
-        opt = torch.optim.AdamW(model.parameters(), lr=params.lr)
+        opt = torch.optim.AdamW(model.parameters(), lr=resolve_lr(params, model)[0])
         data = AugmentedArrays(x, y, build_augment(params.augment, size), params.seed)
         loader = DataLoader(data, batch_size=32, shuffle=True)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
@@ -75,7 +75,7 @@ def run(images: int, epochs: int, size: int, results: Path | None) -> dict[str, 
         subset = torch.utils.data.Subset(folder, range(n))  # same number of images per epoch
         base_loader = DataLoader(subset, batch_size=32, shuffle=True)
         backbone = build_model(params.model, 3, 4, size, meta["mean"], meta["std"]).backbone
-        opt = torch.optim.AdamW(backbone.parameters(), lr=params.lr)
+        opt = torch.optim.AdamW(backbone.parameters(), lr=resolve_lr(params, backbone)[0])
         loss_fn = torch.nn.CrossEntropyLoss()
         start = time.perf_counter()
         for _ in range(epochs):

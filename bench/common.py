@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import platform
@@ -33,7 +34,14 @@ def machine() -> str:
             gpu = torch.cuda.get_device_name(0)
     except ImportError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores, {gpu}, Python {platform.python_version()}"
+    flags = ""
+    with contextlib.suppress(OSError):
+        flags = Path("/proc/cpuinfo").read_text()
+    isa = "AVX-512" if " avx512f" in flags else "AVX2" if " avx2" in flags else "no AVX2"
+    load = "load " + "/".join(f"{x:.1f}" for x in os.getloadavg())  # inflates wall clock
+    return (
+        f"{cpu} ({isa}), {os.cpu_count()} cores, {gpu}, Python {platform.python_version()}, {load}"
+    )
 
 
 def table(header: list[str], rows: list[list[object]]) -> str:

@@ -1,6 +1,7 @@
 # The serving image: the evaluated ONNX artifact behind FastAPI + onnxruntime.
 # No torch, no dvc, no credentials: fetch the model *before* the build, e.g.
-#   dvc pull models/model.onnx models/model.json     # or: dvc repro
+#   dvc pull models/model.onnx models/model.json models/reference.json models/ood.json
+#   (or: dvc repro)
 #   docker build -f dockerfiles/api.dockerfile \
 #     --build-arg GIT_REVISION="$(git rev-parse HEAD)" -t imgclf-api .
 #   docker run --rm -p 8000:8000 imgclf-api
@@ -32,16 +33,25 @@ COPY requirements-serve.txt /tmp/requirements-serve.txt
 RUN python -m venv /opt/venv \
  && pip install --no-cache-dir -r /tmp/requirements-serve.txt \
  && rm /tmp/requirements-serve.txt \
- && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin imgclf
+ && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin imgclf \
+ && install -d -o 10001 -m 0750 /var/lib/imgclf
 
 WORKDIR /app
 # Code and artifact stay root-owned and read-only for the service user.
 COPY src/imgclf /app/imgclf
-COPY models/model.onnx models/model.json /app/models/
+# reference.json: the evaluated data's profile (evaluate writes it next to the model),
+# for the drift report; ood.json: the out-of-distribution flag's calibrated statistics.
+COPY models/model.onnx models/model.json models/reference.json models/ood.json /app/models/
 # The evaluate stage's metrics for this artifact, served by GET /model.
 COPY metrics/evaluate.json /app/models/evaluate.json
 # A model that is not the evaluated one stops the build here, with the reason.
 RUN python -m imgclf.integrity /app/models --evaluated /app/models/evaluate.json
+
+# Monitoring (README, Monitoring): every answer is recorded (features, class, confidence;
+# never the image unless IMGCLF_SAMPLE_DIR is set) in SQLite on this volume. Mount one to
+# keep it (-v imgclf-monitor:/var/lib/imgclf); IMGCLF_MONITOR_DB= (empty) turns it off.
+ENV IMGCLF_MONITOR_DB=/var/lib/imgclf/monitor.db
+VOLUME ["/var/lib/imgclf"]
 
 USER 10001
 EXPOSE 8000

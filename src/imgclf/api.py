@@ -21,7 +21,6 @@ from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
@@ -37,6 +36,7 @@ from imgclf.api_schemas import (
     status_for,
     upload_body,
 )
+from imgclf.oodserve import Scored
 from imgclf.preprocessing import ImageError
 from imgclf.service import Backend, Service, ServiceUnavailableError
 from imgclf.settings import Settings
@@ -174,6 +174,8 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         await run_in_threadpool(service.load)
         yield
         service.pool.shutdown()
+        if service.monitor is not None:  # flush what was recorded before exiting
+            service.monitor.close()
 
     app = FastAPI(
         title="imgclf",
@@ -282,7 +284,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         results = iter(await service.classify_async([u.data for u in ok], deadline))
         items: list[dict[str, Any]] = []
         for upload in uploads:
-            outcome: np.ndarray | ImageError | RequestRejectedError
+            outcome: Scored | ImageError | RequestRejectedError
             outcome = upload.error if upload.error is not None else next(results)
             if isinstance(outcome, ImageError | RequestRejectedError):
                 service.reject(outcome.reason)

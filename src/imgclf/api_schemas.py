@@ -35,6 +35,7 @@ REASON_STATUS: dict[str, int] = {
     "unreadable": 400,
     "too_many_pixels": 413,
     "too_many_bytes": 413,  # over the request's decode budget (IMGCLF_MAX_DECODE_BYTES)
+    "out_of_distribution": 422,  # IMGCLF_OOD=refuse and the image is unlike the training data
 }
 # Seconds a client should wait before retrying an "overloaded" or "timeout" 503.
 RETRY_AFTER_S = 1
@@ -46,12 +47,16 @@ def status_for(reason: str) -> int:
 
 
 class PredictionOut(BaseModel):
-    """One image's answer."""
+    """One image's answer. ``in_distribution`` false: the image does not look like the
+    training images, so the label is a guess (README, Serving); null when IMGCLF_OOD=off."""
 
     label: str
     index: int
     confidence: float
     probabilities: dict[str, float]
+    in_distribution: bool | None = None
+    ood_score: float | None = None  # 1.0 is the threshold; above it: flagged
+    ood_reasons: list[str] = []
     model_version: str
 
 
@@ -64,6 +69,9 @@ class BatchItem(BaseModel):
     index: int | None = None
     confidence: float | None = None
     probabilities: dict[str, float] | None = None
+    in_distribution: bool | None = None
+    ood_score: float | None = None
+    ood_reasons: list[str] | None = None
     status: int | None = None
     reason: str | None = None
     detail: str | None = None
@@ -90,7 +98,11 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (408, "the request body was not received in time (body_timeout)"),
         (413, "file or request too large, too many pixels, or over the decode budget"),
         (415, "not multipart/form-data, or the content is not a supported image"),
-        (422, "the file field is missing or not a file, or too many files"),
+        (
+            422,
+            "the file field is missing or not a file, too many files, or (IMGCLF_OOD=refuse) "
+            "the image is out of distribution",
+        ),
         (503, "model not loaded, server overloaded (see Retry-After), or timed out"),
     )
 }

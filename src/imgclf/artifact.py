@@ -24,13 +24,19 @@ MODEL_FILE = "model.onnx"
 CARD_FILE = "model.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 INPUT_NAME, OUTPUT_NAME = "pixels", "probabilities"
+# Second output (models exported since the monitoring profile): the penultimate layer.
+EMBEDDING_NAME = "embedding"
+REFERENCE_FILE = "reference.json"  # the evaluated data's profile (imgclf.profile), by evaluate
+OOD_FILE = "ood.json"  # the out-of-distribution flag's statistics (imgclf.oodfit), by evaluate
 CARD_FORMAT = "imgclf-model/1"
 
 
 def export_onnx(model: torch.nn.Module, shape: tuple[int, int, int], path: Path) -> str:
     """Export uint8 NHWC → probabilities with a dynamic batch; return the file's sha256.
 
-    ``model`` must already end in a softmax. The serialised graph carries no paths,
+    ``model`` must already end in a softmax. When it returns ``(probabilities,
+    embedding)`` (``WithSoftmax(…, embedding=True)``) the graph gets a second output,
+    ``embedding``, computed by the same pass. The serialised graph carries no paths,
     timestamps or producer stack traces and no constants computed at export time, so
     the same weights give the same bytes on any machine.
     """
@@ -41,6 +47,9 @@ def export_onnx(model: torch.nn.Module, shape: tuple[int, int, int], path: Path)
     # module back to training mode on its way out.
     model = copy.deepcopy(model).cpu().float().eval()
     dummy = torch.zeros((1, *shape), dtype=torch.uint8)
+    with torch.no_grad():
+        two = isinstance(model(dummy), tuple)
+    outputs = [OUTPUT_NAME, EMBEDDING_NAME] if two else [OUTPUT_NAME]
     buffer = io.BytesIO()
     with warnings.catch_warnings():  # the TorchScript exporter is deprecated but byte-stable
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -49,8 +58,8 @@ def export_onnx(model: torch.nn.Module, shape: tuple[int, int, int], path: Path)
             (dummy,),
             buffer,
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            output_names=outputs,
+            dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *outputs)},
             opset_version=17,
             dynamo=False,
             # No folding here: torch would fold BatchNorm into the convolutions with its
@@ -88,6 +97,8 @@ def model_card(
             "shape": ["batch", spec["image_size"], spec["image_size"], channels],
         },
         "output": {"name": OUTPUT_NAME, "meaning": "softmax probabilities per class"},
+        # Read by Predictor from the graph itself; stated here for people reading the card.
+        "embedding": {"name": EMBEDDING_NAME, "meaning": "penultimate-layer features"},
         "preprocess": spec,
         "normalization": {"mean": meta["mean"], "std": meta["std"], "inside_model": True},
         "model": params.model.model_dump(),

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from imgclf import monitor_cli
+
 app = typer.Typer(
     help="imgclf: reproducible image classification (the pipeline itself runs with `dvc repro`).",
     no_args_is_help=True,
@@ -21,27 +23,56 @@ def predict(
         "models"
     ),
     top_k: Annotated[int, typer.Option(min=1, help="How many classes to show per image.")] = 3,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object per image, as the API answers.")
+    ] = False,
 ) -> None:
-    """Top-k classes for local image files, with the exact artifact that is served."""
+    """Top-k classes for local image files, with the exact artifact that is served, and
+    whether each image looks like the training images (the API's OOD flag)."""
+    import json
+
+    import numpy as np
+
     from imgclf.integrity import ModelIntegrityError
+    from imgclf.ood import load_detector
     from imgclf.predictor import ModelNotFoundError, Predictor
-    from imgclf.preprocessing import ImageError
+    from imgclf.preprocessing import ImageError, preprocess
 
     try:
         predictor = Predictor(model_dir)
     except (ModelNotFoundError, ModelIntegrityError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    try:
+        detector = load_detector(model_dir, predictor.card["model_sha256"])
+    except (OSError, ValueError) as exc:
+        detector = None
+        typer.echo(f"note: no out-of-distribution flag: {exc}", err=True)
     failed = 0
     for path in images:
         try:
-            (result,) = predictor.predict_images([path.read_bytes()])
+            data = path.read_bytes()
+            pixels = preprocess(data, predictor.spec)[None]
         except (OSError, ImageError) as exc:
             typer.echo(f"{path}: error: {exc}", err=True)
             failed += 1
             continue
+        probs, embedding = predictor.predict_with_embedding(pixels)
+        result = predictor.to_prediction(probs[0])
+        verdict = detector.judge_uploads(pixels, embedding, [data])[0] if detector else None
+        ood = verdict.as_json() if verdict else {"in_distribution": None, "ood_score": None}
+        if as_json:
+            top = dict(result.top(top_k))
+            line = {"path": str(path), "label": result.label, "confidence": result.confidence,
+                    "top": {k: float(np.round(v, 6)) for k, v in top.items()}, **ood}  # fmt: skip
+            typer.echo(json.dumps(line))
+            continue
         ranked = ", ".join(f"{label} {p:.3f}" for label, p in result.top(top_k))
-        typer.echo(f"{path}: {result.label} ({ranked})")
+        flag = ""
+        if verdict is not None and not verdict.in_distribution:
+            more = f" (+{len(verdict.reasons) - 1} more)" if len(verdict.reasons) > 1 else ""
+            flag = f"  [out of distribution, score {verdict.score:.2f}: {verdict.reasons[0]}{more}]"
+        typer.echo(f"{path}: {result.label} ({ranked}){flag}")
     if failed:
         raise typer.Exit(1)
 
@@ -236,6 +267,11 @@ def serve(
     if model_dir is not None:
         settings = settings.with_model_dir(model_dir)
     run(settings, host=host, port=port, access_log=access_log)
+
+
+# The monitoring loop (README, Monitoring): served traffic vs the reference, and back to data.
+app.command("drift-report")(monitor_cli.drift_report)
+app.command()(monitor_cli.collect)
 
 
 if __name__ == "__main__":  # pragma: no cover

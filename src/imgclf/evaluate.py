@@ -8,16 +8,21 @@ class the API uses, and fed the uint8 arrays that ``prepare`` produced with
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
+from imgclf.artifact import REFERENCE_FILE
 from imgclf.baseline import score_baselines
-from imgclf.dataio import load_split, read_index, write_json
+from imgclf.dataio import META_FILE, load_split, read_index, with_detail, write_json
+from imgclf.ood import OOD_FILE, detector_from_dict
+from imgclf.oodfit import MAX_FIT_ROWS, fit_detector, measure
 from imgclf.params import Params
 from imgclf.predictor import Predictor
+from imgclf.profile import build_reference, format_from_path, source_colorfulness
 
 PREDICTION_FIELDS = ("position", "path", "actual", "predicted", "confidence", "correct")
 
@@ -105,12 +110,107 @@ def plot_confusion(path: Path, matrix: np.ndarray, classes: list[str]) -> None:
     plt.close(fig)
 
 
+# Not columns of `dvc exp show` (see dataio.DETAIL); `imgclf report` and the API read them.
+EVALUATE_DETAIL = (
+    "macro_precision",
+    "macro_recall",
+    "model_sha256",
+    "baseline.majority_accuracy",
+    "baseline.majority_macro_f1",
+    # The OOD flag (issue 14): AUROC and false-accept rate stay headline columns.
+    "ood.test_pass_rate",
+    "ood.target_pass_rate",
+    "ood.threshold",
+    "ood.confidence_auroc",
+    "ood.sets",
+)
+
+
+def _sizes(rows: list[dict[str, str]]) -> dict[str, list[Any]]:
+    return {
+        "widths": [int(row["width"]) for row in rows],
+        "heights": [int(row["height"]) for row in rows],
+        "formats": [format_from_path(row["path"]) for row in rows],
+    }
+
+
+# Original files read for a grayscale model's colour check (the rest count as unmeasured).
+MAX_COLOUR_FILES = 2000
+
+
+def _colours(prepared: Path, rows: list[dict[str, str]], gray: bool) -> list[float | None]:
+    """Colourfulness of the split's original files, for a grayscale model (its arrays are
+    gray). The files are the ones ``prepare`` hashed into ``index.csv``, so the
+    ``data/prepared`` dependency covers them; missing files count as unmeasured."""
+    meta = prepared / META_FILE
+    if not gray or not meta.is_file():
+        return [None] * len(rows)
+    root = Path(json.loads(meta.read_text())["dataset"]["path"])
+    out: list[float | None] = []
+    for i, row in enumerate(rows):
+        path = root / row["path"]
+        ok = i < MAX_COLOUR_FILES and path.is_file()
+        out.append(source_colorfulness(path.read_bytes()) if ok else None)
+    return out
+
+
+def evaluate_ood(
+    params: Params,
+    predictor: Predictor,
+    prepared: Path,
+    test: dict[str, Any],
+    test_probs: np.ndarray,
+    model_dir: Path,
+) -> dict[str, Any]:
+    """Fit the OOD detector on train, calibrate it on test, write ``ood.json`` next to the
+    model (the API loads it) and return its measured detection rates (:mod:`imgclf.oodfit`)."""
+    train_x, train_y = load_split(prepared, "train")
+    rows = read_index(prepared, "train")
+    keep = np.arange(len(train_x))
+    if len(keep) > MAX_FIT_ROWS:
+        keep = np.sort(np.random.default_rng(params.seed).choice(len(keep), MAX_FIT_ROWS, False))
+    pixels = np.asarray(train_x[keep])
+    _, train_emb = predictor.predict_with_embedding(pixels, params.evaluate.batch_size)
+    fit_rows = [rows[i] for i in keep]
+    gray = predictor.spec.channels == 1
+    train = {"pixels": pixels, "embedding": train_emb, **_sizes(fit_rows),
+             "colours": _colours(prepared, fit_rows, gray)}  # fmt: skip
+    test = {**test, "colours": _colours(prepared, read_index(prepared, "test"), gray)}
+    doc = fit_detector(
+        train,
+        np.asarray(train_y)[keep],
+        test,
+        len(predictor.classes),
+        predictor.card["model_sha256"],
+        params.evaluate.ood_pass_rate,
+    )
+    write_json(model_dir / OOD_FILE, doc)
+    return measure(detector_from_dict(doc), test, test_probs, predictor, params.seed)
+
+
 def evaluate(params: Params, prepared: Path, model_dir: Path, out_dir: Path) -> dict[str, Any]:
-    """Run the whole stage: metrics JSON (with baselines), predictions CSV, confusion PNG."""
+    """Run the whole stage: metrics JSON (with baselines), predictions CSV, confusion PNG,
+    the reference profile ``<model_dir>/reference.json`` (:mod:`imgclf.profile`) and the
+    OOD detector's statistics ``<model_dir>/ood.json`` (:mod:`imgclf.oodfit`)."""
     predictor = Predictor(model_dir)
     images, labels = load_split(prepared, "test")
-    sources = [row["path"] for row in read_index(prepared, "test")]
-    probs = predictor.predict_proba(images, params.evaluate.batch_size)
+    rows = read_index(prepared, "test")
+    sources = [row["path"] for row in rows]
+    probs, embedding = predictor.predict_with_embedding(images, params.evaluate.batch_size)
+    # The profile the API's traffic is compared with (imgclf drift-report), next to the
+    # model so that it travels with it into the serving image.
+    reference = build_reference(
+        images,
+        [int(row["width"]) for row in rows],
+        [int(row["height"]) for row in rows],
+        [format_from_path(p) for p in sources],
+        probs,
+        embedding,
+        predictor.classes,
+        predictor.card["model_sha256"],
+        params.seed,
+    )
+    write_json(model_dir / REFERENCE_FILE, reference)
     metrics = score(probs, labels, predictor.classes, params.evaluate.calibration_bins)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_predictions(out_dir / "predictions.csv", probs, labels, predictor.classes, sources)
@@ -123,10 +223,12 @@ def evaluate(params: Params, prepared: Path, model_dir: Path, out_dir: Path) -> 
         metrics["export"] = {
             k: export[k] for k in ("quantize", "val_accuracy_fp32", "val_accuracy_int8")
         }
+    test = {"pixels": np.asarray(images), "embedding": embedding, **_sizes(rows)}
+    metrics["ood"] = evaluate_ood(params, predictor, prepared, test, probs, model_dir)
     # The same split scored by the simplest models: the yardstick for "is this any good".
     train_x, train_y = load_split(prepared, "train")
     metrics["baseline"] = score_baselines(
         train_x, train_y, images, labels, len(predictor.classes), params.seed
     )
-    write_json(out_dir / "evaluate.json", metrics)
+    write_json(out_dir / "evaluate.json", with_detail(metrics, EVALUATE_DETAIL))
     return metrics

@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from imgclf.artifact import CARD_FILE, MODEL_FILE
+from imgclf.artifact import CARD_FILE, MODEL_FILE, OOD_FILE, REFERENCE_FILE
 from imgclf.errors import ModelIntegrityError
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -101,6 +101,15 @@ def read_card(card_path: Path) -> dict[str, Any]:
     return card
 
 
+def _scored_sha(metrics: dict[str, Any]) -> Any:
+    """``model_sha256`` of ``evaluate.json``: under ``detail`` (see imgclf.dataio), or on
+    top in files written before that (kept stdlib-only here rather than importing it)."""
+    for extra in metrics.get("detail") or []:
+        if isinstance(extra, dict) and "model_sha256" in extra:
+            return extra["model_sha256"]
+    return metrics.get("model_sha256")
+
+
 def verify_model(model_dir: Path | str, evaluated: Path | str | None = None) -> str:
     """Check ``model_dir``'s ONNX file against its card, and the card against the metrics.
 
@@ -124,13 +133,32 @@ def verify_model(model_dir: Path | str, evaluated: Path | str | None = None) -> 
         evaluated = Path(evaluated)
         if not evaluated.is_file():
             raise ModelIntegrityError(f"{evaluated} not found: the evaluation of this model")
-        scored = read_card(evaluated).get("model_sha256")
+        scored = _scored_sha(read_card(evaluated))
         if scored != actual:
             raise ModelIntegrityError(
                 f"{evaluated} is the evaluation of model {scored!r}, not of {model_path} "
                 f"({actual}): the model and the committed metrics come from different "
                 "runs; pull or reproduce both from the same dvc.lock (`dvc pull` / "
                 "`dvc repro evaluate`)"
+            )
+    # The reference profile (evaluate writes it next to the model) must describe this
+    # model too: the drift report and the out-of-distribution checks compare with it.
+    reference = model_dir / REFERENCE_FILE
+    if reference.is_file():
+        profiled = read_card(reference).get("model_sha256")
+        if profiled != actual:
+            raise ModelIntegrityError(
+                f"{reference} profiles model {profiled!r}, not {model_path} ({actual}): "
+                "pull or reproduce both from the same dvc.lock (`dvc repro evaluate`)"
+            )
+    # So must the OOD flag's statistics: another model's would flag the wrong inputs.
+    ood = model_dir / OOD_FILE
+    if ood.is_file():
+        calibrated = read_card(ood).get("model_sha256")
+        if calibrated != actual:
+            raise ModelIntegrityError(
+                f"{ood} was calibrated for model {calibrated!r}, not {model_path} ({actual}): "
+                "pull or reproduce both from the same dvc.lock (`dvc repro evaluate`)"
             )
     return actual
 

@@ -103,14 +103,43 @@ class PixelModel(nn.Module):
 
 
 class WithSoftmax(nn.Module):
-    """The exported graph: probabilities, so every consumer skips its own softmax."""
+    """The exported graph: probabilities, so every consumer skips its own softmax.
 
-    def __init__(self, model: nn.Module) -> None:
+    With ``embedding=True`` the forward pass also returns the input of the classifier
+    head (the penultimate layer: 64 numbers for the digits CNN, 512 for resnet18). The
+    monitoring profile and the out-of-distribution score use it, and exporting it from
+    the same graph means the API still runs one ONNX file and no torch. A forward
+    pre-hook on the head, registered for the duration of one call only, captures it: every
+    architecture in :data:`REGISTRY` works without a forward of its own, and the wrapped
+    model is left without hooks (``export_onnx`` deep-copies it; a lasting hook's closure
+    would still point at the original).
+    """
+
+    def __init__(self, model: nn.Module, embedding: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.embedding = embedding
+        self.head_name = _head_name(model) if embedding else ""
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(pixels), dim=1)
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if not self.embedding:
+            return torch.softmax(self.model(pixels), dim=1)
+        captured: list[torch.Tensor] = []
+        head = self.model.get_submodule(self.head_name)
+        handle = head.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
+        try:
+            logits = self.model(pixels)
+        finally:
+            handle.remove()
+        return torch.softmax(logits, dim=1), captured[-1].flatten(1)
+
+
+def _head_name(model: nn.Module) -> str:
+    """Module path of the classifier head: the model's last ``nn.Linear``."""
+    heads = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    if not heads:
+        raise ValueError("the model has no nn.Linear classifier head to take an embedding from")
+    return heads[-1]
 
 
 def build_model(

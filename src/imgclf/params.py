@@ -9,11 +9,12 @@ the value and what is allowed (with a "did you mean" for typos).
 from __future__ import annotations
 
 import difflib
+import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 PARAMS_FILE = Path("params.yaml")
 WEIGHTS_DIR = "weights"
@@ -100,7 +101,7 @@ class TrainParams(_Section):
     """Optimiser, schedule, hardware. ``cpu`` + fixed ``threads`` is bit-reproducible."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = Field(2, ge=1, le=256)
+    threads: int = Field(1, ge=1, le=256)
     weight_decay: float = Field(1e-4, ge=0.0)
     scheduler: Literal["onecycle", "cosine", "constant"] = "onecycle"
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
@@ -129,6 +130,26 @@ class EvaluateParams(_Section):
 
     batch_size: int = Field(256, ge=1)
     calibration_bins: int = Field(10, ge=2, le=100)
+    ood_pass_rate: float = Field(
+        0.95,
+        ge=0.5,
+        le=0.999,
+        description="fraction of the in-distribution test split the OOD flag lets pass: "
+        "the threshold is set there (higher: fewer false alarms, more OOD accepted)",
+    )
+
+
+def _lr(value: Any) -> Any:
+    """``auto`` or a number in (0, 10], with one message instead of one per union branch."""
+    if value == "auto":
+        return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not 0.0 < number <= 10.0:
+        raise ValueError(f"lr must be 'auto' or a number > 0 and <= 10, got {value!r}")
+    return number
 
 
 class ExportParams(_Section):
@@ -145,7 +166,8 @@ class Params(_Section):
     """The whole ``params.yaml``. Top-level keys are the ones people tune most."""
 
     seed: int = Field(42, ge=0, le=2**32 - 1)
-    lr: float = Field(3e-3, gt=0.0, le=10.0)
+    # "auto": scaled to the model's width when training starts (see imgclf.train.resolve_lr).
+    lr: Annotated[float | Literal["auto"], BeforeValidator(_lr)] = "auto"
     epochs: int = Field(40, ge=1, le=10_000)
     batch_size: int = Field(64, ge=1, le=65_536)
     data: DataParams = DataParams()
@@ -203,9 +225,10 @@ def _describe(err: dict[str, Any]) -> str:
         close = suggest(str(loc[-1]), known)
         hint = f" Did you mean '{'.'.join([*map(str, loc[:-1]), close])}'?" if close else ""
         return f"unknown key '{key}'.{hint} Allowed here: {', '.join(known)}."
+    message = str(err["msg"]).removeprefix("Value error, ")  # our own validators' wording
     if not loc:  # a check across sections (its message names the key itself)
-        return f"{err['msg'].removeprefix('Value error, ')}."
-    return f"'{key}' = {err.get('input')!r}: {err['msg']}."
+        return f"{message}."
+    return f"'{key}' = {err.get('input')!r}: {message}."
 
 
 def validate_params(raw: Any, source: str = "params.yaml") -> Params:

@@ -15,6 +15,7 @@ import numpy as np
 
 # Re-exported for callers that load a model directory through the predictor.
 from imgclf.artifact import CARD_FILE as CARD_FILE
+from imgclf.artifact import EMBEDDING_NAME
 from imgclf.artifact import MODEL_FILE as MODEL_FILE
 from imgclf.errors import ModelNotFoundError as ModelNotFoundError
 from imgclf.preprocessing import PreprocessSpec, preprocess
@@ -95,20 +96,49 @@ class Predictor:
             model_bytes, session_options(self.card, threads), providers=["CPUExecutionProvider"]
         )
         self.input_name = self.session.get_inputs()[0].name
+        # Output 0 is the probabilities; models exported since the monitoring profile also
+        # have ``embedding`` (older artifacts and hand-built graphs do not: None then).
+        outputs = [o.name for o in self.session.get_outputs()]
+        self.output_name = outputs[0]
+        self.embedding_name: str | None = EMBEDDING_NAME if EMBEDDING_NAME in outputs else None
 
     @property
     def version(self) -> str:
         """Short content hash of the ONNX model: changes whenever the weights do."""
         return str(self.card.get("model_sha256", ""))[:12]
 
+    @property
+    def has_embedding(self) -> bool:
+        return self.embedding_name is not None
+
     def predict_proba(self, pixels: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """uint8 ``(N, H, W, C)`` → float32 probabilities ``(N, classes)``."""
         pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
         out = [
-            self.session.run(None, {self.input_name: pixels[i : i + batch_size]})[0]
+            self.session.run([self.output_name], {self.input_name: pixels[i : i + batch_size]})[0]
             for i in range(0, len(pixels), batch_size)
         ]
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
+
+    def predict_with_embedding(
+        self, pixels: np.ndarray, batch_size: int = 256
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities and the penultimate-layer embedding ``(N, D)`` from one pass.
+
+        The embedding is None for an artifact exported without it: callers (evaluate's
+        reference profile, the API's recorder) then simply go without embedding drift.
+        """
+        if self.embedding_name is None:
+            return self.predict_proba(pixels, batch_size), None
+        pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
+        names = [self.output_name, self.embedding_name]
+        runs = [
+            self.session.run(names, {self.input_name: pixels[i : i + batch_size]})
+            for i in range(0, len(pixels), batch_size)
+        ]
+        if not runs:
+            return np.zeros((0, len(self.classes)), np.float32), None
+        return np.concatenate([r[0] for r in runs]), np.concatenate([r[1] for r in runs])
 
     def to_prediction(self, probs: np.ndarray) -> Prediction:
         index = int(np.argmax(probs))

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from imgclf.dataio import INDEX_FIELDS, INDEX_FILE, META_FILE, SPLITS, write_json
+from imgclf.dataio import INDEX_FIELDS, INDEX_FILE, META_FILE, SPLITS, with_detail, write_json
 from imgclf.errors import PrepareError
 from imgclf.params import Params
 from imgclf.preprocessing import (
@@ -225,8 +225,8 @@ def build_report(
         "n_used": len(used),
         "n_skipped": len(skipped),
         "split": {s: sum(v == s for v in split.values()) for s in SPLITS},
-        # Detail as lists: DVC does not tabulate lists, so `dvc exp show` shows the totals
-        # above and not one column per class and statistic (issue 10, item 6).
+        # Lists: DVC does not tabulate lists, so `dvc exp show` shows a few totals and not
+        # one column per class and statistic (issue 10, item 6).
         "image_size": [
             {
                 "side": "width",
@@ -328,5 +328,8 @@ def prepare(raw: Path, out_dir: Path, report_path: Path, params: Params) -> dict
     report = build_report(raw, classes, decoded, split_by_path)
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.replace(out_dir)
-    write_json(report_path, report)
+    # Headline: n_classes, n_used, n_skipped; the rest is detail (see dataio.DETAIL).
+    write_json(
+        report_path, with_detail(report, ("dataset", "n_found", "split", "skipped_by_reason"))
+    )
     return report

@@ -13,6 +13,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from imgclf.dataio import expand
+
 EVALUATE = "metrics/evaluate.json"
 TRAIN = "metrics/train/metrics.json"
 PREDICTIONS = "metrics/predictions.csv"
@@ -60,6 +62,7 @@ def read_at(root: Path, path: str, rev: str | None) -> str | None:
 
 
 def json_at(root: Path, path: str, rev: str | None) -> dict[str, Any] | None:
+    """A JSON file at a revision, flat (headline and ``detail`` merged); None if unusable."""
     text = read_at(root, path, rev)
     if text is None:
         return None
@@ -67,7 +70,7 @@ def json_at(root: Path, path: str, rev: str | None) -> dict[str, Any] | None:
         data = json.loads(text)
     except json.JSONDecodeError:
         return None
-    return data if isinstance(data, dict) else None
+    return expand(data) if isinstance(data, dict) else None
 
 
 def workspace_json(root: Path, path: str, target: str = "") -> dict[str, Any]:

@@ -35,6 +35,9 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
+from imgclf import oodserve
+from imgclf.dataio import expand
+from imgclf.monitor import Upload, open_monitor
 from imgclf.preprocessing import (
     SUPPORTED_FORMATS,
     DecodeBudget,
@@ -170,8 +173,11 @@ class Service:
         self.spec: PreprocessSpec | None = None
         self.error: str | None = None
         self.model_info: dict[str, Any] = {}
+        self.ood: oodserve.Detector | None = None  # the OOD flag's statistics (imgclf.ood)
         self.pool = WorkPool(settings.worker_threads, settings.max_queue)
         self.telemetry.queue.set_function(lambda: self.pool.jobs)
+        # What is served, recorded off the request path (IMGCLF_MONITOR_DB; None: off).
+        self.monitor = open_monitor(settings, self.telemetry)
 
     def load(self) -> None:
         """Load (and verify) the artifact unless one was injected; on failure report not ready."""
@@ -185,6 +191,8 @@ class Service:
             limit = min(self.settings.max_pixels, self.backend.spec.max_pixels)
             self.spec = replace(self.backend.spec, max_pixels=limit)
             self.backend.predict_proba(np.zeros((1, *self.input_shape()), np.uint8))  # warm-up
+            s = self.settings
+            self.ood = oodserve.load(s.ood, s.model_dir, card.get("model_sha256", ""))
             self.model_info = self._describe(card)
             self.telemetry.set_model(
                 {
@@ -212,7 +220,7 @@ class Service:
         metrics: dict[str, Any] | None = None
         path = self.settings.evaluation_file
         if path.is_file():
-            metrics = json.loads(path.read_text())
+            metrics = expand(json.loads(path.read_text()))
         match = None if metrics is None else metrics.get("model_sha256") == card.get("model_sha256")
         if match is False:
             log.warning("%s was computed for another model than the one served", path)
@@ -223,6 +231,7 @@ class Service:
             "git_revision": s.git_revision,
             "metrics": metrics,
             "metrics_match_model": match,
+            "ood": oodserve.describe(s.ood, self.ood),
             "limits": {
                 "max_upload_bytes": s.max_upload_bytes,
                 "max_request_bytes": s.max_request_bytes,
@@ -252,42 +261,67 @@ class Service:
 
     async def classify_async(
         self, uploads: list[bytearray], deadline: float
-    ) -> list[np.ndarray | ImageError]:
+    ) -> list[oodserve.Scored | ImageError]:
         """:meth:`classify` in the work pool, answered by ``deadline`` (loop time) or 503."""
         remaining = deadline - asyncio.get_running_loop().time()
         return await self.pool.run(self.classify, uploads, timeout=remaining)
 
-    def classify(self, uploads: list[bytearray]) -> list[np.ndarray | ImageError]:
-        """Probabilities per upload, or that upload's error; one model call for the batch.
+    def classify(self, uploads: list[bytearray]) -> list[oodserve.Scored | ImageError]:
+        """Probabilities and OOD verdict per upload, or that upload's error; one model call
+        for the batch (IMGCLF_OOD=refuse turns an OOD upload into its error).
 
         Runs in a worker thread. The files of one request share one decode budget.
         """
         assert self.backend is not None
-        budget = DecodeBudget(self.settings.max_decode_bytes)
-        out: list[np.ndarray | ImageError] = []
+        monitor = self.monitor
+        limit = self.settings.max_decode_bytes
+        budget = DecodeBudget(limit) if monitor is None else monitor.budget(limit)
+        out: list[Any] = []
         good: list[np.ndarray] = []
+        sources: list[bytearray] = []  # the OOD flag reads their original size (and colour)
+        accepted: list[Upload] = []  # what monitoring records besides the pixels
         for data in uploads:
             try:
                 good.append(self.pixels(data, budget))
+                sources.append(data)
                 out.append(good[-1])
+                if monitor is not None:
+                    accepted.append(monitor.upload(data, budget))
             except ImageError as exc:
                 out.append(exc)
         if good:
+            batch = np.stack(good)
             with self.telemetry.inference.time():
-                probs = iter(self.backend.predict_proba(np.stack(good)))
-            out = [r if isinstance(r, ImageError) else next(probs) for r in out]
+                probs, embedding = self._infer(batch)
+            if monitor is not None:  # queued for the writer thread: microseconds here
+                backend = self.backend
+                monitor.observe(accepted, batch, probs, embedding, backend.classes, backend.version)
+            mode, telemetry = self.settings.ood, self.telemetry
+            scored = oodserve.judge(self.ood, mode, telemetry, batch, probs, embedding, sources)
+            it = iter(scored)
+            out = [r if isinstance(r, ImageError) else next(it) for r in out]
         return out
 
-    def answer(self, probs: np.ndarray) -> dict[str, Any]:
+    def _infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities, plus the embedding (same pass) when monitoring records it or the
+        OOD flag measures its distance."""
         assert self.backend is not None
+        wanted = self.monitor is not None or self.ood is not None
+        return oodserve.infer(self.backend, batch, wanted)
+
+    def answer(self, result: oodserve.Scored) -> dict[str, Any]:
+        assert self.backend is not None
+        probs = result.probs
         index = int(np.argmax(probs))
         label = self.backend.classes[index]
         self.telemetry.predictions.labels(label).inc()
+        self.telemetry.confidence.observe(float(probs[index]))
         return {
             "label": label,
             "index": index,
             "confidence": float(probs[index]),
             "probabilities": dict(zip(self.backend.classes, map(float, probs), strict=True)),
+            **result.ood_json(),
         }
 
     def reject(self, reason: str) -> None:

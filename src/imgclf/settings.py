@@ -13,6 +13,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 MiB = 1024 * 1024
+# IMGCLF_OOD values (imgclf.ood.MODES, repeated here so settings import nothing heavy).
+OOD_MODES = ("flag", "refuse", "off")
 
 
 class SettingsError(ValueError):
@@ -51,6 +53,17 @@ class Settings:
     keep_alive_s: float = 5.0
     metrics_file: Path | None = None
     git_revision: str | None = None
+    # Out-of-distribution flag (imgclf.ood): ``flag`` answers with in_distribution/
+    # ood_score/ood_reasons, ``refuse`` answers 422 out_of_distribution, ``off`` skips it.
+    ood: str = "flag"
+    # Monitoring (imgclf.monitor): the SQLite file every served prediction is recorded in
+    # (None: off), bounded to this many newest rows …
+    monitor_db: Path | None = None
+    monitor_max_rows: int = 1_000_000
+    # … and opt-in samples of the uploads themselves: a fraction of them, up to a byte cap.
+    sample_dir: Path | None = None
+    sample_rate: float = 0.01
+    sample_max_bytes: int = 1024 * MiB
 
     @property
     def evaluation_file(self) -> Path:
@@ -103,6 +116,24 @@ class Settings:
                 raise SettingsError(f"{name}={value} must be a positive number of seconds")
             return value
 
+        ood = (env.get("IMGCLF_OOD") or d.ood).strip().lower()
+        if ood not in OOD_MODES:
+            raise SettingsError(
+                f"IMGCLF_OOD={env.get('IMGCLF_OOD')!r} is not one of {', '.join(OOD_MODES)}"
+            )
+
+        def fraction(name: str, default: float) -> float:
+            raw = env.get(name)
+            if raw is None or raw.strip() == "":
+                return default
+            try:
+                value = float(raw)
+            except ValueError:
+                raise SettingsError(f"{name}={raw!r} is not a number") from None
+            if not 0 < value <= 1:
+                raise SettingsError(f"{name}={value} must be a fraction in (0, 1], e.g. 0.01")
+            return value
+
         cors = env.get("IMGCLF_CORS_ORIGINS", "")
         origins = tuple(o.strip() for o in cors.split(",") if o.strip())
         metrics = env.get("IMGCLF_METRICS_FILE")
@@ -123,7 +154,14 @@ class Settings:
             keep_alive_s=seconds("IMGCLF_KEEP_ALIVE_S", d.keep_alive_s),
             metrics_file=Path(metrics) if metrics else None,
             git_revision=env.get("IMGCLF_GIT_REVISION") or None,
+            ood=ood,
+            monitor_db=_path(env, "IMGCLF_MONITOR_DB"),
+            monitor_max_rows=integer("IMGCLF_MONITOR_MAX_ROWS", d.monitor_max_rows),
+            sample_dir=_path(env, "IMGCLF_SAMPLE_DIR"),
+            sample_rate=fraction("IMGCLF_SAMPLE_RATE", d.sample_rate),
+            sample_max_bytes=integer("IMGCLF_SAMPLE_MAX_BYTES", d.sample_max_bytes),
         )
+        _check_monitoring(settings, env)
         if settings.max_request_bytes < settings.max_upload_bytes:
             raise SettingsError(
                 f"IMGCLF_MAX_REQUEST_BYTES={settings.max_request_bytes} is smaller than "
@@ -135,3 +173,25 @@ class Settings:
                 f"IMGCLF_BODY_TIMEOUT_S={settings.body_timeout_s}"
             )
         return settings
+
+
+def _path(env: Mapping[str, str], name: str) -> Path | None:
+    raw = (env.get(name) or "").strip()
+    return Path(raw) if raw else None
+
+
+def _check_monitoring(settings: Settings, env: Mapping[str, str]) -> None:
+    """Sampling settings only make sense together: say which one is missing."""
+    if settings.sample_dir is not None and settings.monitor_db is None:
+        raise SettingsError(
+            "IMGCLF_SAMPLE_DIR is set but IMGCLF_MONITOR_DB is not: samples are listed in the "
+            "monitoring database (imgclf collect reads it), so set both"
+        )
+    for name in ("IMGCLF_SAMPLE_RATE", "IMGCLF_SAMPLE_MAX_BYTES"):
+        if (env.get(name) or "").strip() and settings.sample_dir is None:
+            raise SettingsError(f"{name} is set but IMGCLF_SAMPLE_DIR is not: no sample is kept")
+    if settings.monitor_db is not None and settings.monitor_db.is_dir():
+        raise SettingsError(
+            f"IMGCLF_MONITOR_DB={settings.monitor_db} is a directory; give a file path, "
+            "e.g. /var/lib/imgclf/monitor.db"
+        )

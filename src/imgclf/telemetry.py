@@ -33,6 +33,8 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25,
                    0.5, 1.0, 2.5, 5.0)  # fmt: skip
 
+CONFIDENCE_BUCKETS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0)
+
 
 class Telemetry:
     """The app's metrics: requests, latency, predictions, rejected inputs, model info."""
@@ -74,10 +76,42 @@ class Telemetry:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.ood = Counter(
+            "imgclf_ood_inputs",
+            "Images the out-of-distribution check flagged (IMGCLF_OOD=flag) or refused "
+            "(refuse), by reason: an input check (brightness, size, …) or 'features'.",
+            ["reason"],
+            registry=self.registry,
+        )
         self.model = Info("imgclf_model", "The served model artifact.", registry=self.registry)
         self.queue = Gauge(
             "imgclf_work_jobs",
             "Decode+inference jobs running or queued in the work pool.",
+            registry=self.registry,
+        )
+        # Monitoring (imgclf.monitor): the running confidence distribution, and what the
+        # recorder wrote or had to drop.
+        self.confidence = Histogram(
+            "imgclf_prediction_confidence",
+            "Confidence (top-class probability) of the answers given.",
+            buckets=CONFIDENCE_BUCKETS,
+            registry=self.registry,
+        )
+        self.monitor_records = Counter(
+            "imgclf_monitor_records", "Predictions written to IMGCLF_MONITOR_DB.",
+            registry=self.registry,
+        )  # fmt: skip
+        self.monitor_dropped = Counter(
+            "imgclf_monitor_dropped",
+            "Predictions not recorded (queue full or database error); never the answer itself.",
+            registry=self.registry,
+        )
+        self.monitor_samples = Counter(
+            "imgclf_monitor_samples", "Uploads kept in IMGCLF_SAMPLE_DIR.", registry=self.registry
+        )
+        self.monitor_samples_skipped = Counter(
+            "imgclf_monitor_samples_skipped",
+            "Uploads drawn for sampling but not kept: IMGCLF_SAMPLE_MAX_BYTES reached.",
             registry=self.registry,
         )
         self.disconnects = Counter(

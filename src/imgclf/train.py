@@ -9,6 +9,7 @@ Under ``torchrun`` it trains with DistributedDataParallel; rank 0 alone writes.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import random
@@ -26,7 +27,7 @@ from tqdm import tqdm
 from imgclf import numerics
 from imgclf.artifact import CARD_FILE, CHECKPOINT_FILE, MODEL_FILE, export_onnx, model_card
 from imgclf.augment import build_augment
-from imgclf.dataio import load_meta, load_split, write_json
+from imgclf.dataio import load_meta, load_split, with_detail, write_json
 from imgclf.models import WithSoftmax, build_model, load_initial_weights
 from imgclf.params import Params
 
@@ -61,7 +62,7 @@ def setup_runtime(params: Params) -> Runtime:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     else:
-        torch.use_deterministic_algorithms(True)
+        _deterministic_cpu()
     label = numerics.apply(t.numerics, device.type)
     # train.threads is the machine's budget: DDP processes on the CPU share it.
     torch.set_num_threads(t.threads if use_cuda else max(1, t.threads // world_size))
@@ -71,6 +72,21 @@ def setup_runtime(params: Params) -> Runtime:
     np.random.seed(params.seed)
     torch.manual_seed(params.seed)
     return Runtime(device, rank, world_size, label)
+
+
+def _deterministic_cpu() -> None:
+    """Deterministic algorithms, without the 2 s that ``use_deterministic_algorithms`` costs.
+
+    ``torch.use_deterministic_algorithms`` imports ``torch._inductor`` only to set a
+    ``torch.compile`` option this stage never uses: 1.7 s of a 13 s train stage here.
+    The flag it sets for eager kernels is the one below (checked by
+    tests/unit/test_numerics.py). Filling uninitialized memory (the deterministic mode's
+    guard against kernels that read it) is switched off: 2,800 ``fill_`` calls per epoch,
+    8 % of the loop, and the same weights with or without it (the cross-CPU and
+    committed-lock tests would see a kernel that depends on garbage).
+    """
+    torch._C._set_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = False
 
 
 class AugmentedArrays(Dataset):
@@ -156,10 +172,34 @@ def _run_epoch(
     return loss_sum / count, correct / count
 
 
-def _schedule(optimizer: torch.optim.Optimizer, params: Params, steps: int) -> Any:
+# `lr: auto` is this learning rate for a model whose widest convolution has this many
+# channels (the digits default: 0.005 was the best of the sweep there), scaled inversely.
+REFERENCE_LR, REFERENCE_WIDTH = 0.005, 64
+
+
+def resolve_lr(params: Params, model: nn.Module) -> tuple[float, str]:
+    """The learning rate to train with, and how it was chosen (recorded in the card).
+
+    Why scale by width: an Adam step moves every weight by about ``lr``, so a unit's
+    output moves by about ``lr × fan-in``; a model with 4× wider layers takes 4× larger
+    steps in function space at the same ``lr`` (the argument behind muP's 1/width rule
+    for Adam). Measured (bench/RESULTS.md, issue 10): on 10 classes × 48 RGB images at
+    32 px (widest conv 256) lr 0.005 scored 0.56 — below the linear baseline — while
+    0.002 gave 0.92 and 0.001 gave 1.00; on the 8 px digits (widest 64) 0.005 was best.
+    An explicit number (``-S lr=1e-3``) is used as it is.
+    """
+    if params.lr != "auto":
+        return float(params.lr), "set"
+    widths = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+    widest = max(widths, default=REFERENCE_WIDTH)
+    # Multiplying by a power of two is exact: the digits default gets exactly 0.005.
+    return REFERENCE_LR * REFERENCE_WIDTH / widest, f"auto: 0.005 x 64 / {widest} channels"
+
+
+def _schedule(optimizer: torch.optim.Optimizer, params: Params, steps: int, lr: float) -> Any:
     total = params.epochs * steps
     if params.train.scheduler == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=params.lr, total_steps=total)
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total)
     if params.train.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
@@ -255,14 +295,15 @@ def train(params: Params, prepared: Path, model_dir: Path, live_dir: Path) -> di
     train_data = AugmentedArrays(train_x, train_y, augment, params.seed)
     train_loader = _loader(train_data, per_rank_batch, True, params, rt)
     val_loader = _loader(AugmentedArrays(val_x, val_y, None, params.seed), 256, False, params, rt)
+    lr, lr_source = resolve_lr(params, model)
     optimizer = numerics.make_optimizer(
         params.train.numerics,
         rt.device.type,
         model.parameters(),
-        params.lr,
+        lr,
         params.train.weight_decay,
     )
-    scheduler = _schedule(optimizer, params, len(train_loader))
+    scheduler = _schedule(optimizer, params, len(train_loader), lr)
 
     live = None
     if rt.is_main:
@@ -320,12 +361,14 @@ def train(params: Params, prepared: Path, model_dir: Path, live_dir: Path) -> di
         "best_val_accuracy": round(best["val_accuracy"], 6),
         "selection": f"val accuracy, then val loss; epochs 1-{warmup} not eligible",
         "processes": rt.world_size,
+        "lr": lr,  # what ran (params.lr may be "auto")
+        "lr_source": lr_source,
     }
     card: dict[str, Any] = {}
     if rt.is_main:
         model_dir.mkdir(parents=True, exist_ok=True)
         shape = (image_size, image_size, channels)
-        sha = export_onnx(WithSoftmax(model), shape, model_dir / MODEL_FILE)
+        sha = export_onnx(WithSoftmax(model, embedding=True), shape, model_dir / MODEL_FILE)
         card = model_card(params, meta, history, sha, rt.numerics)
         if params.export.quantize == "int8":
             # The served file is the scored file: model.onnx itself becomes the int8 one.
@@ -339,6 +382,11 @@ def train(params: Params, prepared: Path, model_dir: Path, live_dir: Path) -> di
         write_json(model_dir / CARD_FILE, card)
         live.summary.update({"best_epoch": selector.best_epoch, "epochs_run": epochs_run})
         live.end()
+        # dvclive's summary is the *last* epoch's values: detail, not columns of
+        # `dvc exp show` (the kept epoch's are in the card). See dataio.DETAIL.
+        summary = json.loads((live_dir / "metrics.json").read_text())
+        detail = [k for k in summary if k not in ("best_epoch", "epochs_run")]
+        write_json(live_dir / "metrics.json", with_detail(summary, detail))
     if rt.world_size > 1:
         dist.barrier()
         dist.destroy_process_group()

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from imgclf.dataio import expand
 from tests.support import ROOT, SHRINK, copy_repo, run
 
 # IMGCLF_TEST_MODEL=fresh forces the temp-copy run even when the checkout has a model.
@@ -48,6 +49,8 @@ class ProjectTree:
             self.model_dir / "model.onnx",
             self.model_dir / "model.json",
             self.model_dir / "checkpoint.pt",
+            self.model_dir / "reference.json",
+            self.model_dir / "ood.json",
             self.metrics_dir / "evaluate.json",
             self.metrics_dir / "predictions.csv",
             self.prepared / "index.csv",
@@ -57,7 +60,7 @@ class ProjectTree:
         if not all(p.exists() for p in needed):
             return False
         card = json.loads((self.model_dir / "model.json").read_text())
-        metrics = json.loads((self.metrics_dir / "evaluate.json").read_text())
+        metrics = expand(json.loads((self.metrics_dir / "evaluate.json").read_text()))
         return card.get("model_sha256") == metrics.get("model_sha256")
 
 

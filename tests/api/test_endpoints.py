@@ -46,7 +46,9 @@ def test_predict_answer_shape(client: httpx.Client, project: ProjectTree) -> Non
     resp = client.post("/predict", files={"file": ("seven.png", png.read_bytes(), "image/png")})
     assert resp.status_code == 200, resp.text
     body = resp.json()
-    assert set(body) == {"label", "index", "confidence", "probabilities", "model_version"}
+    assert set(body) == {"label", "index", "confidence", "probabilities", "model_version",
+                         "in_distribution", "ood_score", "ood_reasons"}  # fmt: skip
+    assert isinstance(body["in_distribution"], bool) and isinstance(body["ood_reasons"], list)
     assert list(body["probabilities"]) == client.get("/model").json()["classes"]
     assert abs(sum(body["probabilities"].values()) - 1) < 1e-5
     assert body["probabilities"][body["label"]] == body["confidence"]

@@ -23,6 +23,8 @@ pytestmark = pytest.mark.slow
         ("bench_selection.py", "| after | 42 | 2/2 |"),
         ("bench_datasets.py", "| digits_few | default |"),
         ("bench_quantize.py", "int8 speed-up (best int8 ÷ fastest fp32)"),
+        # dvc add + repro + a queued two-value sweep in a temp git copy: ~1 min idle.
+        pytest.param("bench_sweep.py", "2 ok, 0 failed", marks=pytest.mark.heavy),
     ],
 )
 def test_bench_script_quick_mode(script: str, expected: str) -> None:

@@ -126,6 +126,25 @@ def test_image_serves_the_local_artifact(
     assert httpx.post(url + "/predict", files={"file": ("x.png", b"nope")}).status_code == 415
 
 
+def test_image_records_what_it_serves_on_its_volume(
+    container: tuple[list[str], str, str], tree: ProjectTree
+) -> None:
+    """Monitoring is on in the image, writable by the non-root user, and snapshot works."""
+    engine, cid, url = container
+    image = next(iter(sorted((tree.raw / "3").iterdir())))
+    for _ in range(3):
+        assert httpx.post(
+            url + "/predict", files={"file": ("x.png", image.read_bytes())}
+        ).is_success
+    time.sleep(2.5)  # the writer commits about once a second
+    out = _run([*engine, "exec", cid, "python", "-m", "imgclf.monitor", "snapshot",
+                "/var/lib/imgclf/monitor.db", "/var/lib/imgclf/snapshot.db"])  # fmt: skip
+    count = int(out.split(": ")[1].split()[0])
+    assert count >= 3, out
+    volumes = _run([*engine, "image", "inspect", "--format", "{{json .Config.Volumes}}", IMAGE])
+    assert "/var/lib/imgclf" in volumes
+
+
 def test_image_runs_as_non_root_with_healthcheck(container: tuple[list[str], str, str]) -> None:
     engine, cid, _ = container
     assert _run([*engine, "exec", cid, "id", "-u"]).strip() != "0"
@@ -134,7 +153,8 @@ def test_image_runs_as_non_root_with_healthcheck(container: tuple[list[str], str
     if engine[0].endswith("podman"):
         _run([*engine, "healthcheck", "run", cid], timeout=60)
     files = _run([*engine, "exec", cid, "ls", "/app/models"]).split()
-    assert sorted(files) == ["evaluate.json", "model.json", "model.onnx"]
+    assert sorted(files) == ["evaluate.json", "model.json", "model.onnx", "ood.json",
+                             "reference.json"]  # fmt: skip
     pip = _run([*engine, "exec", cid, "pip", "list", "--format", "freeze"]).lower()
     assert "torch" not in pip and "dvc" not in pip
 
@@ -150,7 +170,8 @@ def test_build_refuses_a_tampered_model(
     engine, _, _ = container
     context = tmp_path / "context"
     for rel in ("dockerfiles/api.dockerfile", "requirements-serve.txt", ".dockerignore",
-                "models/model.onnx", "models/model.json", "metrics/evaluate.json"):  # fmt: skip
+                "models/model.onnx", "models/model.json", "models/reference.json",
+                "models/ood.json", "metrics/evaluate.json"):  # fmt: skip
         (context / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2((ROOT if rel.startswith(("docker", "req", ".")) else tree.root) / rel,
                      context / rel)  # fmt: skip

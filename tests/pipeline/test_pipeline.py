@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from imgclf.dataio import expand
 from imgclf.lockcheck import machine_is_portable
 from tests.images import write_shapes_dataset
 from tests.support import ROOT, imgclf, run
@@ -14,7 +15,8 @@ pytestmark = pytest.mark.slow
 
 
 def metrics(repo: Path) -> dict:
-    return json.loads((repo / "metrics" / "evaluate.json").read_text())
+    """evaluate.json, flat: headline and ``detail`` merged, as every reader sees it."""
+    return expand(json.loads((repo / "metrics" / "evaluate.json").read_text()))
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +61,24 @@ def test_metrics_and_plots_commands_show_results(reproduced: Path) -> None:
     plots = run(["dvc", "plots", "show", "--json"], reproduced).stdout
     for name in ("Loss", "Accuracy", "predictions.csv", "confusion_matrix.png", "lr.tsv"):
         assert name in plots
+
+
+def test_experiment_table_keeps_to_headline_metrics(reproduced: Path) -> None:
+    """`dvc exp show` fits a terminal: ~15 metric columns, none per class (issue 10)."""
+    rows = json.loads(run(["dvc", "exp", "show", "--json"], reproduced).stdout)
+    data = rows[0]["data"]  # the workspace row
+
+    def columns(value: object, prefix: str = "") -> list[str]:  # what DVC tabulates
+        if isinstance(value, dict):
+            return [c for k, v in value.items() for c in columns(v, f"{prefix}{k}.")]
+        return [] if isinstance(value, list) else [prefix.rstrip(".")]
+
+    shown = [f"{file}:{c}" for file, m in data["metrics"].items() for c in columns(m["data"])]
+    assert len(shown) <= 16, shown
+    for key in ("accuracy", "macro_f1", "ece", "baseline.accuracy", "best_epoch", "n_used"):
+        assert any(c.endswith(":" + key) for c in shown), (key, shown)
+    detail = ("per_class", "classes.", "skipped_by_reason", "sha256", "split.", ":step")
+    assert not any(d in c for c in shown for d in detail), shown
 
 
 def test_default_params_reproduce_the_committed_lock(repo_factory: Callable[..., Path]) -> None:

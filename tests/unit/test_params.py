@@ -17,7 +17,7 @@ def real() -> dict:
 def test_committed_params_are_valid() -> None:
     params = load_params(ROOT / "params.yaml")
     assert params.model.name == "small_cnn"
-    assert params.lr > 0
+    assert params.lr == "auto"  # resolved from the model when training starts
 
 
 def test_misspelled_top_level_key_suggests_the_right_one() -> None:
@@ -37,7 +37,7 @@ def test_misspelled_nested_key_names_the_section() -> None:
 @pytest.mark.parametrize(
     ("key", "value", "expected"),
     [
-        ("lr", -1, "'lr' = -1: Input should be greater than 0"),
+        ("lr", -1, "'lr' = -1: lr must be 'auto' or a number > 0"),
         ("epochs", 0, "'epochs'"),
         ("batch_size", "big", "'batch_size' = 'big'"),
     ],
@@ -98,3 +98,27 @@ def test_int8_export_is_offered_only_where_the_benchmark_says_it_pays() -> None:
             message = str(err.value)
             assert "'export.quantize' = 'int8'" in message and "bench/RESULTS.md" in message
             assert name in message
+
+
+def test_lr_is_auto_or_a_positive_number_with_one_clear_message() -> None:
+    from imgclf.params import ParamsError, validate_params
+
+    assert validate_params({"lr": "auto"}).lr == "auto"
+    assert validate_params({"lr": "1e-3"}).lr == 0.001  # what `-S lr=1e-3` passes
+    for bad in ("fast", -1, 0, True, "nan", 11):
+        with pytest.raises(ParamsError, match=r"lr must be 'auto' or a number > 0"):
+            validate_params({"lr": bad})
+
+
+def test_auto_lr_scales_inversely_with_the_widest_convolution() -> None:
+    from imgclf.models import build_model
+    from imgclf.params import validate_params
+    from imgclf.train import resolve_lr
+
+    def lr_for(size: int, channels: int, lr: object = "auto") -> tuple[float, str]:
+        p = validate_params({"lr": lr})
+        return resolve_lr(p, build_model(p.model, channels, 10, size, [0.5], [0.25]))
+
+    assert lr_for(8, 1) == (0.005, "auto: 0.005 x 64 / 64 channels")  # the digits: exact
+    assert lr_for(32, 3)[0] == 0.00125  # widest conv 256
+    assert lr_for(32, 3, 0.01) == (0.01, "set")

@@ -121,3 +121,22 @@ def test_ci_workflow_runs_make_test_with_pip_cache() -> None:
     assert any(s.get("run", "").strip() == "make test" for s in all_steps)
     setup = next(s for s in all_steps if s.get("uses", "").startswith("actions/setup-python"))
     assert setup["with"]["cache"] == "pip"
+
+
+def test_drift_workflow_reports_daily_and_files_one_issue() -> None:
+    """Scheduled; the report job reads only; the issue job writes issues with gh alone."""
+    wf = load("drift.yaml")
+    assert "schedule" in wf["on"] and "workflow_dispatch" in wf["on"]
+    report, issue = wf["jobs"]["report"], wf["jobs"]["issue"]
+    assert report["permissions"] == {"contents": "read"}
+    assert issue["permissions"] == {"issues": "write"} and issue["needs"] == "report"
+    assert issue["if"] == "needs.report.outputs.drift == 'true'"
+    runs = step_running(report["steps"], "imgclf drift-report")
+    assert 'drift-report.md >> "$GITHUB_STEP_SUMMARY"' in report["steps"][runs]["run"]
+    fetch = step_running(report["steps"], "dvc get-url")
+    assert fetch < runs and "GCP_READER_KEY" in str(report["steps"][fetch]["env"])
+    script = "\n".join(s.get("run", "") for s in issue["steps"])
+    assert "gh issue comment" in script and "gh issue create" in script  # one issue, updated
+    # The drift report installs no torch: only the monitoring requirements and DVC.
+    install = report["steps"][step_running(report["steps"], "pip install")]["run"]
+    assert "-r requirements-monitor.txt" in install and "-r requirements.txt" not in install

@@ -1,0 +1,358 @@
+"""Per-image features and the reference profile: what the model was evaluated on, as numbers.
+
+One function, :func:`feature_matrix` (:func:`image_features` is the same as columns),
+turns the uint8 pixels the model sees (the output of
+:func:`imgclf.preprocessing.preprocess`) plus the upload's decoded size and format into a
+few numbers per image. ``evaluate`` runs it on the test split and writes the result, with
+the model's predictions, confidences and embeddings, as the *reference profile* next to
+the model (``models/reference.json``); the API's recorder (:mod:`imgclf.monitor`) runs it
+on every accepted upload's pixels and stores the same numbers; the drift report compares
+the two. Computing both sides with the same function on the same kind
+of pixels is what makes the comparison mean something.
+
+Only numpy: the serving image has no pandas or torch. Sums are taken in integers where
+possible, so the profile's bytes do not depend on the CPU's floating-point kernels.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PROFILE_FORMAT = "imgclf-reference/1"
+# Reference rows kept (a seeded sample of larger test splits): enough for drift tests'
+# power, small enough that the file travels into the serving image without notice.
+MAX_REFERENCE_ROWS = 5000
+# Embeddings wider than this are reduced by a fixed random projection (Johnson-Lindenstrauss:
+# distances are kept to a few percent), for the profile file and the monitoring database.
+MAX_EMBEDDING_DIMS = 64
+# Pixel values at or beyond these count as clipped (blown highlights / crushed shadows).
+SATURATED, DARK = 250, 5
+
+FORMAT_BY_SUFFIX = {
+    ".png": "PNG",
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".gif": "GIF",
+    ".webp": "WEBP",
+    ".bmp": "BMP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+}
+CATEGORICAL = ("format",)
+
+
+def channel_names(channels: int) -> tuple[str, ...]:
+    return ("gray",) if channels == 1 else ("red", "green", "blue")
+
+
+def numeric_features(channels: int) -> list[str]:
+    """Names of the numeric features for a model with ``channels`` input channels, in order."""
+    names = ["width", "height", "aspect", "brightness", "contrast", "sharpness"]
+    names += ["saturated", "dark"]
+    if channels == 3:
+        for c in channel_names(3):
+            names += [f"mean_{c}", f"std_{c}"]
+        names.append("colorfulness")
+    return names
+
+
+def _mean_std(values: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row mean and standard deviation of an integer ``(N, K)`` array, divided by ``scale``.
+
+    The sums are taken in int64 (exact, so the result does not depend on summation order
+    or SIMD width; luma Laplacians of images up to ~1000 px a side fit); what follows is
+    element-wise IEEE arithmetic, the same on every CPU.
+    """
+    v = values.astype(np.int64)
+    k = v.shape[1]
+    mean = v.sum(1) / k
+    var = (v * v).sum(1) / k - mean * mean
+    return mean / scale, np.sqrt(np.maximum(var, 0.0)) / scale
+
+
+def feature_matrix(
+    pixels: np.ndarray, widths: list[int], heights: list[int]
+) -> tuple[list[str], np.ndarray]:
+    """The numeric features of a batch as a float64 ``(N, F)`` array (names in order).
+
+    Vectorised, with no per-value Python work: the API's recorder runs it on everything
+    queued in the last second at once. :func:`image_features` is the same, as columns.
+    """
+    if pixels.ndim != 4 or pixels.dtype != np.uint8:
+        raise ValueError(f"expected uint8 (N, H, W, C) pixels, got {pixels.dtype} {pixels.shape}")
+    n, h, w, c = pixels.shape
+    if not len(widths) == len(heights) == n:
+        raise ValueError("one width, height and format per image is needed")
+    px = pixels.astype(np.int32)
+    # Luma ×1000 (BT.601 weights as integers): exact.
+    luma = px[..., 0] * 1000 if c == 1 else px[..., 0] * 299 + px[..., 1] * 587 + px[..., 2] * 114
+    brightness, contrast = _mean_std(luma.reshape(n, -1), 255_000.0)
+    if h >= 3 and w >= 3:
+        lap = 4 * luma[:, 1:-1, 1:-1] - luma[:, :-2, 1:-1] - luma[:, 2:, 1:-1]
+        lap = lap - luma[:, 1:-1, :-2] - luma[:, 1:-1, 2:]
+        _, lap_std = _mean_std(lap.reshape(n, -1), 1000.0)
+        sharpness = lap_std**2
+    else:
+        sharpness = np.zeros(n)
+    width = np.asarray(widths, dtype=np.float64).reshape(n)
+    height = np.asarray(heights, dtype=np.float64).reshape(n)
+    cols: dict[str, np.ndarray] = {
+        "width": width,
+        "height": height,
+        "aspect": width / np.maximum(height, 1.0),
+        "brightness": brightness,
+        "contrast": contrast,
+        "sharpness": sharpness,
+        "saturated": (px >= SATURATED).any(-1).reshape(n, -1).mean(1),
+        "dark": (px <= DARK).all(-1).reshape(n, -1).mean(1),
+    }
+    if c == 3:
+        for i, name in enumerate(channel_names(3)):
+            cols[f"mean_{name}"], cols[f"std_{name}"] = _mean_std(px[..., i].reshape(n, -1), 255.0)
+        rg = (px[..., 0] - px[..., 1]).reshape(n, -1)
+        yb = ((px[..., 0] + px[..., 1]) - 2 * px[..., 2]).reshape(n, -1)
+        rg_mean, rg_std = _mean_std(rg, 255.0)
+        yb_mean, yb_std = _mean_std(yb, 510.0)
+        cols["colorfulness"] = np.hypot(rg_std, yb_std) + 0.3 * np.hypot(rg_mean, yb_mean)
+    names = numeric_features(c)
+    return names, np.stack([cols[name] for name in names], axis=1)
+
+
+def image_features(
+    pixels: np.ndarray, widths: list[int], heights: list[int], formats: list[str]
+) -> dict[str, list[Any]]:
+    """Feature columns for a batch: uint8 ``(N, H, W, C)`` model pixels + original size/format.
+
+    * ``width``, ``height``, ``aspect``, ``format``: the upload before resizing — a new
+      camera or a screenshot shows here first;
+    * ``brightness``/``contrast``: mean and standard deviation of the luma, 0-1;
+    * ``sharpness``: variance of the Laplacian of the luma (blur lowers it);
+    * ``saturated``/``dark``: fraction of pixels with a channel ≥ 250 / all channels ≤ 5;
+    * RGB models also get per-channel mean and std and Hasler–Süsstrunk colorfulness.
+    """
+    if len(formats) != len(widths):
+        raise ValueError("one width, height and format per image is needed")
+    names, matrix = feature_matrix(pixels, widths, heights)
+    out: dict[str, list[Any]] = {
+        name: [round(float(x), 6) for x in matrix[:, j]] for j, name in enumerate(names)
+    }
+    out["width"], out["height"] = [int(v) for v in widths], [int(v) for v in heights]
+    out["format"] = [str(f) for f in formats]
+    return out
+
+
+# EXIF orientations that swap width and height (rotated by 90 or 270 degrees).
+_TRANSPOSED = {5, 6, 7, 8}
+
+
+def source_info(data: bytes | bytearray) -> tuple[int, int, str]:
+    """Width, height (after EXIF orientation, as ``prepare`` records them) and format.
+
+    For an upload that :func:`imgclf.preprocessing.preprocess` has already accepted: this
+    reads the header again (tens of microseconds), so the one preprocessing function
+    keeps its signature. Unknown values are 0 / ``""``, never an exception.
+    """
+    import io
+
+    from PIL import Image
+
+    from imgclf.preprocessing import sniff
+
+    fmt = sniff(data) or ""
+    try:
+        with Image.open(io.BytesIO(data), formats=[fmt] if fmt else None) as img:
+            width, height = img.size
+            if img.getexif().get(0x0112) in _TRANSPOSED:
+                width, height = height, width
+    except Exception:  # noqa: BLE001 - best effort: a monitoring value, never a request error
+        return 0, 0, fmt
+    return width, height, fmt
+
+
+# Pillow modes without colour: their colourfulness is 0 without decoding anything.
+_GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+# Decoded pixels the colour measurement may take (after JPEG's reduced-scale decoding):
+# beyond it the answer is None ("not measured") rather than a second full decode.
+COLOUR_MAX_PIXELS = 4_000_000
+
+
+def source_colorfulness(data: bytes | bytearray) -> float | None:
+    """Colourfulness (Hasler–Süsstrunk, as :func:`image_features`) of the *original* file.
+
+    For grayscale models, whose pixels have lost the colour: a colour photo sent to a
+    model trained on grayscale scans shows here (the OOD flag's colour check). Gray
+    modes answer 0 from the header; JPEGs decode at 1/8 scale; other files are measured
+    up to :data:`COLOUR_MAX_PIXELS`, else None. Never an exception (best effort).
+    """
+    import io
+
+    from PIL import Image
+
+    from imgclf.preprocessing import sniff
+
+    fmt = sniff(data)
+    if fmt is None:
+        return None
+    try:
+        with Image.open(io.BytesIO(data), formats=[fmt]) as img:
+            if img.mode in _GRAY_MODES:
+                return 0.0
+            if fmt == "JPEG":
+                img.draft("RGB", (64, 64))
+            if img.size[0] * img.size[1] > COLOUR_MAX_PIXELS:
+                return None
+            img.thumbnail((64, 64))
+            rgb = np.asarray(img.convert("RGB"))
+    except Exception:  # noqa: BLE001 - a monitoring value, never a request error
+        return None
+    return float(image_features(rgb[None], [1], [1], [""])["colorfulness"][0])
+
+
+def format_from_path(path: str) -> str:
+    """The image format a training file most likely has, from its suffix (for the reference)."""
+    return FORMAT_BY_SUFFIX.get(Path(path).suffix.lower(), Path(path).suffix.lstrip(".").upper())
+
+
+def reduce_embedding(embedding: np.ndarray) -> np.ndarray:
+    """``(N, D)`` → at most :data:`MAX_EMBEDDING_DIMS` columns, by a projection fixed by D.
+
+    The projection matrix comes from a seeded generator, so the reference profile and the
+    API (which never see each other) reduce the same way.
+    """
+    embedding = np.asarray(embedding, dtype=np.float64)
+    d = embedding.shape[1]
+    if d <= MAX_EMBEDDING_DIMS:
+        return embedding
+    proj = np.random.default_rng(d).standard_normal((d, MAX_EMBEDDING_DIMS))
+    return embedding @ (proj / np.sqrt(MAX_EMBEDDING_DIMS))
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The reference profile as loaded: feature columns, predictions, embeddings."""
+
+    model_sha256: str
+    classes: list[str]
+    features: dict[str, list[Any]]
+    predicted: list[str]
+    confidence: list[float]
+    embedding: np.ndarray | None
+    total: int
+
+    @property
+    def rows(self) -> int:
+        return len(self.predicted)
+
+
+def build_reference(
+    pixels: np.ndarray,
+    widths: list[int],
+    heights: list[int],
+    formats: list[str],
+    probs: np.ndarray,
+    embedding: np.ndarray | None,
+    classes: list[str],
+    model_sha256: str,
+    seed: int,
+) -> dict[str, Any]:
+    """The JSON-able profile of an evaluated split (a seeded sample of at most MAX rows)."""
+    total = len(pixels)
+    keep = np.arange(total)
+    if total > MAX_REFERENCE_ROWS:
+        keep = np.sort(np.random.default_rng(seed).choice(total, MAX_REFERENCE_ROWS, False))
+    features: dict[str, list[Any]] = {}
+    for start in range(0, len(keep), 1024):  # bounded memory for photo-sized splits
+        part = keep[start : start + 1024]
+        chunk = image_features(
+            np.asarray(pixels[part]),
+            [widths[i] for i in part],
+            [heights[i] for i in part],
+            [formats[i] for i in part],
+        )
+        for name, values in chunk.items():
+            features.setdefault(name, []).extend(values)
+    emb = None
+    if embedding is not None:
+        reduced = reduce_embedding(embedding[keep])
+        emb = {
+            "dims": reduced.shape[1],
+            "model_dims": int(embedding.shape[1]),
+            "values": [[round(float(x), 4) for x in row] for row in reduced],
+        }
+    predicted = [classes[int(k)] for k in probs[keep].argmax(1)]
+    confidence = [round(float(p), 6) for p in probs[keep].max(1)]
+    return {
+        "format": PROFILE_FORMAT,
+        "model_sha256": model_sha256,
+        "classes": classes,
+        "split": "test",
+        "total": total,
+        "rows": len(keep),
+        "summary": summarize(features, predicted, confidence, classes),
+        "features": features,
+        "predicted": predicted,
+        "confidence": confidence,
+        "embedding": emb,
+    }
+
+
+QUANTILES = (0.0, 0.01, 0.05, 0.5, 0.95, 0.99, 1.0)
+
+
+def summarize(
+    features: dict[str, list[Any]],
+    predicted: list[str],
+    confidence: list[float],
+    classes: list[str],
+) -> dict[str, Any]:
+    """What a person (or a range check) reads first: quantiles and shares.
+
+    Per numeric feature its quantiles (``p0`` … ``p100``), the share of each format and
+    of each predicted class, and the confidence's quantiles: the ranges the evaluated
+    data spans, without reading every row.
+    """
+
+    def quantiles(values: list[float]) -> dict[str, float]:
+        qs = np.quantile(np.asarray(values, dtype=np.float64), QUANTILES)
+        return {
+            f"p{round(q * 100)}": round(float(v), 6) for q, v in zip(QUANTILES, qs, strict=True)
+        }
+
+    def shares(values: list[str], keys: list[str]) -> dict[str, float]:
+        n = max(len(values), 1)
+        return {k: round(values.count(k) / n, 6) for k in keys}
+
+    numeric = {k: quantiles(v) for k, v in features.items() if k not in CATEGORICAL and v}
+    formats = features.get("format", [])
+    return {
+        "features": numeric,
+        "format": shares(formats, sorted(set(formats))),
+        "predicted": shares(predicted, classes),
+        "confidence": quantiles(confidence) if confidence else {},
+    }
+
+
+def load_reference(path: Path) -> Reference:
+    """Read ``reference.json``; a missing or foreign file is a clear error, not a KeyError."""
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: the evaluate stage writes it (`dvc repro` or `dvc pull`)"
+        )
+    data = json.loads(path.read_text())
+    if data.get("format") != PROFILE_FORMAT:
+        raise ValueError(f"{path} is not an imgclf reference profile ({PROFILE_FORMAT})")
+    emb = data.get("embedding")
+    return Reference(
+        model_sha256=data["model_sha256"],
+        classes=list(data["classes"]),
+        features=data["features"],
+        predicted=list(data["predicted"]),
+        confidence=[float(c) for c in data["confidence"]],
+        embedding=np.array(emb["values"], dtype=np.float64) if emb else None,
+        total=int(data["total"]),
+    )
