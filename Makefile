@@ -79,6 +79,8 @@ bench: install-dev  ## Run every benchmark (appends bench/RESULTS.md; best on an
 	$(PY) bench/bench_train.py
 	$(PY) bench/bench_numerics.py
 	$(PY) bench/bench_api.py
+	$(PY) bench/bench_api.py --scenario photos
+	$(PY) bench/bench_quantize.py --results bench/RESULTS.md
 	$(PY) bench/bench_monitor.py
 	$(PY) bench/bench_gpu.py
 

@@ -12,6 +12,13 @@ Every response must be a 200 whose body is byte-identical to the first one
 
     python bench/bench_api.py                 # full run, appends to bench/RESULTS.md
     python bench/bench_api.py --quick         # seconds; what the test runs
+
+``--scenario photos`` measures photo models on real-size images instead (224 px
+mobilenet_v3_small and resnet18, ``imgclf serve`` vs a seed-style app vs the
+in-process ceiling): see :mod:`photo_bench`.
+
+    python bench/bench_api.py --scenario photos           # ~8 min, appends to RESULTS.md
+    python bench/bench_api.py --scenario photos --quick   # ~40 s, small CNN, not recorded
 """
 
 from __future__ import annotations
@@ -248,7 +255,32 @@ def main(argv: list[str] | None = None) -> int:
                         help="code to serve, e.g. another revision's src/")  # fmt: skip
     parser.add_argument("--out", type=Path, default=BENCH / "RESULTS.md")
     parser.add_argument("--note", default="", help="free text for the results section")
+    parser.add_argument(
+        "--scenario",
+        choices=["digits", "photos"],
+        default="digits",
+        help="photos: 224 px photo models on real-size JPEG/PNG files",
+    )
+    photos = parser.add_argument_group("photos scenario")
+    photos.add_argument("--models", default="mobilenet_v3_small,resnet18")
+    photos.add_argument("--seconds", type=float, default=6.0, help="per row and server")
+    photos.add_argument("--rounds", type=int, default=3, help="slices a row's time is cut in")
+    photos.add_argument("--train-images", type=int, default=160)
+    photos.add_argument(
+        "--work",
+        type=Path,
+        default=BENCH / ".work",
+        help="generated photos and trained models (reused when current)",
+    )
     args = parser.parse_args(argv)
+    if args.scenario == "photos":
+        import photo_bench
+
+        if args.quick:
+            args.models, args.concurrency, args.seconds = "small_cnn", [GOAL_CONCURRENCY], 0.6
+            args.rounds = 2
+            args.train_images = 48
+        return photo_bench.run(args)
     if args.quick:
         args.requests, args.warmup = 100, 20
     image = (args.image or default_image()).read_bytes()

@@ -29,6 +29,49 @@ def photo(label: int, index: int, classes: int) -> Image.Image:
     return img.filter(ImageFilter.GaussianBlur(1))
 
 
+# The benchmark's real-size inputs: (name, width, height, format, grain). The grain (pixel
+# noise, sigma) brings the file sizes close to real photos of that size: a 600x400
+# JPEG of ~70 KB, a phone's 4000x3000 of ~1.3 MB, a 512x512 PNG of ~420 KB.
+BENCH_INPUTS = (
+    ("jpeg_600x400", 600, 400, "JPEG", 10.0),
+    ("jpeg_1920x1080", 1920, 1080, "JPEG", 4.0),
+    ("jpeg_4000x3000", 4000, 3000, "JPEG", 2.0),
+    ("png_512x512", 512, 512, "PNG", 3.0),
+)
+
+
+def sized_photo(width: int, height: int, seed: int, grain: float) -> Image.Image:
+    """A photo-like RGB image of exactly ``width`` x ``height``: shapes, blur and sensor grain."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (height // 24 + 1, width // 24 + 1, 3), dtype=np.uint8)
+    img = Image.fromarray(small, "RGB").resize((width, height), Image.Resampling.BICUBIC)
+    draw = ImageDraw.Draw(img)
+    side = min(width, height)
+    for _ in range(12):
+        r = int(rng.integers(side // 20, side // 5))
+        cx, cy = int(rng.integers(0, width)), int(rng.integers(0, height))
+        color = tuple(int(v) for v in rng.integers(0, 256, 3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(
+            (cx - r, cy - r, cx + r, cy + r), fill=color
+        )
+    arr = np.asarray(img.filter(ImageFilter.GaussianBlur(1)), dtype=np.float32)
+    arr += rng.normal(0.0, grain, arr.shape).astype(np.float32)
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+
+
+def bench_inputs(out: Path) -> dict[str, Path]:
+    """Write :data:`BENCH_INPUTS` into ``out`` (deterministic; kept when already there)."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for i, (name, width, height, fmt, grain) in enumerate(BENCH_INPUTS):
+        path = out / f"{name}.{'jpg' if fmt == 'JPEG' else 'png'}"
+        if not path.is_file():
+            options = {"quality": 88} if fmt == "JPEG" else {}
+            sized_photo(width, height, seed=i, grain=grain).save(path, fmt, **options)
+        files[name] = path
+    return files
+
+
 def make_photos(out: Path, images: int = 2000, classes: int = 4) -> Path:
     for i in range(images):
         label = i % classes

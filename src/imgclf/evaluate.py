@@ -218,6 +218,11 @@ def evaluate(params: Params, prepared: Path, model_dir: Path, out_dir: Path) -> 
         out_dir / "confusion_matrix.png", np.array(metrics["confusion_matrix"]), predictor.classes
     )
     metrics["model_sha256"] = predictor.card["model_sha256"]
+    if "export" in predictor.card:  # an int8 file: what quantizing cost (validation split)
+        export = predictor.card["export"]
+        metrics["export"] = {
+            k: export[k] for k in ("quantize", "val_accuracy_fp32", "val_accuracy_int8")
+        }
     test = {"pixels": np.asarray(images), "embedding": embedding, **_sizes(rows)}
     metrics["ood"] = evaluate_ood(params, predictor, prepared, test, probs, model_dir)
     # The same split scored by the simplest models: the yardstick for "is this any good".

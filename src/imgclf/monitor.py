@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image
 
-from imgclf.preprocessing import DecodeBudget
+from imgclf.preprocessing import SOURCE_SIZE, DecodeBudget
 from imgclf.profile import feature_matrix, reduce_embedding, source_info
 from imgclf.settings import Settings, SettingsError
 
@@ -201,7 +201,9 @@ class Monitor:
         img = getattr(budget, "last", None)
         if img is not None:
             budget.last = None  # type: ignore[attr-defined]
-            width, height, fmt = img.size[0], img.size[1], img.format or ""
+            # The file's own size (a large JPEG was decoded at a reduced scale), as prepare.
+            width, height = img.info.get(SOURCE_SIZE, img.size)
+            fmt = img.format or ""
         else:  # a budget that noted nothing: read the header again
             width, height, fmt = source_info(data)
         c = self.config

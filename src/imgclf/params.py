@@ -152,6 +152,16 @@ def _lr(value: Any) -> Any:
     return number
 
 
+class ExportParams(_Section):
+    """What ``train`` writes as the serving artifact besides the fp32 network."""
+
+    quantize: Literal["none", "int8"] = Field(
+        "none",
+        description="int8: static int8 ONNX calibrated on training images; offered only for "
+        "the architectures where the benchmark measured it >= 1.5x faster",
+    )
+
+
 class Params(_Section):
     """The whole ``params.yaml``. Top-level keys are the ones people tune most."""
 
@@ -166,6 +176,17 @@ class Params(_Section):
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
+    export: ExportParams = ExportParams()
+
+    @model_validator(mode="after")
+    def _int8_only_where_it_pays(self) -> Params:
+        if self.export.quantize == "int8":
+            from imgclf.quantize import int8_refusal
+
+            refusal = int8_refusal(self.model.name)
+            if refusal:
+                raise ValueError(f"'export.quantize' = 'int8': {refusal}")
+        return self
 
 
 def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
@@ -205,6 +226,8 @@ def _describe(err: dict[str, Any]) -> str:
         hint = f" Did you mean '{'.'.join([*map(str, loc[:-1]), close])}'?" if close else ""
         return f"unknown key '{key}'.{hint} Allowed here: {', '.join(known)}."
     message = str(err["msg"]).removeprefix("Value error, ")  # our own validators' wording
+    if not loc:  # a check across sections (its message names the key itself)
+        return f"{message}."
     return f"'{key}' = {err.get('input')!r}: {message}."
 
 

@@ -24,7 +24,14 @@ import numpy as np
 from imgclf.dataio import INDEX_FIELDS, INDEX_FILE, META_FILE, SPLITS, with_detail, write_json
 from imgclf.errors import PrepareError
 from imgclf.params import Params
-from imgclf.preprocessing import ImageError, PreprocessSpec, open_image, preprocess
+from imgclf.preprocessing import (
+    SOURCE_SIZE,
+    ImageError,
+    PreprocessSpec,
+    draft_target,
+    open_image,
+    preprocess,
+)
 
 
 @dataclass(frozen=True)
@@ -81,8 +88,8 @@ def decode_one(root: Path, rel: str, label: int, spec: PreprocessSpec, min_side:
     if not data:
         return Decoded(rel, label, digest, reason="empty_file", detail="file has 0 bytes")
     try:
-        img = open_image(io.BytesIO(data), spec.max_pixels, draft_to=2 * spec.image_size)
-        width, height = img.size
+        img = open_image(io.BytesIO(data), spec.max_pixels, draft_to=draft_target(spec))
+        width, height = img.info.get(SOURCE_SIZE, img.size)
         if min(width, height) < min_side:
             return Decoded(
                 rel,

@@ -147,6 +147,25 @@ def _open(source: bytes | bytearray | Path | BinaryIO) -> tuple[BinaryIO, str]:
     return fp, fmt
 
 
+# ``img.info`` key where :func:`open_image` leaves the file's own (width, height): after
+# reduced-scale JPEG decoding ``img.size`` is the reduced one.
+SOURCE_SIZE = "imgclf_source_size"
+
+
+def draft_target(spec: PreprocessSpec) -> int:
+    """The side JPEG DCT-domain downscaling (``Image.draft``) may go down to, for ``spec``.
+
+    libjpeg decodes at 1/2, 1/4 or 1/8 scale, and Pillow picks the smallest scale
+    whose image still has both sides >= this, so the one resize that follows always
+    shrinks (it never enlarges) and keeps its antialiasing. ``image_size`` itself, not
+    Pillow's thumbnail default of twice it: a 4000x3000 photo then decodes at 1/8
+    (500x375) instead of 1/4, which saves 2 ms of decoding and 2 ms of resizing per
+    photo (bench/RESULTS.md, photo models). ``prepare`` and the API both use it, so
+    training, evaluation and serving see the same pixels.
+    """
+    return spec.image_size
+
+
 # Pillow walks the markers in front of a JPEG's image data in Python, one by one: a
 # file of 4-byte empty COM markers costs ~1.5 s of CPU per MB. Real files have a few
 # dozen (EXIF thumbnails, ICC profiles and progressive scans included).
@@ -217,6 +236,7 @@ def open_image(
             img.draft(img.mode if img.mode in ("L", "RGB") else None, (draft_to, draft_to))
     except (OSError, ValueError) as exc:
         raise ImageError("corrupt", f"cannot read image header: {exc}") from None
+    drafted = img.size
     if budget is not None:
         budget.take(img)
     try:
@@ -230,6 +250,9 @@ def open_image(
     # (another 80 MB for a 40 MP 16-bit image). A broken EXIF block must not lose the image.
     with contextlib.suppress(Exception):
         ImageOps.exif_transpose(img, in_place=True)
+    # The size of the file's image (not of the reduced decode), as the viewer sees it.
+    turned = img.size != drafted
+    img.info[SOURCE_SIZE] = (height, width) if turned else (width, height)
     return img
 
 
@@ -319,7 +342,7 @@ def preprocess(
     if isinstance(source, Image.Image):
         img = source
     else:
-        img = open_image(source, spec.max_pixels, draft_to=2 * spec.image_size, budget=budget)
+        img = open_image(source, spec.max_pixels, draft_to=draft_target(spec), budget=budget)
     try:
         img = fit_to_square(to_color_mode(img, spec.color_mode), spec.image_size, spec.resize)
     except (ValueError, OSError) as exc:

@@ -225,6 +225,20 @@ def baseline_line(head_eval: dict[str, Any] | None) -> list[str]:
     return [f"> ⚠️ **{text}**", ""] if text else []
 
 
+def quantization_lines(head_eval: dict[str, Any] | None) -> list[str]:
+    """For an int8 model: the accuracy it lost (or not) against its own fp32 network."""
+    export = (head_eval or {}).get("export") or {}
+    if export.get("quantize") != "int8":
+        return []
+    fp32, int8 = export.get("val_accuracy_fp32"), export.get("val_accuracy_int8")
+    return [
+        f"> **int8 model** (`export.quantize: int8`): validation accuracy fp32 {fmt(fp32)} → "
+        f"int8 {fmt(int8)} ({fmt_change(fp32, int8)}). The metrics below are the int8 "
+        "file's, the file the API serves.",
+        "",
+    ]
+
+
 def render_model_report(report: ModelReport, images: bool = False) -> str:
     """The markdown of the PR comment."""
     b, t = report.base, report.label
@@ -244,6 +258,7 @@ def render_model_report(report: ModelReport, images: bool = False) -> str:
             "same per-sample predictions.",
             "",
         ]
+    lines += quantization_lines(report.head_eval)
     if report.base_eval is not None:
         lines += [noise_sentence(report), ""]
     if report.different_test_sets:

@@ -370,6 +370,14 @@ def train(params: Params, prepared: Path, model_dir: Path, live_dir: Path) -> di
         shape = (image_size, image_size, channels)
         sha = export_onnx(WithSoftmax(model, embedding=True), shape, model_dir / MODEL_FILE)
         card = model_card(params, meta, history, sha, rt.numerics)
+        if params.export.quantize == "int8":
+            # The served file is the scored file: model.onnx itself becomes the int8 one.
+            from imgclf.int8 import replace_with_int8
+
+            sha, card["export"] = replace_with_int8(
+                model_dir / MODEL_FILE, card, train_x, val_x, val_y
+            )
+            card["model_sha256"] = sha
         torch.save({"state_dict": model.state_dict(), "card": card}, model_dir / CHECKPOINT_FILE)
         write_json(model_dir / CARD_FILE, card)
         live.summary.update({"best_epoch": selector.best_epoch, "epochs_run": epochs_run})

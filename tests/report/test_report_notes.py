@@ -116,3 +116,15 @@ def test_base_predictions_come_from_dvc_when_not_in_git(tiny: Path) -> None:
     assert "not paired" not in out
     assert "changed test accuracy from 1.0000 to 0.0000" in out
     assert "0 fixed / 20 broken of 20 samples): **likely real**" in out
+
+
+def test_an_int8_model_report_says_what_quantizing_cost() -> None:
+    from imgclf.report import quantization_lines
+
+    fp32 = {"accuracy": 0.9}
+    assert quantization_lines(fp32) == []
+    int8 = {**fp32, "export": {"quantize": "int8", "val_accuracy_fp32": 0.75,
+                               "val_accuracy_int8": 0.7}}  # fmt: skip
+    (line, blank) = quantization_lines(int8)
+    assert "int8 model" in line and "0.7500" in line and "0.7000" in line and "-0.0500" in line
+    assert blank == ""

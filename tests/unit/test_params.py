@@ -84,6 +84,22 @@ def test_unreadable_files_give_a_clear_error(tmp_path: Path) -> None:
         load_params(bad)
 
 
+def test_int8_export_is_offered_only_where_the_benchmark_says_it_pays() -> None:
+    from imgclf.quantize import MEASURED_SPEEDUP, MIN_SPEEDUP, offered
+
+    assert offered() == sorted(a for a, s in MEASURED_SPEEDUP.items() if s >= MIN_SPEEDUP)
+    for name in ("resnet18", "mobilenet_v3_small", "small_cnn"):
+        raw = {"model": {"name": name}, "export": {"quantize": "int8"}}
+        if name in offered():
+            assert validate_params(raw).export.quantize == "int8"
+        else:
+            with pytest.raises(ParamsError) as err:
+                validate_params(raw)
+            message = str(err.value)
+            assert "'export.quantize' = 'int8'" in message and "bench/RESULTS.md" in message
+            assert name in message
+
+
 def test_lr_is_auto_or_a_positive_number_with_one_clear_message() -> None:
     from imgclf.params import ParamsError, validate_params
 

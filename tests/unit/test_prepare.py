@@ -139,3 +139,18 @@ def test_split_is_stratified_seeded_and_complete() -> None:
         if n >= 20:
             assert abs((mine == "test").mean() - 0.2) < 0.03
             assert abs((mine == "val").mean() - 0.15) < 0.03
+
+
+def test_min_side_and_reported_sizes_use_the_file_not_the_reduced_decode(tmp_path: Path) -> None:
+    """A 2000x1500 JPEG decodes at 1/8 for 32 px models (250x187): min_side 200 must pass."""
+    root = tmp_path / "raw"
+    for label in range(2):
+        folder = root / f"class_{label}"
+        folder.mkdir(parents=True)
+        for i in range(4):
+            img = shape_image(label, (2000, 1500), seed=10 * label + i)
+            (folder / f"{i}.jpg").write_bytes(encode(img, "JPEG", quality=80))
+    params = photo_params(image_size=32, min_side=200)
+    report = prepare(root, tmp_path / "prepared", tmp_path / "prepare.json", params)
+    assert report["n_skipped"] == 0, report["skipped"]
+    assert report["n_used"] == 8

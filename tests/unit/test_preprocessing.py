@@ -102,3 +102,25 @@ def test_large_jpeg_uses_draft_decoding_and_matches_shape() -> None:
 
 def test_spec_round_trips_through_the_card() -> None:
     assert PreprocessSpec.from_dict(RGB.to_dict()) == RGB
+
+
+def test_phone_size_jpeg_decodes_at_an_eighth_and_keeps_its_source_size() -> None:
+    """DCT-domain downscaling goes as far as still covers image_size (a 4000x3000 → 1/8)."""
+    from imgclf.preprocessing import SOURCE_SIZE, draft_target
+
+    data = encode(shape_image(0, (4000, 3000), seed=4), "JPEG", quality=85)
+    spec = PreprocessSpec(image_size=224, color_mode="rgb")
+    img = open_image(data, spec.max_pixels, draft_to=draft_target(spec))
+    assert img.size == (500, 375)  # both sides still >= 224: the resize only shrinks
+    assert img.info[SOURCE_SIZE] == (4000, 3000)
+    assert preprocess(data, spec).shape == (224, 224, 3)
+
+
+def test_a_jpeg_is_never_decoded_below_the_model_size() -> None:
+    from imgclf.preprocessing import draft_target
+
+    spec = PreprocessSpec(image_size=224, color_mode="rgb")
+    for size in [(600, 400), (1920, 1080), (449, 3000), (224, 224)]:
+        data = encode(shape_image(0, size, seed=5), "JPEG")
+        img = open_image(data, spec.max_pixels, draft_to=draft_target(spec))
+        assert min(img.size) >= min(224, *size), size
