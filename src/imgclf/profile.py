@@ -16,6 +16,7 @@ possible, so the profile's bytes do not depend on the CPU's floating-point kerne
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,8 +233,17 @@ def reduce_embedding(embedding: np.ndarray) -> np.ndarray:
     d = embedding.shape[1]
     if d <= MAX_EMBEDDING_DIMS:
         return embedding
+    return embedding @ _projection(d)
+
+
+@functools.lru_cache(maxsize=8)
+def _projection(d: int) -> np.ndarray:
+    """The fixed ``(d, 64)`` projection, drawn once per width (0.8 ms per request before:
+    36,864 normals for a 576-wide mobilenet embedding). Read-only: it is shared."""
     proj = np.random.default_rng(d).standard_normal((d, MAX_EMBEDDING_DIMS))
-    return embedding @ (proj / np.sqrt(MAX_EMBEDDING_DIMS))
+    proj = proj / np.sqrt(MAX_EMBEDDING_DIMS)
+    proj.setflags(write=False)
+    return proj
 
 
 @dataclass(frozen=True)
