@@ -177,21 +177,7 @@ def start_server(
     else:
         cmd = [sys.executable, str(BENCH / "torch_server.py"), "--model-dir", str(model_dir),
                "--port", str(port)]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=env)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{backend} server exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                s.sendall(b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                if b" 200 " in s.recv(100):
-                    return proc
-        except OSError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"{backend} server not ready after 60 s")
+    return common.start_ready(cmd, port, env, timeout=60)
 
 
 def run_backend(backend: str, args: argparse.Namespace, image: bytes) -> list[Result]:

@@ -74,20 +74,7 @@ def start(mode: str, model_dir: Path, tmp: Path) -> tuple[subprocess.Popen, int]
     env |= {k: v.format(tmp=tmp) for k, v in MODES[mode].items()}
     cmd = [sys.executable, "-m", "uvicorn", "imgclf.api:create_app", "--factory",
            "--port", str(port), "--no-access-log", "--log-level", "warning"]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=env)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server ({mode}) exited with {proc.returncode}")
-        try:
-            import urllib.request
-
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1):
-                return proc, port
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"server ({mode}) not ready after 60 s")
+    return common.start_ready(cmd, port, env, timeout=60), port
 
 
 def measure(args: argparse.Namespace, image_name: str, image: bytes, tmp: Path) -> list[list]:

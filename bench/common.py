@@ -8,6 +8,7 @@ import os
 import platform
 import sys
 from pathlib import Path
+from typing import Any
 
 # The same setting as stages/train.py, before torch loads (numerics: see bench_numerics.py).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -42,6 +43,33 @@ def machine() -> str:
     return (
         f"{cpu} ({isa}), {os.cpu_count()} cores, {gpu}, Python {platform.python_version()}, {load}"
     )
+
+
+def start_ready(cmd: list[str], port: int, env: dict[str, str], timeout: float = 120) -> Any:
+    """Start a server process and return it once ``GET /ready`` on ``port`` answers 200.
+
+    One launcher for every bench that runs servers (ours, the seed-style app, torch's):
+    a raw socket, so it works before any HTTP client is imported and measures nothing.
+    """
+    import socket
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, env=env)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{cmd[:4]} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                if b" 200 " in s.recv(100):
+                    return proc
+        except OSError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"{cmd[:4]} not ready after {timeout:.0f} s")
 
 
 def table(header: list[str], rows: list[list[object]]) -> str:

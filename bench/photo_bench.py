@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import common
 import numpy as np
 from bench_api import _read_response, cpu_seconds, free_port, machine, multipart_request, versions
 from make_photos import bench_inputs
@@ -180,23 +181,7 @@ class Ceiling:
 
 def start(cmd: list[str], port: int, env: dict[str, str]) -> subprocess.Popen:
     """Start a server and wait until ``GET /ready`` answers 200."""
-    proc = subprocess.Popen(cmd, env=env)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{cmd} exited with {proc.returncode}")
-        try:
-            import socket
-
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                s.sendall(b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                if b" 200 " in s.recv(100):
-                    return proc
-        except OSError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"{cmd} not ready after 120 s")
+    return common.start_ready(cmd, port, env, timeout=120)
 
 
 def server_env(model_dir: Path, src: Path) -> dict[str, str]:
