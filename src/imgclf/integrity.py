@@ -141,23 +141,17 @@ def verify_model(model_dir: Path | str, evaluated: Path | str | None = None) -> 
                 "runs; pull or reproduce both from the same dvc.lock (`dvc pull` / "
                 "`dvc repro evaluate`)"
             )
-    # The reference profile (evaluate writes it next to the model) must describe this
-    # model too: the drift report and the out-of-distribution checks compare with it.
-    reference = model_dir / REFERENCE_FILE
-    if reference.is_file():
-        profiled = read_card(reference).get("model_sha256")
-        if profiled != actual:
+    # evaluate's files next to the model must describe this model too: the drift report
+    # and the out-of-distribution flag compare with them, and another model's statistics
+    # would flag the wrong inputs.
+    for name, what in ((REFERENCE_FILE, "profiles model"), (OOD_FILE, "was calibrated for model")):
+        sidecar = model_dir / name
+        if not sidecar.is_file():
+            continue
+        made_for = read_card(sidecar).get("model_sha256")
+        if made_for != actual:
             raise ModelIntegrityError(
-                f"{reference} profiles model {profiled!r}, not {model_path} ({actual}): "
-                "pull or reproduce both from the same dvc.lock (`dvc repro evaluate`)"
-            )
-    # So must the OOD flag's statistics: another model's would flag the wrong inputs.
-    ood = model_dir / OOD_FILE
-    if ood.is_file():
-        calibrated = read_card(ood).get("model_sha256")
-        if calibrated != actual:
-            raise ModelIntegrityError(
-                f"{ood} was calibrated for model {calibrated!r}, not {model_path} ({actual}): "
+                f"{sidecar} {what} {made_for!r}, not {model_path} ({actual}): "
                 "pull or reproduce both from the same dvc.lock (`dvc repro evaluate`)"
             )
     return actual
