@@ -172,7 +172,7 @@ def start_server(
         "IMGCLF_MAX_BATCH": str(max(32, max_batch)),
     }
     if backend == "onnxruntime":
-        cmd = [sys.executable, "-m", "uvicorn", "imgclf.api:create_app", "--factory",
+        cmd = [sys.executable, "-m", "uvicorn", "imgclf.serving.app:create_app", "--factory",
                "--port", str(port), "--no-access-log", "--log-level", "warning"]  # fmt: skip
     else:
         cmd = [sys.executable, str(BENCH / "torch_server.py"), "--model-dir", str(model_dir),

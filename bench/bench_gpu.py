@@ -48,10 +48,10 @@ def run(
     import yaml
     from torch.utils.data import DataLoader
 
-    from imgclf.augment import build_augment
-    from imgclf.models import build_model
     from imgclf.params import validate_params
-    from imgclf.train import AugmentedArrays
+    from imgclf.training.architectures import build_model
+    from imgclf.training.augment import build_augment
+    from imgclf.training.loop import AugmentedArrays
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["model"]["name"] = model_name

@@ -72,7 +72,7 @@ def start(mode: str, model_dir: Path, tmp: Path) -> tuple[subprocess.Popen, int]
     port = bench_api.free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "IMGCLF_MODEL_DIR": str(model_dir)}
     env |= {k: v.format(tmp=tmp) for k, v in MODES[mode].items()}
-    cmd = [sys.executable, "-m", "uvicorn", "imgclf.api:create_app", "--factory",
+    cmd = [sys.executable, "-m", "uvicorn", "imgclf.serving.app:create_app", "--factory",
            "--port", str(port), "--no-access-log", "--log-level", "warning"]  # fmt: skip
     return common.start_ready(cmd, port, env, timeout=60), port
 
@@ -128,9 +128,9 @@ def cpu_per_request(args: argparse.Namespace, image: bytes, tmp: Path) -> tuple[
     thread's included), so other jobs on the machine move it far less than req/s. Rounds
     alternate the two services; the medians are returned.
     """
-    from imgclf.monitor import FLUSH_S
-    from imgclf.service import Service
-    from imgclf.settings import Settings
+    from imgclf.monitoring.recorder import FLUSH_S
+    from imgclf.serving.service import Service
+    from imgclf.serving.settings import Settings
 
     off = Service(Settings(model_dir=args.model_dir, workers=1))
     on = Service(Settings(model_dir=args.model_dir, workers=1, monitor_db=tmp / "inproc.db"))
@@ -165,9 +165,9 @@ def component_costs(model_dir: Path, image: bytes, tmp: Path, n: int) -> tuple[f
     """
     import timeit
 
-    from imgclf.monitor import Monitor, MonitorConfig
-    from imgclf.predictor import Predictor
-    from imgclf.preprocessing import preprocess
+    from imgclf.artifact.predictor import Predictor
+    from imgclf.data.preprocessing import preprocess
+    from imgclf.monitoring.recorder import Monitor, MonitorConfig
 
     predictor = Predictor(model_dir)
     monitor = Monitor(MonitorConfig(tmp / "components.db"))

@@ -25,8 +25,10 @@ STAGES = ("params_check", "digits", "prepare", "train", "evaluate")
 IMPORTS = {
     "python": "pass",
     "torch": "import torch",
-    "imgclf.train (torch, torchvision, albumentations, dvclive)": "import imgclf.train",
-    "imgclf.evaluate (onnxruntime, sklearn)": "import imgclf.evaluate",
+    "imgclf.training.loop (torch, torchvision, albumentations, dvclive)": (
+        "import imgclf.training.loop"
+    ),
+    "imgclf.evaluation.evaluate (onnxruntime, sklearn)": "import imgclf.evaluation.evaluate",
 }
 
 

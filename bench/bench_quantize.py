@@ -1,12 +1,12 @@
 """int8 vs fp32, model only (issue 12, item 4): where does ``export.quantize: int8`` pay?
 
 For each photo architecture (:mod:`photo_models`, 224 px RGB) the fp32 ONNX file
-and its static int8 version (:func:`imgclf.int8.quantize_int8`, calibrated on 64
+and its static int8 version (:func:`imgclf.artifact.int8_export.quantize_int8`, calibrated on 64
 training images, exactly what ``train`` does) are timed at batch 1 on one thread,
 at both graph optimisation levels the project uses (EXTENDED: portable numerics;
 ALL: fast numerics), as CPU time of the calling thread (robust to other jobs on a
 shared machine), in interleaved rounds. The speed-up that
-:data:`imgclf.quantize.MEASURED_SPEEDUP` records is best int8 ÷ fastest fp32.
+:data:`imgclf.artifact.int8_policy.MEASURED_SPEEDUP` records is best int8 ÷ fastest fp32.
 Test accuracy of both files is printed too (the model is trained briefly, so only
 the difference means something).
 
@@ -23,8 +23,8 @@ import numpy as np
 from common import ROOT, report, table
 from photo_models import ARCHITECTURES, build
 
-from imgclf.dataio import load_split
-from imgclf.int8 import calibration_set, quantize_int8
+from imgclf.artifact.int8_export import calibration_set, quantize_int8
+from imgclf.data.prepared_files import load_split
 
 
 def ms_per_image(session, name: str, x: np.ndarray, runs: int) -> float:
@@ -93,8 +93,8 @@ def main() -> None:
     body = (
         "Model only: batch 1, 1 intra-op thread, CPU time of the calling thread per image, "
         f"median of {args.rounds} interleaved rounds. int8 = static QDQ, per-channel, "
-        "calibrated on 64 training images (`imgclf.int8`, what `train` does with "
-        "`export.quantize: int8`). `imgclf.quantize.MEASURED_SPEEDUP` records the bold "
+        "calibrated on 64 training images (`imgclf.artifact.int8_export`, what `train` does with "
+        "`export.quantize: int8`). `imgclf.artifact.int8_policy.MEASURED_SPEEDUP` records the bold "
         "column; int8 is offered where it is >= 1.5×.\n\n" + table(header, rows)
     )
     report("int8 vs fp32, model only", body, args.results)

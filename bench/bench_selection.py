@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from common import report, table  # noqa: E402
 from make_datasets import DATASETS  # noqa: E402
 
-from imgclf.dataio import expand  # noqa: E402
+from imgclf.jsonio import expand  # noqa: E402
 
 # The issue's failing case: 2 classes × 100 images at 25 px, light augmentation.
 ISSUE_CASE = {
@@ -64,8 +64,8 @@ def run_tree(tree: Path, raw: Path, work: Path, params: dict) -> dict:
 
 
 def baseline_of(work: Path, seed: int) -> dict:
-    from imgclf.baseline import score_baselines
-    from imgclf.dataio import load_meta, load_split
+    from imgclf.data.prepared_files import load_meta, load_split
+    from imgclf.evaluation.baseline import score_baselines
 
     tx, ty = load_split(work / "prepared", "train")
     sx, sy = load_split(work / "prepared", "test")

@@ -34,7 +34,7 @@ from bench_pipeline import copy_checkout
 from common import RESULTS, report, table
 from make_datasets import DATASETS
 
-from imgclf.dataio import expand
+from imgclf.jsonio import expand
 
 EVALUATE = "metrics/evaluate.json"
 

@@ -25,12 +25,13 @@ def run(images: int, epochs: int, size: int, results: Path | None) -> dict[str, 
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
-    from imgclf.augment import build_augment
-    from imgclf.dataio import load_meta, load_split
-    from imgclf.models import build_model
+    from imgclf.data.prepare import prepare
+    from imgclf.data.prepared_files import load_meta, load_split
     from imgclf.params import validate_params
-    from imgclf.prepare import prepare
-    from imgclf.train import AugmentedArrays, Runtime, _run_epoch, resolve_lr
+    from imgclf.training.architectures import build_model
+    from imgclf.training.augment import build_augment
+    from imgclf.training.loop import AugmentedArrays, _run_epoch, resolve_lr
+    from imgclf.training.runtime import Runtime
 
     torch.set_num_threads(2)
     raw_params = yaml.safe_load((ROOT / "params.yaml").read_text())

@@ -134,14 +134,14 @@ _worker_state: dict = {}
 
 
 def _ceiling_init(model_dir: str) -> None:
-    from imgclf.predictor import Predictor
+    from imgclf.artifact.predictor import Predictor
 
     _worker_state["predictor"] = Predictor(model_dir)
 
 
 def _ceiling_loop(data: bytes, seconds: float) -> tuple[int, float, float]:
     """Decode + preprocess + model on ``data`` for ``seconds``; (images, elapsed, CPU s)."""
-    from imgclf.preprocessing import preprocess
+    from imgclf.data.preprocessing import preprocess
 
     predictor = _worker_state["predictor"]
     warm = time.perf_counter()
@@ -281,7 +281,7 @@ def _stage_costs(data: bytes, predictor: Any, twin: Any, runs: int) -> tuple[str
 
     from PIL import Image
 
-    from imgclf.preprocessing import draft_target, fit_to_square, open_image, to_color_mode
+    from imgclf.data.preprocessing import draft_target, fit_to_square, open_image, to_color_mode
 
     spec = predictor.spec
     size = spec.image_size
@@ -314,7 +314,7 @@ def breakdown(model_dir: Path, inputs: dict[str, Path], quick: bool) -> list[lis
     import torch
     from torch_server import TorchPredictor
 
-    from imgclf.predictor import Predictor
+    from imgclf.artifact.predictor import Predictor
 
     predictor = Predictor(model_dir)
     twin = TorchPredictor(model_dir, threads=torch.get_num_threads())

@@ -28,8 +28,8 @@ def build_app(model_dir: Path) -> Any:
     from fastapi import FastAPI, File, UploadFile
     from PIL import Image
 
-    from imgclf.models import WithSoftmax, build_model
     from imgclf.params import ModelParams
+    from imgclf.training.architectures import WithSoftmax, build_model
 
     checkpoint = torch.load(model_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
     card = checkpoint["card"]

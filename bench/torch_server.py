@@ -2,7 +2,7 @@
 
 Rebuilds the network from ``models/checkpoint.pt`` (``state_dict`` + ``card``)
 with the training code's own ``build_model`` and ``WithSoftmax``, and plugs it
-into :func:`imgclf.api.create_app` as the backend. Everything else — upload
+into :func:`imgclf.serving.app.create_app` as the backend. Everything else — upload
 parsing, preprocessing, metrics — is the serving app itself, so the benchmark
 compares the inference runtimes and nothing else. Never used by the real API.
 
@@ -19,14 +19,14 @@ import numpy as np
 
 
 class TorchPredictor:
-    """The :class:`imgclf.api.Backend` protocol on top of a torch eager model."""
+    """The :class:`imgclf.serving.app.Backend` protocol on top of a torch eager model."""
 
     def __init__(self, model_dir: Path, threads: int = 1) -> None:
         import torch
 
-        from imgclf.models import WithSoftmax, build_model
+        from imgclf.data.preprocessing import PreprocessSpec
         from imgclf.params import ModelParams
-        from imgclf.preprocessing import PreprocessSpec
+        from imgclf.training.architectures import WithSoftmax, build_model
 
         torch.set_num_threads(threads)
         checkpoint = torch.load(model_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
@@ -66,8 +66,8 @@ def main() -> None:
 
     import uvicorn
 
-    from imgclf.api import create_app
-    from imgclf.settings import Settings
+    from imgclf.serving.app import create_app
+    from imgclf.serving.settings import Settings
 
     settings = Settings.from_env().with_model_dir(args.model_dir)
     backend = TorchPredictor(args.model_dir, threads=args.threads)

@@ -6,7 +6,7 @@
 #     --build-arg GIT_REVISION="$(git rev-parse HEAD)" -t imgclf-api .
 #   docker run --rm -p 8000:8000 imgclf-api
 # The build fails if model.onnx does not hash to its card's model_sha256, or if the card
-# is not the model that metrics/evaluate.json evaluated (python -m imgclf.integrity).
+# is not the model that metrics/evaluate.json evaluated (python -m imgclf.artifact.integrity).
 #
 # Base image pinned by digest: python:3.11-slim (the multi-arch index digest; refresh with
 # `make pin-images`). PYTHON_IMAGE overrides it, e.g. for a local mirror.
@@ -45,7 +45,7 @@ COPY models/model.onnx models/model.json models/reference.json models/ood.json /
 # The evaluate stage's metrics for this artifact, served by GET /model.
 COPY metrics/evaluate.json /app/models/evaluate.json
 # A model that is not the evaluated one stops the build here, with the reason.
-RUN python -m imgclf.integrity /app/models --evaluated /app/models/evaluate.json
+RUN python -m imgclf.artifact.integrity /app/models --evaluated /app/models/evaluate.json
 
 # Monitoring (README, Monitoring): every answer is recorded (features, class, confidence;
 # never the image unless IMGCLF_SAMPLE_DIR is set) in SQLite on this volume. Mount one to
@@ -62,4 +62,4 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
 # time, as `imgclf serve` sets them; the app's IMGCLF_MAX_CONNECTIONS cap applies as well.
 ENV UVICORN_LIMIT_CONCURRENCY=256 \
     UVICORN_TIMEOUT_KEEP_ALIVE=5
-CMD ["uvicorn", "imgclf.api:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["uvicorn", "imgclf.serving.app:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000"]

@@ -6,7 +6,7 @@ Usage: python stages/digits.py OUT_DIR
 import sys
 from pathlib import Path
 
-from imgclf.digits import write_digits
+from imgclf.data.digits import write_digits
 
 if __name__ == "__main__":
     count = write_digits(Path(sys.argv[1]))

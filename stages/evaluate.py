@@ -6,10 +6,10 @@ Usage: python stages/evaluate.py PREPARED_DIR MODEL_DIR METRICS_DIR
 import sys
 from pathlib import Path
 
-from imgclf.baseline import warning
-from imgclf.evaluate import evaluate
+from imgclf.evaluation.baseline import warning
+from imgclf.evaluation.evaluate import evaluate
 from imgclf.params import Params
-from imgclf.stage import run_stage
+from imgclf.pipeline.stage import run_stage
 
 
 def main(params: Params) -> None:

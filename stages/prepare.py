@@ -6,9 +6,9 @@ Usage: python stages/prepare.py DATASET_DIR OUT_DIR REPORT_JSON
 import sys
 from pathlib import Path
 
+from imgclf.data.prepare import prepare
 from imgclf.params import Params
-from imgclf.prepare import prepare
-from imgclf.stage import run_stage
+from imgclf.pipeline.stage import run_stage
 
 
 def main(params: Params) -> None:

@@ -13,16 +13,16 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from pathlib import Path
 
-from imgclf import numerics
 from imgclf.params import Params
-from imgclf.stage import run_stage
+from imgclf.pipeline.stage import run_stage
+from imgclf.training import numerics
 
 
 def main(params: Params) -> None:
     # Before torch loads: which CPU kernels run decides the weights (see numerics.py).
     numerics.configure(params.train.numerics)
-    from imgclf.distributed import relaunch_under_torchrun
-    from imgclf.train import train
+    from imgclf.training.distributed import relaunch_under_torchrun
+    from imgclf.training.loop import train
 
     if relaunch_under_torchrun(params.train.processes, sys.argv):
         return

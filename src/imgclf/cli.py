@@ -1,19 +1,47 @@
-"""The ``imgclf`` command: local predictions and helpers around the pipeline."""
+"""The ``imgclf`` command: local predictions, serving, and helpers around the pipeline.
+
+One module for every subcommand, so ``imgclf --help`` and this file list the same
+things. Each command imports what it needs inside its body: ``imgclf --help`` stays
+fast, and a command whose optional extra is missing says which one to install
+(:func:`_require_extra`) instead of printing a traceback. The monitoring commands
+(``drift-report``, ``collect``) read the database the API writes
+(``IMGCLF_MONITOR_DB``, ``monitoring/requests.db`` under ``make serve``), read-only.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from imgclf import monitor_cli
+from imgclf.pipeline.outputs import REFERENCE
 
 app = typer.Typer(
     help="imgclf: reproducible image classification (the pipeline itself runs with `dvc repro`).",
     no_args_is_help=True,
     add_completion=False,
 )
+
+# Optional parts of the install: extra name → what it is for (pyproject.toml's extras).
+EXTRAS = {
+    "monitor": "the drift report (Evidently, pandas)",
+    "serve": "the API (onnxruntime, FastAPI, uvicorn)",
+}
+
+
+def _require_extra(extra: str, *modules: str) -> None:
+    """Exit with one line that says what to install when an optional extra is missing."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        typer.echo(
+            f"error: this command needs the '{extra}' extra ({EXTRAS[extra]}; "
+            f"missing: {', '.join(missing)}): pip install -e '.[{extra}]'",
+            err=True,
+        )
+        raise typer.Exit(2)
 
 
 @app.command()
@@ -33,10 +61,10 @@ def predict(
 
     import numpy as np
 
-    from imgclf.integrity import ModelIntegrityError
-    from imgclf.ood import load_detector
-    from imgclf.predictor import ModelNotFoundError, Predictor
-    from imgclf.preprocessing import ImageError, preprocess
+    from imgclf.artifact.integrity import ModelIntegrityError
+    from imgclf.artifact.predictor import ModelNotFoundError, Predictor
+    from imgclf.data.preprocessing import ImageError, preprocess
+    from imgclf.ood.detector import load_detector
 
     try:
         predictor = Predictor(model_dir)
@@ -88,8 +116,8 @@ def verify_model(
     ] = None,
 ) -> None:
     """Check model.onnx against its card's sha256 (and the metrics): exit 1 if it was changed."""
-    from imgclf.integrity import ModelIntegrityError
-    from imgclf.integrity import verify_model as verify
+    from imgclf.artifact.integrity import ModelIntegrityError
+    from imgclf.artifact.integrity import verify_model as verify
 
     try:
         sha = verify(model_dir, evaluated)
@@ -107,10 +135,11 @@ def check_params(
     ),
 ) -> None:
     """Validate params.yaml against the schema (what every stage does first)."""
+    from imgclf.artifact.int8_policy import check_export
     from imgclf.params import ParamsError, load_params
 
     try:
-        load_params(path)
+        check_export(load_params(path))
     except ParamsError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -128,8 +157,8 @@ def check_lock(
     differs (stale lock, undeclared dep) or the metrics differ beyond noise; 2 when the
     check cannot run.
     """
-    from imgclf.lockcheck import LockCheckError
-    from imgclf.lockcheck import check_lock as run_check
+    from imgclf.pipeline.lockcheck import LockCheckError
+    from imgclf.pipeline.lockcheck import check_lock as run_check
 
     try:
         verdict = run_check(repo, base)
@@ -154,7 +183,7 @@ def report(
     repo: Annotated[Path, typer.Option(help="Repository root.")] = Path(),
 ) -> None:
     """Markdown comparing the workspace's model with BASE: metrics, params, noise test."""
-    from imgclf.report import ReportError, model_report
+    from imgclf.report.pr_report import ReportError, model_report
 
     try:
         text = model_report(repo, base, label=label, images=images)
@@ -174,8 +203,8 @@ def data_report(
     repo: Annotated[Path, typer.Option(help="Repository root.")] = Path(),
 ) -> None:
     """Markdown dataset report (class counts, image sizes, skipped files) against BASE."""
-    from imgclf.data_report import data_report as build
-    from imgclf.revisions import ReportError
+    from imgclf.report.data_changes import data_report as build
+    from imgclf.report.revisions import ReportError
 
     try:
         text = build(repo, base, label=label)
@@ -201,7 +230,7 @@ RemoteOpt = Annotated[
 @app.command("remote-check")
 def remote_check(remote: RemoteOpt = None) -> None:
     """Check the DVC remote: configured, credentials found, reachable, bucket exists."""
-    from imgclf.remote import RemoteError, check_remote
+    from imgclf.pipeline.remote import RemoteError, check_remote
 
     try:
         _, line = check_remote(Path(), remote)
@@ -212,7 +241,7 @@ def remote_check(remote: RemoteOpt = None) -> None:
 
 
 def _transfer(command: str, remote: str | None, targets: list[str] | None) -> None:
-    from imgclf.remote import RemoteError, run_dvc
+    from imgclf.pipeline.remote import RemoteError, run_dvc
 
     try:
         code = run_dvc(Path(), command, list(targets or []), remote)
@@ -255,9 +284,9 @@ def serve(
     ] = None,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
 ) -> None:
-    """Serve the model over HTTP (the API of `imgclf.api`; limits from IMGCLF_* variables)."""
-    from imgclf.api import run
-    from imgclf.settings import Settings, SettingsError
+    """Serve the model over HTTP (`imgclf.serving.app`; limits from IMGCLF_* variables)."""
+    from imgclf.serving.app import run
+    from imgclf.serving.settings import Settings, SettingsError
 
     try:
         settings = Settings.from_env()
@@ -270,9 +299,118 @@ def serve(
 
 
 # The monitoring loop (README, Monitoring): served traffic vs the reference, and back to data.
-app.command("drift-report")(monitor_cli.drift_report)
-app.command()(monitor_cli.collect)
 
 
 if __name__ == "__main__":  # pragma: no cover
     app()
+
+
+DEFAULT_DB = Path("monitoring/requests.db")
+DEFAULT_SAMPLES = Path("monitoring/samples")
+
+
+def _db(db: Path | None) -> Path:
+    return db or Path(os.environ.get("IMGCLF_MONITOR_DB") or DEFAULT_DB)
+
+
+DbOpt = Annotated[
+    Path | None,
+    typer.Option(help=f"Monitoring database [default: $IMGCLF_MONITOR_DB or {DEFAULT_DB}]."),
+]
+
+
+@app.command("drift-report")
+def drift_report(
+    since: Annotated[str, typer.Option(help="Window start: 1h, 30m, 2d … or ISO-8601.")] = "1d",
+    until: Annotated[str | None, typer.Option(help="Window end (default: now).")] = None,
+    db: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help=f"Monitoring database, repeatable: one per replica [default: "
+            f"$IMGCLF_MONITOR_DB or {DEFAULT_DB}]."
+        ),
+    ] = None,
+    reference: Annotated[Path, typer.Option(help="Reference profile written by evaluate.")] = Path(
+        REFERENCE
+    ),
+    out: Annotated[Path, typer.Option(help="Folder for the HTML, markdown and JSON.")] = Path(
+        "reports/drift"
+    ),
+    all_versions: Annotated[
+        bool, typer.Option(help="Include traffic served by other model versions.")
+    ] = False,
+    fail_on_drift: Annotated[bool, typer.Option(help="Exit 1 when drift is found.")] = False,
+) -> None:
+    """Compare served traffic in a window with the reference profile: HTML + markdown + JSON."""
+    import time
+
+    _require_extra("monitor", "evidently", "pandas")
+    from imgclf.evaluation.reference_profile import load_reference
+    from imgclf.monitoring.drift_report import build_report, write_outputs
+    from imgclf.monitoring.traffic import TrafficError, load_traffic, parse_time
+
+    try:
+        now = time.time()
+        start = parse_time(since, now)
+        end = parse_time(until, now) if until else now
+        if end <= start:
+            raise TrafficError(
+                f"the window is empty: --since {since} is not before --until {until}"
+            )
+        ref = load_reference(reference)
+        version = None if all_versions else ref.model_sha256[:12]
+        traffic = load_traffic(db or [_db(None)], start, end, version)
+    except (TrafficError, FileNotFoundError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    result, snapshot = build_report(ref, traffic)
+    paths = write_outputs(result, snapshot, out)
+    for s in result.sections:
+        typer.echo(
+            f"{s.title}: {s.verdict} (reference {s.reference_rows}, served {s.current_rows})"
+        )
+    if result.excluded_rows:
+        typer.echo(f"left out: {sum(result.excluded_rows.values())} predictions of other models")
+    typer.echo(f"wrote {paths['html']}, {paths['markdown']}, {paths['json']}")
+    if fail_on_drift and result.drifted:
+        raise typer.Exit(1)
+
+
+@app.command()
+def collect(
+    out: Annotated[Path, typer.Option(help="ImageFolder to create or add to (data/raw/NAME).")],
+    labels: Annotated[
+        str | None,
+        typer.Option(help="Filled-in labelling sheet, or 'predicted' for the model's answers."),
+    ] = None,
+    db: DbOpt = None,
+    samples: Annotated[
+        Path | None,
+        typer.Option(help=f"Sample folder [default: $IMGCLF_SAMPLE_DIR or {DEFAULT_SAMPLES}]."),
+    ] = None,
+    since: Annotated[str | None, typer.Option(help="Only samples from: 7d, ISO-8601 …")] = None,
+) -> None:
+    """Sampled uploads → a labelling sheet, then (--labels) an ImageFolder for `dvc add`."""
+    from imgclf.monitoring.collect import CollectError
+    from imgclf.monitoring.collect import collect as run
+    from imgclf.monitoring.traffic import TrafficError, parse_time
+
+    sample_dir = samples or Path(os.environ.get("IMGCLF_SAMPLE_DIR") or DEFAULT_SAMPLES)
+    try:
+        start = parse_time(since) if since else None
+        done, counts, blank = run(_db(db), sample_dir, out, labels, start)
+    except (CollectError, TrafficError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except OSError as exc:  # e.g. --out names a file, or a read-only disk
+        typer.echo(f"error: cannot write under {out}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(done)
+    if counts:
+        typer.echo("per class: " + ", ".join(f"{k} {n}" for k, n in sorted(counts.items())))
+        if blank:
+            typer.echo(f"{blank} rows without a label were skipped")
+        typer.echo(f"next: dvc add {out} && git add {out}.dvc && open a PR (README, Monitoring)")
+    else:
+        typer.echo(f"next: fill in the label column, then: imgclf collect --out {out} "
+                   f"--labels {out}.labels.csv")  # fmt: skip

@@ -70,7 +70,7 @@ ModelName = Literal["small_cnn", "resnet18", "mobilenet_v3_small"]
 
 
 class ModelParams(_Section):
-    """Which architecture from the registry in :mod:`imgclf.models`."""
+    """Which architecture from the registry in :mod:`imgclf.training.architectures`."""
 
     name: ModelName = "small_cnn"
     pretrained: bool = False
@@ -166,7 +166,7 @@ class Params(_Section):
     """The whole ``params.yaml``. Top-level keys are the ones people tune most."""
 
     seed: int = Field(42, ge=0, le=2**32 - 1)
-    # "auto": scaled to the model's width when training starts (see imgclf.train.resolve_lr).
+    # "auto": scaled to the model's width when training starts (imgclf.training.loop.resolve_lr).
     lr: Annotated[float | Literal["auto"], BeforeValidator(_lr)] = "auto"
     epochs: int = Field(40, ge=1, le=10_000)
     batch_size: int = Field(64, ge=1, le=65_536)
@@ -177,16 +177,6 @@ class Params(_Section):
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     export: ExportParams = ExportParams()
-
-    @model_validator(mode="after")
-    def _int8_only_where_it_pays(self) -> Params:
-        if self.export.quantize == "int8":
-            from imgclf.quantize import int8_refusal
-
-            refusal = int8_refusal(self.model.name)
-            if refusal:
-                raise ValueError(f"'export.quantize' = 'int8': {refusal}")
-        return self
 
 
 def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from imgclf.dataio import expand
+from imgclf.jsonio import expand
 from tests.support import ROOT, SHRINK, copy_repo, run
 
 # IMGCLF_TEST_MODEL=fresh forces the temp-copy run even when the checkout has a model.

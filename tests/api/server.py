@@ -27,7 +27,7 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """A running ``uvicorn imgclf.api:create_app --factory`` and its log."""
+    """A running ``uvicorn imgclf.serving.app:create_app --factory`` and its log."""
 
     def __init__(self, proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
         self.proc = proc
@@ -61,7 +61,7 @@ def uvicorn_server(
 ) -> Iterator[ServerProcess]:
     """Run the API with ``IMGCLF_*`` settings in ``env``; stop it (SIGTERM) on exit."""
     port = free_port()
-    args = [sys.executable, "-m", "uvicorn", "imgclf.api:create_app", "--factory",
+    args = [sys.executable, "-m", "uvicorn", "imgclf.serving.app:create_app", "--factory",
             "--host", "127.0.0.1", "--port", str(port), "--no-access-log"]  # fmt: skip
     with log.open("wb") as out:
         proc = subprocess.Popen(

@@ -121,9 +121,9 @@ def test_bad_setting_fails_with_its_name(tmp_path) -> None:
 def test_serving_code_never_imports_torch(project: ProjectTree) -> None:
     model_dir = str(project.model_dir)
     code = (
-        "import sys, pathlib; from imgclf.api import create_app; "
-        "from imgclf.service import Service; "
-        "from imgclf.settings import Settings; "
+        "import sys, pathlib; from imgclf.serving.app import create_app; "
+        "from imgclf.serving.service import Service; "
+        "from imgclf.serving.settings import Settings; "
         f"s = Service(Settings(model_dir=pathlib.Path({model_dir!r}))); "
         "s.load(); assert s.backend is not None, s.error; create_app(s.settings); "
         "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'dvc')]; "
@@ -142,8 +142,8 @@ async def test_uploads_never_touch_disk(
     """
     import starlette.formparsers
 
-    from imgclf.api import create_app
-    from imgclf.settings import Settings
+    from imgclf.serving.app import create_app
+    from imgclf.serving.settings import Settings
 
     def forbidden(*args: object, **kwargs: object) -> None:
         raise AssertionError("an upload was written to disk")

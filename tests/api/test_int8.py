@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from imgclf.dataio import load_split
-from imgclf.int8 import calibration_set, quantize_int8, replace_with_int8
-from imgclf.predictor import Predictor
+from imgclf.artifact.int8_export import calibration_set, quantize_int8, replace_with_int8
+from imgclf.artifact.predictor import Predictor
+from imgclf.data.prepared_files import load_split
 from tests.api.modelfactory import ProjectTree
 
 

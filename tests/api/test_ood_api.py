@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from imgclf.dataio import expand
+from imgclf.jsonio import expand
 from tests.api.conftest import TEST_LIMITS
 from tests.api.modelfactory import ProjectTree
 from tests.api.server import uvicorn_server

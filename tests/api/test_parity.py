@@ -8,8 +8,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from imgclf.dataio import load_split
-from imgclf.predictor import Predictor
+from imgclf.artifact.predictor import Predictor
+from imgclf.data.prepared_files import load_split
 from tests.api.conftest import TEST_LIMITS
 from tests.api.modelfactory import ProjectTree
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from imgclf.api_schemas import REASON_STATUS, status_for
-from imgclf.preprocessing import ImageError
-from imgclf.settings import Settings, SettingsError
+from imgclf.data.preprocessing import ImageError
+from imgclf.serving.schemas import REASON_STATUS, status_for
+from imgclf.serving.settings import Settings, SettingsError
 from tests.api.modelfactory import ProjectTree
 from tests.api.server import uvicorn_server
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from imgclf.predictor import Predictor
+from imgclf.artifact.predictor import Predictor
 from tests.api.modelfactory import ProjectTree, project_tree
 from tests.api.server import free_port
 from tests.support import ROOT
@@ -137,7 +137,7 @@ def test_image_records_what_it_serves_on_its_volume(
             url + "/predict", files={"file": ("x.png", image.read_bytes())}
         ).is_success
     time.sleep(2.5)  # the writer commits about once a second
-    out = _run([*engine, "exec", cid, "python", "-m", "imgclf.monitor", "snapshot",
+    out = _run([*engine, "exec", cid, "python", "-m", "imgclf.monitoring.store", "snapshot",
                 "/var/lib/imgclf/monitor.db", "/var/lib/imgclf/snapshot.db"])  # fmt: skip
     count = int(out.split(": ")[1].split()[0])
     assert count >= 3, out

@@ -78,7 +78,9 @@ def test_base_images_are_pinned_by_digest(path: Path) -> None:
 def test_api_image_verifies_the_model_before_it_ships() -> None:
     """The integrity check runs in the build, after the model and metrics are copied in."""
     lines = (ROOT / "dockerfiles" / "api.dockerfile").read_text().splitlines()
-    check = "RUN python -m imgclf.integrity /app/models --evaluated /app/models/evaluate.json"
+    check = (
+        "RUN python -m imgclf.artifact.integrity /app/models --evaluated /app/models/evaluate.json"
+    )
     assert check in lines
     at = lines.index(check)
     assert at > max(i for i, ln in enumerate(lines) if ln.startswith("COPY "))

@@ -34,8 +34,8 @@ SCORE = """
 import sys
 from pathlib import Path
 import numpy as np
-from imgclf.dataio import load_split
-from imgclf.predictor import Predictor
+from imgclf.data.prepared_files import load_split
+from imgclf.artifact.predictor import Predictor
 out = Path(sys.argv[1])
 images, _ = load_split(Path("prepared"), "test")
 np.save(out / "probabilities.npy", Predictor(out / "models").predict_proba(images, 256))
@@ -56,7 +56,7 @@ def emulator() -> list[str] | None:
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny digits ImageFolder, params shrunk from the real file, prepared natively."""
-    from imgclf.digits import write_digits
+    from imgclf.data.digits import write_digits
 
     work = tmp_path_factory.mktemp("xcpu")
     full = work / "full"

@@ -74,20 +74,35 @@ def test_a_change_beyond_noise_fails(clone: Path) -> None:
 
 
 def test_a_stale_lock_fails_and_names_the_module(clone: Path) -> None:
-    """Code edited and committed without its lock: the stages that import it re-run."""
-    module = clone / "src" / "imgclf" / "dataio.py"
+    """Code edited and committed without its lock: the stages that import it re-run, and
+    the check fails, naming the module and saying that no output changed (a comment)."""
+    module = clone / "src" / "imgclf" / "data" / "prepared_files.py"
     module.write_text(module.read_text() + "\n# an edit\n")
     status = json.loads(run(["dvc", "status", "--json"], clone).stdout)
     changed = {
         stage
         for stage, items in status.items()
         for item in items
-        if isinstance(item, dict) and "src/imgclf/dataio.py" in item.get("changed deps", {})
+        if isinstance(item, dict)
+        and "src/imgclf/data/prepared_files.py" in item.get("changed deps", {})
     }
     assert changed == {"prepare", "train", "evaluate"}
     git(clone, "commit", "-qam", "edit dataio without its lock")
     run(["dvc", "repro"], clone)
     proc = imgclf(clone, "check-lock", check=False)
     assert proc.returncode == 1
+    assert "lock check: outputs bit-identical, only code deps differ" in proc.stdout
+    assert "stage train: dep src/imgclf/data/prepared_files.py differs" in proc.stdout
+    assert "every stage's outputs and metrics/ match HEAD byte for byte" in proc.stdout
+
+
+def test_a_stale_lock_with_other_results_says_inputs_differ(clone: Path) -> None:
+    """Code *and* results changed without the lock: the plain stale-lock failure."""
+    module = clone / "src" / "imgclf" / "data" / "prepared_files.py"
+    module.write_text(module.read_text() + "\n# an edit\n")
+    git(clone, "commit", "-qam", "edit without its lock")
+    run(["dvc", "repro"], clone)
+    other_numerics(clone, flips=1)
+    proc = imgclf(clone, "check-lock", check=False)
+    assert proc.returncode == 1
     assert "lock check: inputs differ" in proc.stdout
-    assert "stage train: dep src/imgclf/dataio.py differs" in proc.stdout

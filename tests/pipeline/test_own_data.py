@@ -39,7 +39,7 @@ def test_untracked_dataset_fails_in_params_check_with_the_fix(
 
 
 def test_stage_outputs_and_git_tracked_folders_count_as_tracked(tmp_path: Path) -> None:
-    from imgclf.tracking import UntrackedDatasetError, check_dataset_tracked
+    from imgclf.pipeline.dataset_tracking import UntrackedDatasetError, check_dataset_tracked
 
     repo = tmp_path / "r"
     (repo / ".dvc").mkdir(parents=True)
@@ -112,8 +112,8 @@ def test_training_starts_from_given_weights_and_refuses_another_architecture(
 
     import torch
 
-    from imgclf.models import build_model
     from imgclf.params import ModelParams
+    from imgclf.training.architectures import build_model
 
     repo = repo_factory()
     model = build_model(ModelParams(), 1, 10, 8, [0.3], [0.4])

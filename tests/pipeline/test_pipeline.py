@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from imgclf.dataio import expand
-from imgclf.lockcheck import machine_is_portable
+from imgclf.jsonio import expand
+from imgclf.pipeline.lockcheck import machine_is_portable
 from tests.images import write_shapes_dataset
 from tests.support import ROOT, imgclf, run
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from imgclf.remote import RemoteInfo, classify
+from imgclf.pipeline.remote import RemoteInfo, classify
 from tests.support import ROOT, free_port, git, imgclf, run
 
 

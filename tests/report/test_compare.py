@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from imgclf.compare import (
+from imgclf.evaluation.paired_test import (
     NotPairedError,
     Prediction,
     bootstrap_ci,

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from markdown_it import MarkdownIt
 
-from imgclf.markdown import code, inline, table
+from imgclf.report.markdown import code, inline, table
 from tests.support import git, imgclf, run
 
 HOSTILE = [

@@ -119,7 +119,7 @@ def test_base_predictions_come_from_dvc_when_not_in_git(tiny: Path) -> None:
 
 
 def test_an_int8_model_report_says_what_quantizing_cost() -> None:
-    from imgclf.report import quantization_lines
+    from imgclf.report.pr_report import quantization_lines
 
     fp32 = {"accuracy": 0.9}
     assert quantization_lines(fp32) == []

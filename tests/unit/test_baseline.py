@@ -6,8 +6,8 @@ import time
 
 import numpy as np
 
-from imgclf.baseline import beats_baseline, features, score_baselines, warning
-from imgclf.report import baseline_line
+from imgclf.evaluation.baseline import beats_baseline, features, score_baselines, warning
+from imgclf.report.pr_report import baseline_line
 
 
 def test_features_area_average_to_at_most_16_px() -> None:

@@ -12,9 +12,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from imgclf.cli import app
-from imgclf.collect import CollectError, collect
-from imgclf.monitor import Monitor, MonitorConfig
-from imgclf.preprocessing import DecodeBudget
+from imgclf.data.preprocessing import DecodeBudget
+from imgclf.monitoring.collect import CollectError, collect
+from imgclf.monitoring.recorder import Monitor, MonitorConfig
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from imgclf.dataio import DETAIL, expand, with_detail
+from imgclf.jsonio import DETAIL, expand, with_detail
 
 
 def test_detail_keys_leave_the_table_and_come_back_flat() -> None:

@@ -10,10 +10,10 @@ import pytest
 from typer.testing import CliRunner
 
 from imgclf.cli import app
-from imgclf.dataio import write_json
-from imgclf.drift import markdown
-from imgclf.monitor import Monitor, MonitorConfig, Upload
-from imgclf.profile import build_reference
+from imgclf.evaluation.reference_profile import build_reference
+from imgclf.jsonio import write_json
+from imgclf.monitoring.drift_report import markdown
+from imgclf.monitoring.recorder import Monitor, MonitorConfig, Upload
 
 
 @pytest.fixture
@@ -72,7 +72,7 @@ def test_other_model_versions_are_left_out_and_said(setup: dict[str, Path]) -> N
     setup["reference"].write_text(json.dumps(ref))
     code, output = _run(setup, "--since", "1h")
     assert code == 0 and "left out: 10 predictions of other models" in output
-    from imgclf.drift import DriftReport
+    from imgclf.monitoring.drift_report import DriftReport
 
     report = DriftReport(("a", "b"), "cdcdcdcdcdcd", 0, {"abababababab": 10}, [])
     assert "Left out, served by other model versions: `abababababab` (10)." in markdown(report)
@@ -80,7 +80,7 @@ def test_other_model_versions_are_left_out_and_said(setup: dict[str, Path]) -> N
 
 def test_strings_from_the_database_are_inert_in_the_markdown() -> None:
     """Versions and class names come from a file anyone with the volume can write."""
-    from imgclf.drift import Check, DriftReport, Section
+    from imgclf.monitoring.drift_report import Check, DriftReport, Section
 
     section = Section("Predicted classes", 40, 40)
     section.checks.append(Check("predicted", "constant", 0.0, 0.0, False, "always a|b\n# @team"))
@@ -95,9 +95,9 @@ def test_strings_from_the_database_are_inert_in_the_markdown() -> None:
 @pytest.mark.slow
 def test_a_category_the_reference_never_had_is_drift() -> None:
     """Half the traffic is JPEG where the reference is all PNG; a third class appears."""
-    from imgclf.drift import build_report
-    from imgclf.profile import Reference
-    from imgclf.traffic import Traffic
+    from imgclf.evaluation.reference_profile import Reference
+    from imgclf.monitoring.drift_report import build_report
+    from imgclf.monitoring.traffic import Traffic
 
     rng = np.random.default_rng(0)
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from imgclf.evaluate import expected_calibration_error, score
+from imgclf.evaluation.evaluate import expected_calibration_error, score
 
 
 def test_ece_of_a_calibrated_and_an_overconfident_model() -> None:

@@ -12,9 +12,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from imgclf.params import Params, validate_params
-from imgclf.prepare import prepare
-from imgclf.preprocessing import (
+from imgclf.data.prepare import prepare
+from imgclf.data.preprocessing import (
     DecodeBudget,
     ImageError,
     PreprocessSpec,
@@ -22,6 +21,7 @@ from imgclf.preprocessing import (
     open_image,
     preprocess,
 )
+from imgclf.params import Params, validate_params
 from tests.api import hostile
 from tests.images import write_shapes_dataset
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from imgclf.integrity import ModelIntegrityError, main, verify_model
+from imgclf.artifact.integrity import ModelIntegrityError, main, verify_model
 from tests.support import ROOT, imgclf
 
 SIZE = 8
@@ -110,9 +110,16 @@ def test_card_without_a_valid_hash_cannot_vouch(model_dir: Path, value: object) 
 
 
 def test_module_entry_point_used_by_the_dockerfile(model_dir: Path) -> None:
-    """`python -m imgclf.integrity` (stdlib only, as in the image): 0, then 1 when tampered."""
+    """`python -m imgclf.artifact.integrity` (stdlib only, as in the image): 0, then 1."""
     metrics = str(model_dir.parent / "metrics/evaluate.json")
-    cmd = [sys.executable, "-m", "imgclf.integrity", str(model_dir), "--evaluated", metrics]
+    cmd = [
+        sys.executable,
+        "-m",
+        "imgclf.artifact.integrity",
+        str(model_dir),
+        "--evaluated",
+        metrics,
+    ]
     env = {"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"}
     ok = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
     assert ok.returncode == 0, ok.stderr
@@ -138,7 +145,7 @@ def test_cli_verify_model(model_dir: Path) -> None:
 def test_predictor_refuses_a_tampered_model(model_dir: Path) -> None:
     import numpy as np
 
-    from imgclf.predictor import Predictor
+    from imgclf.artifact.predictor import Predictor
 
     probs = Predictor(model_dir).predict_proba(np.zeros((2, SIZE, SIZE, 1), np.uint8))
     assert probs.shape == (2, 2)
@@ -151,8 +158,8 @@ def test_api_stays_up_but_not_ready_on_a_tampered_model(model_dir: Path) -> None
     """The server does not serve it: /ready is 503 and says why; /health still answers."""
     from fastapi.testclient import TestClient
 
-    from imgclf.api import create_app
-    from imgclf.settings import Settings
+    from imgclf.serving.app import create_app
+    from imgclf.serving.settings import Settings
 
     tamper(model_dir)
     app = create_app(Settings().with_model_dir(model_dir))

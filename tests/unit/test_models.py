@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from imgclf.models import REGISTRY, build_model
 from imgclf.params import ModelParams
+from imgclf.training.architectures import REGISTRY, build_model
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))

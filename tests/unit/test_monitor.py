@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgclf.monitor import Monitor, MonitorConfig, open_monitor
-from imgclf.preprocessing import DecodeBudget, PreprocessSpec, preprocess
-from imgclf.settings import Settings, SettingsError
-from imgclf.telemetry import Telemetry
-from imgclf.traffic import TrafficError, load_traffic, parse_time
+from imgclf.data.preprocessing import DecodeBudget, PreprocessSpec, preprocess
+from imgclf.monitoring.recorder import Monitor, MonitorConfig
+from imgclf.monitoring.traffic import TrafficError, load_traffic, parse_time
+from imgclf.serving.prometheus_metrics import Telemetry
+from imgclf.serving.recording import open_monitor
+from imgclf.serving.settings import Settings, SettingsError
 from tests.support import ROOT, tool_env
 
 CLASSES = ["a", "b"]
@@ -100,7 +101,7 @@ def test_samples_are_kept_up_to_the_byte_cap(tmp_path: Path) -> None:
 
 def test_a_full_queue_drops_records_never_blocks(tmp_path: Path, monkeypatch) -> None:
     """A stuck disk (here: a writer that never drains) costs records, not requests."""
-    monkeypatch.setattr("imgclf.monitor.QUEUE_BYTES", 3 * 64)  # three 8×8 gray images
+    monkeypatch.setattr("imgclf.monitoring.recorder.QUEUE_BYTES", 3 * 64)  # three 8×8 gray images
     monkeypatch.setattr(Monitor, "_run", lambda self: None)
     telemetry = Telemetry()
     monitor = Monitor(MonitorConfig(db=tmp_path / "m.db"), telemetry)
@@ -201,7 +202,7 @@ def test_snapshot_is_a_consistent_self_contained_copy(tmp_path: Path) -> None:
     assert (tmp_path / "live.db-wal").stat().st_size > 0  # the rows live in the WAL only
     target = tmp_path / "copy" / "snap.db"
     proc = subprocess.run(
-        [sys.executable, "-m", "imgclf.monitor", "snapshot", str(db), str(target)],
+        [sys.executable, "-m", "imgclf.monitoring.store", "snapshot", str(db), str(target)],
         capture_output=True, text=True, env=tool_env(ROOT), timeout=60,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -209,7 +210,8 @@ def test_snapshot_is_a_consistent_self_contained_copy(tmp_path: Path) -> None:
     assert not (tmp_path / "copy" / "snap.db-wal").exists()
     assert load_traffic(target, 0, 2e9, "v1").rows == 7
     bad = subprocess.run(
-        [sys.executable, "-m", "imgclf.monitor", "snapshot", str(tmp_path / "no.db"), str(target)],
+        [sys.executable, "-m", "imgclf.monitoring.store", "snapshot", str(tmp_path / "no.db"),
+         str(target)],
         capture_output=True, text=True, env=tool_env(ROOT), timeout=60,
     )  # fmt: skip
     assert bad.returncode == 1 and "cannot snapshot" in bad.stderr
@@ -231,7 +233,9 @@ def test_every_setting_is_documented() -> None:
     """Each IMGCLF_* variable the server reads appears in the README."""
     import re
 
-    names = set(re.findall(r'"(IMGCLF_[A-Z_]+)"', (ROOT / "src/imgclf/settings.py").read_text()))
+    names = set(
+        re.findall(r'"(IMGCLF_[A-Z_]+)"', (ROOT / "src/imgclf/serving/settings.py").read_text())
+    )
     assert {"IMGCLF_MONITOR_DB", "IMGCLF_SAMPLE_DIR", "IMGCLF_SAMPLE_MAX_BYTES"} <= names
     readme = (ROOT / "README.md").read_text()
     assert not {n for n in names if n not in readme}

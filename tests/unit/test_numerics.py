@@ -9,11 +9,11 @@ import textwrap
 PROBE = textwrap.dedent(
     """
     import json, sys
-    from imgclf import numerics
+    from imgclf.training import numerics
     numerics.configure("portable")
     import torch
     from imgclf.params import validate_params
-    from imgclf.train import setup_runtime
+    from imgclf.training.runtime import setup_runtime
 
     rt = setup_runtime(validate_params({"train": {"device": "cpu"}}))
     print(json.dumps({

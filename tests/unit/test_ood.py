@@ -12,14 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imgclf.dataio import write_json
-from imgclf.ood import OOD_FILE, RangeCheck, detector_from_dict, load_detector
-from imgclf.oodfit import calibrate, fit_checks, fit_detector, fit_space
-from imgclf.oodsets import GENERATORS, ood_sets
+from imgclf.data.features import image_features, source_info
+from imgclf.data.preprocessing import PreprocessSpec, preprocess
+from imgclf.jsonio import write_json
+from imgclf.ood.detector import OOD_FILE, RangeCheck, detector_from_dict, load_detector
+from imgclf.ood.fit import calibrate, fit_checks, fit_detector, fit_space
+from imgclf.ood.synthetic_sets import GENERATORS, ood_sets
 from imgclf.params import ParamsError, validate_params
-from imgclf.preprocessing import PreprocessSpec, preprocess
-from imgclf.profile import image_features, source_info
-from imgclf.settings import Settings, SettingsError
+from imgclf.serving.settings import Settings, SettingsError
 
 
 def _blobs(n: int, seed: int, d: int = 6, classes: int = 3) -> tuple[np.ndarray, np.ndarray]:
@@ -169,7 +169,7 @@ def test_imgclf_ood_setting_names_the_allowed_values() -> None:
 
 
 def test_spd_inverse_matches_lapack_without_its_cpu_dependent_kernels() -> None:
-    from imgclf.oodfit import spd_inverse
+    from imgclf.ood.fit import spd_inverse
 
     r = np.random.default_rng(0).standard_normal((300, 32))
     a = r.T @ r / 300 + 0.1 * np.eye(32)
@@ -191,7 +191,7 @@ def test_a_grayscale_model_flags_colour_files_by_their_original_colours() -> Non
     colour, a gray image saved as RGB is not (it has no colour, whatever its mode)."""
     from PIL import Image
 
-    from imgclf.profile import source_colorfulness
+    from imgclf.data.features import source_colorfulness
 
     gray_files = [_png(Image.fromarray(p[..., 0])) for p in _pixels(40, 20)]
     assert {source_colorfulness(f) for f in gray_files} == {0.0}

@@ -16,14 +16,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import imgclf.oodfit
-from imgclf.dataio import DETAIL, INDEX_FIELDS
-from imgclf.evaluate import evaluate
-from imgclf.ood import OOD_FILE, load_detector
-from imgclf.oodsets import GENERATORS, ood_sets
+import imgclf.ood.fit
+from imgclf.artifact.predictor import Predictor
+from imgclf.data.prepared_files import INDEX_FIELDS
+from imgclf.data.preprocessing import preprocess
+from imgclf.evaluation.evaluate import evaluate
+from imgclf.jsonio import DETAIL
+from imgclf.ood.detector import OOD_FILE, load_detector
+from imgclf.ood.synthetic_sets import GENERATORS, ood_sets
 from imgclf.params import Params
-from imgclf.predictor import Predictor
-from imgclf.preprocessing import preprocess
 from tests.images import shape_image
 from tests.unit.test_profile import CLASSES, _export
 
@@ -50,7 +51,7 @@ def test_evaluate_calibrates_and_measures_the_flag_on_a_photo_model(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The real generators, 8 images per set instead of 48: the test's time is inference.
-    monkeypatch.setattr(imgclf.oodfit, "ood_sets", functools.partial(ood_sets, per_set=8))
+    monkeypatch.setattr(imgclf.ood.fit, "ood_sets", functools.partial(ood_sets, per_set=8))
     model_dir = _export(tmp_path / "models", channels=3, size=32)
     prepared = _photo_split(tmp_path)
     metrics = evaluate(Params(), prepared, model_dir, tmp_path / "metrics")
@@ -83,7 +84,7 @@ def test_evaluate_calibrates_and_measures_the_flag_on_a_photo_model(
     assert not verdict.in_distribution and verdict.score > 1
 
     # The image build's integrity check refuses another model's statistics.
-    from imgclf.integrity import ModelIntegrityError, verify_model
+    from imgclf.artifact.integrity import ModelIntegrityError, verify_model
 
     assert verify_model(model_dir) == doc["model_sha256"]
     (model_dir / OOD_FILE).write_text(json.dumps({**doc, "model_sha256": "0" * 64}))

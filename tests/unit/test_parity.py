@@ -5,11 +5,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imgclf.artifact import export_onnx
-from imgclf.dataio import write_json
-from imgclf.models import WithSoftmax, build_model
+from imgclf.artifact.files import export_onnx
+from imgclf.artifact.predictor import Predictor
+from imgclf.jsonio import write_json
 from imgclf.params import ModelParams
-from imgclf.predictor import Predictor
+from imgclf.training.architectures import WithSoftmax, build_model
 
 
 def test_torch_and_onnx_agree(tmp_path: Path) -> None:

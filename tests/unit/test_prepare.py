@@ -8,14 +8,15 @@ import numpy as np
 import pytest
 import yaml
 
-from imgclf.dataio import expand, load_meta, load_split
-from imgclf.params import Params, validate_params
-from imgclf.prepare import (
+from imgclf.data.prepare import (
     PrepareError,
     prepare,
     scan_imagefolder,
     stratified_split,
 )
+from imgclf.data.prepared_files import load_meta, load_split
+from imgclf.jsonio import expand
+from imgclf.params import Params, validate_params
 from tests.images import bad_files, encode, odd_images, shape_image, write_shapes_dataset
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgclf.preprocessing import ImageError, PreprocessSpec, open_image, preprocess
+from imgclf.data.preprocessing import ImageError, PreprocessSpec, open_image, preprocess
 from tests.images import bad_files, encode, exif_rotated_jpeg, odd_images, shape_image
 
 RGB = PreprocessSpec(image_size=32, color_mode="rgb")
@@ -106,7 +106,7 @@ def test_spec_round_trips_through_the_card() -> None:
 
 def test_phone_size_jpeg_decodes_at_an_eighth_and_keeps_its_source_size() -> None:
     """DCT-domain downscaling goes as far as still covers image_size (a 4000x3000 → 1/8)."""
-    from imgclf.preprocessing import SOURCE_SIZE, draft_target
+    from imgclf.data.preprocessing import SOURCE_SIZE, draft_target
 
     data = encode(shape_image(0, (4000, 3000), seed=4), "JPEG", quality=85)
     spec = PreprocessSpec(image_size=224, color_mode="rgb")
@@ -117,7 +117,7 @@ def test_phone_size_jpeg_decodes_at_an_eighth_and_keeps_its_source_size() -> Non
 
 
 def test_a_jpeg_is_never_decoded_below_the_model_size() -> None:
-    from imgclf.preprocessing import draft_target
+    from imgclf.data.preprocessing import draft_target
 
     spec = PreprocessSpec(image_size=224, color_mode="rgb")
     for size in [(600, 400), (1920, 1080), (449, 3000), (224, 224)]:

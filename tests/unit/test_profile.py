@@ -11,24 +11,24 @@ import pytest
 import torch
 from PIL import Image, ImageFilter
 
-from imgclf.artifact import EMBEDDING_NAME, REFERENCE_FILE, export_onnx
-from imgclf.dataio import INDEX_FIELDS, write_json
-from imgclf.errors import ModelIntegrityError
-from imgclf.evaluate import evaluate
-from imgclf.integrity import verify_model
-from imgclf.models import WithSoftmax, build_model
-from imgclf.params import ModelParams, Params
-from imgclf.predictor import Predictor
-from imgclf.profile import (
+from imgclf.artifact.files import EMBEDDING_NAME, REFERENCE_FILE, export_onnx
+from imgclf.artifact.integrity import verify_model
+from imgclf.artifact.predictor import Predictor
+from imgclf.data.features import (
     MAX_EMBEDDING_DIMS,
-    build_reference,
     format_from_path,
     image_features,
-    load_reference,
     numeric_features,
     reduce_embedding,
     source_info,
 )
+from imgclf.data.prepared_files import INDEX_FIELDS
+from imgclf.errors import ModelIntegrityError
+from imgclf.evaluation.evaluate import evaluate
+from imgclf.evaluation.reference_profile import build_reference, load_reference
+from imgclf.jsonio import write_json
+from imgclf.params import ModelParams, Params
+from imgclf.training.architectures import WithSoftmax, build_model
 
 CLASSES = ["a", "b", "c"]
 
@@ -207,7 +207,7 @@ def test_reference_is_sampled_when_large_and_refuses_foreign_files(
     n = 12
     pixels = np.zeros((n, 4, 4, 1), np.uint8)
     probs = np.tile([0.2, 0.8, 0.0], (n, 1))
-    monkeypatch.setattr("imgclf.profile.MAX_REFERENCE_ROWS", 5)
+    monkeypatch.setattr("imgclf.evaluation.reference_profile.MAX_REFERENCE_ROWS", 5)
     ref = build_reference(
         pixels, [4] * n, [4] * n, ["PNG"] * n, probs, None, CLASSES, "f" * 64, seed=0
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from imgclf.params import validate_params
-from imgclf.train import replay, warmup_epochs
+from imgclf.training.selection import EpochSelector, warmup_epochs
 
 # The issue's run, as logged: val loss lowest in epoch 1 (the untrained model predicts
 # ~0.5 everywhere), jumping in the first epochs, accuracy 0.90 only at epochs 10-11.
@@ -11,6 +11,16 @@ ISSUE_CURVE = [
     (0.50, 0.69), (0.50, 1.90), (0.50, 3.10), (0.55, 2.40), (0.60, 1.50), (0.50, 2.70),
     (0.65, 1.30), (0.70, 0.95), (0.80, 0.80), (0.90, 0.72), (0.90, 0.70),
 ]  # fmt: skip
+
+
+def replay(curve: list[tuple[float, float]], warmup: int, patience: int) -> tuple[int, int]:
+    """(kept epoch, epochs run) that train's :class:`EpochSelector` gives for a curve."""
+    selector = EpochSelector(warmup, patience)
+    for epoch, (accuracy, loss) in enumerate(curve, start=1):
+        selector.offer(epoch, accuracy, loss)
+        if selector.should_stop(epoch):
+            return selector.best_epoch, epoch
+    return selector.best_epoch, len(curve)
 
 
 def _old_rule(curve: list[tuple[float, float]], patience: int) -> tuple[int, int]:

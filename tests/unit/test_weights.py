@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from imgclf.errors import WeightsError
-from imgclf.models import build_model, load_initial_weights
 from imgclf.params import ModelParams, ParamsError, validate_params
+from imgclf.training.architectures import build_model, load_initial_weights
 
 
 def _model(classes: int, width: int = 8):

@@ -91,7 +91,7 @@ def test_cml_workflow_promises() -> None:
 def test_data_workflow_triggers_on_data_and_prepare() -> None:
     wf = load("data.yaml")
     paths = wf["on"]["pull_request"]["paths"]
-    assert "data/**.dvc" in paths and "src/imgclf/prepare.py" in paths
+    assert "data/**.dvc" in paths and "src/imgclf/data/prepare.py" in paths
     assert wf["permissions"] == {}
     runs = "\n".join(s.get("run", "") for s in steps(wf))
     assert "imgclf data-report" in runs

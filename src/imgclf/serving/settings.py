@@ -1,0 +1,197 @@
+"""Serving configuration, read once from ``IMGCLF_*`` environment variables.
+
+Environment variables (not a config file) because that is how a container is
+configured; every value is validated at startup so a typo fails loudly with the
+variable's name instead of surfacing as a 500 on the first request.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+MiB = 1024 * 1024
+# IMGCLF_OOD values (imgclf.ood.detector.MODES, repeated here so settings import nothing heavy).
+OOD_MODES = ("flag", "refuse", "off")
+
+
+class SettingsError(ValueError):
+    """An ``IMGCLF_*`` variable has a value the server cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the API can be told; defaults suit the digits model on a small CPU."""
+
+    model_dir: Path = Path("models")
+    # Per uploaded file, and for the whole body of one request (a batch).
+    max_upload_bytes: int = 10 * MiB
+    max_request_bytes: int = 32 * MiB
+    # Decoded size guard (decompression bombs): checked from the header, before decoding.
+    max_pixels: int = 40_000_000
+    # Decoded bytes per request, summed over the files of a batch and counting bytes per
+    # pixel (an RGB/RGBA pixel takes 4, 16-bit gray 2, 8-bit gray 1): 128 MiB lets one
+    # 8-bit image reach max_pixels, refuses a 40 MP RGBA or 16-bit RGB one.
+    max_decode_bytes: int = 128 * MiB
+    max_batch: int = 32
+    cors_origins: tuple[str, ...] = ()
+    # onnxruntime intra-op threads per inference; requests already run concurrently.
+    threads: int = 1
+    # Decode + inference run in this many worker threads (0: one per CPU core) …
+    workers: int = 0
+    # … and at most this many more requests wait for one; past that: 503 "overloaded".
+    max_queue: int = 64
+    # Open connections uvicorn accepts (``imgclf serve``); past it: 503 from uvicorn.
+    max_connections: int = 256
+    # Seconds to receive the whole request body (a slow or stalled client: 408) …
+    body_timeout_s: float = 30.0
+    # … and for the whole request, queue and decode included (503 "timeout").
+    request_timeout_s: float = 60.0
+    # Seconds an idle keep-alive connection is kept open (uvicorn's default is 5).
+    keep_alive_s: float = 5.0
+    metrics_file: Path | None = None
+    git_revision: str | None = None
+    # Out-of-distribution flag (imgclf.ood.detector): ``flag`` answers with in_distribution/
+    # ood_score/ood_reasons, ``refuse`` answers 422 out_of_distribution, ``off`` skips it.
+    ood: str = "flag"
+    # Monitoring (imgclf.monitoring.recorder): the SQLite file every served prediction is
+    # recorded in (None: off), bounded to this many newest rows …
+    monitor_db: Path | None = None
+    monitor_max_rows: int = 1_000_000
+    # … and opt-in samples of the uploads themselves: a fraction of them, up to a byte cap.
+    sample_dir: Path | None = None
+    sample_rate: float = 0.01
+    sample_max_bytes: int = 1024 * MiB
+
+    @property
+    def evaluation_file(self) -> Path:
+        """Where the evaluate stage's metrics are: next to the model (image) or in metrics/."""
+        if self.metrics_file is not None:
+            return self.metrics_file
+        beside = self.model_dir / "evaluate.json"
+        return beside if beside.is_file() else self.model_dir.parent / "metrics" / "evaluate.json"
+
+    @property
+    def worker_threads(self) -> int:
+        """Decode/inference threads: ``workers``, or the cores this process may use."""
+        if self.workers:
+            return self.workers
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # pragma: no cover - not on Linux
+            return os.cpu_count() or 1
+
+    def with_model_dir(self, model_dir: Path | str) -> Settings:
+        return replace(self, model_dir=Path(model_dir))
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build from ``IMGCLF_*`` variables; unknown ones are ignored, bad ones raise."""
+        env = os.environ if env is None else env
+        d = cls()
+
+        def integer(name: str, default: int, minimum: int = 1) -> int:
+            raw = env.get(name)
+            if raw is None or raw.strip() == "":
+                return default
+            try:
+                value = int(raw.replace("_", ""))
+            except ValueError:
+                raise SettingsError(f"{name}={raw!r} is not an integer") from None
+            if value < minimum:
+                raise SettingsError(f"{name}={value} must be >= {minimum}")
+            return value
+
+        def seconds(name: str, default: float) -> float:
+            raw = env.get(name)
+            if raw is None or raw.strip() == "":
+                return default
+            try:
+                value = float(raw)
+            except ValueError:
+                raise SettingsError(f"{name}={raw!r} is not a number of seconds") from None
+            if not value > 0 or value == float("inf"):
+                raise SettingsError(f"{name}={value} must be a positive number of seconds")
+            return value
+
+        ood = (env.get("IMGCLF_OOD") or d.ood).strip().lower()
+        if ood not in OOD_MODES:
+            raise SettingsError(
+                f"IMGCLF_OOD={env.get('IMGCLF_OOD')!r} is not one of {', '.join(OOD_MODES)}"
+            )
+
+        def fraction(name: str, default: float) -> float:
+            raw = env.get(name)
+            if raw is None or raw.strip() == "":
+                return default
+            try:
+                value = float(raw)
+            except ValueError:
+                raise SettingsError(f"{name}={raw!r} is not a number") from None
+            if not 0 < value <= 1:
+                raise SettingsError(f"{name}={value} must be a fraction in (0, 1], e.g. 0.01")
+            return value
+
+        cors = env.get("IMGCLF_CORS_ORIGINS", "")
+        origins = tuple(o.strip() for o in cors.split(",") if o.strip())
+        metrics = env.get("IMGCLF_METRICS_FILE")
+        settings = cls(
+            model_dir=Path(env.get("IMGCLF_MODEL_DIR") or d.model_dir),
+            max_upload_bytes=integer("IMGCLF_MAX_UPLOAD_BYTES", d.max_upload_bytes),
+            max_request_bytes=integer("IMGCLF_MAX_REQUEST_BYTES", d.max_request_bytes),
+            max_pixels=integer("IMGCLF_MAX_PIXELS", d.max_pixels),
+            max_decode_bytes=integer("IMGCLF_MAX_DECODE_BYTES", d.max_decode_bytes),
+            max_batch=integer("IMGCLF_MAX_BATCH", d.max_batch),
+            cors_origins=origins,
+            threads=integer("IMGCLF_THREADS", d.threads),
+            workers=integer("IMGCLF_WORKERS", d.workers, minimum=0),
+            max_queue=integer("IMGCLF_MAX_QUEUE", d.max_queue, minimum=0),
+            max_connections=integer("IMGCLF_MAX_CONNECTIONS", d.max_connections),
+            body_timeout_s=seconds("IMGCLF_BODY_TIMEOUT_S", d.body_timeout_s),
+            request_timeout_s=seconds("IMGCLF_REQUEST_TIMEOUT_S", d.request_timeout_s),
+            keep_alive_s=seconds("IMGCLF_KEEP_ALIVE_S", d.keep_alive_s),
+            metrics_file=Path(metrics) if metrics else None,
+            git_revision=env.get("IMGCLF_GIT_REVISION") or None,
+            ood=ood,
+            monitor_db=_path(env, "IMGCLF_MONITOR_DB"),
+            monitor_max_rows=integer("IMGCLF_MONITOR_MAX_ROWS", d.monitor_max_rows),
+            sample_dir=_path(env, "IMGCLF_SAMPLE_DIR"),
+            sample_rate=fraction("IMGCLF_SAMPLE_RATE", d.sample_rate),
+            sample_max_bytes=integer("IMGCLF_SAMPLE_MAX_BYTES", d.sample_max_bytes),
+        )
+        _check_monitoring(settings, env)
+        if settings.max_request_bytes < settings.max_upload_bytes:
+            raise SettingsError(
+                f"IMGCLF_MAX_REQUEST_BYTES={settings.max_request_bytes} is smaller than "
+                f"IMGCLF_MAX_UPLOAD_BYTES={settings.max_upload_bytes}"
+            )
+        if settings.request_timeout_s < settings.body_timeout_s:
+            raise SettingsError(
+                f"IMGCLF_REQUEST_TIMEOUT_S={settings.request_timeout_s} is shorter than "
+                f"IMGCLF_BODY_TIMEOUT_S={settings.body_timeout_s}"
+            )
+        return settings
+
+
+def _path(env: Mapping[str, str], name: str) -> Path | None:
+    raw = (env.get(name) or "").strip()
+    return Path(raw) if raw else None
+
+
+def _check_monitoring(settings: Settings, env: Mapping[str, str]) -> None:
+    """Sampling settings only make sense together: say which one is missing."""
+    if settings.sample_dir is not None and settings.monitor_db is None:
+        raise SettingsError(
+            "IMGCLF_SAMPLE_DIR is set but IMGCLF_MONITOR_DB is not: samples are listed in the "
+            "monitoring database (imgclf collect reads it), so set both"
+        )
+    for name in ("IMGCLF_SAMPLE_RATE", "IMGCLF_SAMPLE_MAX_BYTES"):
+        if (env.get(name) or "").strip() and settings.sample_dir is None:
+            raise SettingsError(f"{name} is set but IMGCLF_SAMPLE_DIR is not: no sample is kept")
+    if settings.monitor_db is not None and settings.monitor_db.is_dir():
+        raise SettingsError(
+            f"IMGCLF_MONITOR_DB={settings.monitor_db} is a directory; give a file path, "
+            "e.g. /var/lib/imgclf/monitor.db"
+        )
