@@ -298,7 +298,7 @@ def serve(
     run(settings, host=host, port=port, access_log=access_log)
 
 
-# The monitoring loop (README, Monitoring): served traffic vs the reference, and back to data.
+# The monitoring loop (docs/monitoring.md): served traffic vs the reference, and back to data.
 
 
 if __name__ == "__main__":  # pragma: no cover
@@ -410,7 +410,7 @@ def collect(
         typer.echo("per class: " + ", ".join(f"{k} {n}" for k, n in sorted(counts.items())))
         if blank:
             typer.echo(f"{blank} rows without a label were skipped")
-        typer.echo(f"next: dvc add {out} && git add {out}.dvc && open a PR (README, Monitoring)")
+        typer.echo(f"next: dvc add {out} && git add {out}.dvc && open a PR (docs/monitoring.md)")
     else:
         typer.echo(f"next: fill in the label column, then: imgclf collect --out {out} "
                    f"--labels {out}.labels.csv")  # fmt: skip

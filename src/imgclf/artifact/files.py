@@ -85,7 +85,7 @@ def model_card(
 
     ``numerics`` records how the weights were computed (``portable-cpu``, ``fast-cpu``,
     ``cuda``): it says whether another machine can be expected to reproduce them bit
-    for bit (see README, Reproducibility).
+    for bit (see docs/reproducibility.md).
     """
     spec = meta["preprocess"]
     channels = 1 if spec["color_mode"] == "grayscale" else 3

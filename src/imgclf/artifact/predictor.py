@@ -32,7 +32,7 @@ def portable_numerics(card: dict[str, Any]) -> bool:
 def session_options(card: dict[str, Any], threads: int = 1) -> Any:
     """onnxruntime options for this artifact, the same in ``evaluate``, ``predict`` and the API.
 
-    Portable numerics (README, Reproducibility): onnxruntime picks AVX2 or AVX-512
+    Portable numerics (docs/reproducibility.md): onnxruntime picks AVX2 or AVX-512
     kernels by CPU. Below the layout level (NCHWc blocks of 8 vs 16 channels) the
     kernels it runs sum in the same order on both; flushing subnormals removes the
     one difference left (softmax's far tail, probabilities < 1e-38). A model trained
