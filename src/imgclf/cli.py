@@ -10,7 +10,7 @@ fast, and a command whose optional extra is missing says which one to install
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import os
 from pathlib import Path
 from typing import Annotated
@@ -34,7 +34,12 @@ EXTRAS = {
 
 def _require_extra(extra: str, *modules: str) -> None:
     """Exit with one line that says what to install when an optional extra is missing."""
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    missing = []
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(module)
     if missing:
         typer.echo(
             f"error: this command needs the '{extra}' extra ({EXTRAS[extra]}; "
@@ -118,10 +123,11 @@ def verify_model(
     """Check model.onnx against its card's sha256 (and the metrics): exit 1 if it was changed."""
     from imgclf.artifact.integrity import ModelIntegrityError
     from imgclf.artifact.integrity import verify_model as verify
+    from imgclf.errors import ModelNotFoundError
 
     try:
         sha = verify(model_dir, evaluated)
-    except ModelIntegrityError as exc:
+    except (ModelIntegrityError, ModelNotFoundError) as exc:
         typer.echo(f"error: model integrity check failed: {exc}", err=True)
         raise typer.Exit(1) from None
     against = "model.json" + (f" and {evaluated}" if evaluated else "")
@@ -183,7 +189,8 @@ def report(
     repo: Annotated[Path, typer.Option(help="Repository root.")] = Path(),
 ) -> None:
     """Markdown comparing the workspace's model with BASE: metrics, params, noise test."""
-    from imgclf.report.pr_report import ReportError, model_report
+    from imgclf.report.pr_report import model_report
+    from imgclf.report.revisions import ReportError
 
     try:
         text = model_report(repo, base, label=label, images=images)
@@ -285,6 +292,7 @@ def serve(
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
 ) -> None:
     """Serve the model over HTTP (`imgclf.serving.app`; limits from IMGCLF_* variables)."""
+    _require_extra("serve", "onnxruntime", "fastapi", "uvicorn", "multipart")
     from imgclf.serving.app import run
     from imgclf.serving.settings import Settings, SettingsError
 
