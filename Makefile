@@ -52,6 +52,7 @@ test: install-dev  ## ruff check, ruff format --check, the docs site (--strict),
 test-all: install-dev  ## make test plus the `heavy` tests (about 8 minutes more on 2 cores)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
 	$(BIN)/pytest
 
 lint: install-dev  ## ruff check + format check only
