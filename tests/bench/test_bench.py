@@ -313,7 +313,8 @@ def test_photo_scenario_quick_prints_the_table_both_ratios_and_the_verdicts(
         assert float(row[header.index("ours ÷ seed")].strip("*×")) > 0, row
         assert float(row[header.index("ours ÷ ceiling")].strip("*")) > 0, row
         assert "errors" not in row[header.index("ours requests")], row
-        assert 0 < float(row[header.index("client CPU share (ours)")].rstrip("%")) <= 100, row
+        # Whole percent: a row of a few big requests can round to 0 %.
+        assert 0 <= float(row[header.index("client CPU share (ours)")].rstrip("%")) <= 100, row
     assert "ours ÷ ceiling on jpeg_600x400 at concurrency 8" in out
     assert "ours ÷ seed on jpeg_4000x3000 at concurrency 8" in out
     assert "p99 ≤ 3 × p50 on every row" in out
