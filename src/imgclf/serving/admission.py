@@ -109,11 +109,13 @@ class TokenBuckets:
 
 
 def _too_many(reason: str, detail: str, retry_after: float) -> JSONResponse:
-    # The body (if any) is not read: closing the connection spares both sides sending it.
+    # The body (if any) is not read. The connection stays open: uvicorn's parser drops
+    # the body's bytes without keeping them, whereas closing with unread data would reset
+    # the connection, and some clients lose the answer to a reset (docs/serving-edge.md).
     return JSONResponse(
         {"detail": detail, "reason": reason},
         status_code=429,
-        headers={"Retry-After": str(max(1, math.ceil(retry_after))), "Connection": "close"},
+        headers={"Retry-After": str(max(1, math.ceil(retry_after)))},
     )
 
 

@@ -169,10 +169,9 @@ def _install_error_handlers(app: FastAPI, service: Service) -> None:
 
     @app.exception_handler(ServiceUnavailableError)
     async def unavailable(_: Request, exc: ServiceUnavailableError) -> JSONResponse:
-        # overloaded may come before the body was read: close rather than receive it.
-        headers = ({} if exc.reason == "not_ready" else {"Retry-After": str(RETRY_AFTER_S)}) | (
-            {"Connection": "close"} if exc.reason == "overloaded" else {}
-        )
+        # overloaded may come before the body was read: the connection stays open and
+        # uvicorn's parser drops the body's bytes (closing with unread data would reset it).
+        headers = {} if exc.reason == "not_ready" else {"Retry-After": str(RETRY_AFTER_S)}
         if exc.reason != "not_ready":
             service.reject(exc.reason)
         return JSONResponse(
