@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 import unicodedata
 from collections.abc import Iterable
 from typing import Any
@@ -151,3 +152,19 @@ def param_value(value: Any) -> str:
 def param_cell(value: Any) -> str:
     """A param value for the markdown: numbers as typed, anything else escaped."""
     return "(unset)" if value is None else inline(param_value(value))
+
+
+def quote(text: str, max_lines: int) -> str:
+    """Tool output (``imgclf check-lock``'s verdict) as a markdown quote, each line one
+    code span: the workflow pastes it into the PR comment, so it goes through
+    :func:`code` like every other outside string (a ``sed 's/^/> /'`` escaped nothing)."""
+    lines = text.splitlines()[:max_lines]
+    return "\n".join(f"> {code(line)}" if line.strip() else ">" for line in lines)
+
+
+if __name__ == "__main__":  # python -m imgclf.report.markdown quote FILE MAX_LINES (cml.yaml)
+    if len(sys.argv) != 4 or sys.argv[1] != "quote":
+        sys.exit("usage: python -m imgclf.report.markdown quote FILE MAX_LINES")
+    from pathlib import Path
+
+    print(quote(Path(sys.argv[2]).read_text(encoding="utf-8", errors="replace"), int(sys.argv[3])))
