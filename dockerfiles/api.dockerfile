@@ -57,9 +57,7 @@ USER 10001
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
   CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/ready', timeout=4)"]
-# UVICORN_* variables tune the server (e.g. UVICORN_ACCESS_LOG=false), IMGCLF_* the API.
-# uvicorn's own connection cap (idle keep-alive connections count too) and keep-alive
-# time, as `imgclf serve` sets them; the app's IMGCLF_MAX_CONNECTIONS cap applies as well.
-ENV UVICORN_LIMIT_CONCURRENCY=256 \
-    UVICORN_TIMEOUT_KEEP_ALIVE=5
-CMD ["uvicorn", "imgclf.serving.app:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000"]
+# The same server configuration as `imgclf serve` (docs/serving-edge.md): uvicorn behind
+# imgclf.serving.edge (request-head deadline, head size cap, socket ceiling), tuned by
+# IMGCLF_* variables only. A plain `uvicorn` command would skip the edge.
+CMD ["python", "-m", "imgclf.serving", "--host", "0.0.0.0", "--port", "8000"]

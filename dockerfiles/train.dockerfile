@@ -23,15 +23,22 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false \
     HOME=/tmp
 
-# git: DVC needs it for `exp run`; safe.directory because the mount belongs to the host user.
+# git: DVC needs it for `exp run`; safe.directory for the mount point only (it belongs to
+# the host user), not '*': any other repository's config (hooks) stays untrusted.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends git \
  && rm -rf /var/lib/apt/lists/* \
- && git config --system --add safe.directory '*'
+ && git config --system --add safe.directory /workspace
 
 COPY requirements.txt requirements-serve.txt /tmp/req/
+# torch and torchvision come from the torch index ALONE (--index-url), everything else from
+# PyPI alone: with --extra-index-url pip takes the highest version from either index, so
+# a package name planted on the other index would win (dependency confusion).
 RUN python -m venv /opt/venv \
- && pip install --no-cache-dir --extra-index-url "${TORCH_INDEX_URL}" -r /tmp/req/requirements.txt \
+ && pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" \
+      "$(grep -E '^torch==' /tmp/req/requirements.txt)" \
+      "$(grep -E '^torchvision==' /tmp/req/requirements.txt)" \
+ && pip install --no-cache-dir --index-url https://pypi.org/simple -r /tmp/req/requirements.txt \
  && rm -rf /tmp/req \
  && useradd --create-home --uid 1000 trainer
 

@@ -74,12 +74,29 @@ MEANINGS = {
     "[benchmarks](benchmarks.md#load))",
     "IMGCLF_WORKERS": "threads that decode and run the model; `0`: one per CPU core",
     "IMGCLF_MAX_QUEUE": "requests that may wait for a worker; more get `503 overloaded`",
-    "IMGCLF_MAX_CONNECTIONS": "requests in progress (`503 overloaded`, probes exempt); "
-    "`imgclf serve` also caps uvicorn's connections with it",
+    "IMGCLF_MAX_CONNECTIONS": "requests in progress (`503 overloaded`, probes and "
+    "`/metrics` exempt); idle sockets do not count ([the edge](serving-edge.md))",
     "IMGCLF_BODY_TIMEOUT_S": "seconds to receive a request body (`408 body_timeout`)",
     "IMGCLF_REQUEST_TIMEOUT_S": "seconds for a whole request, queue and decode included "
     "(`503 timeout`); ≥ `IMGCLF_BODY_TIMEOUT_S`",
     "IMGCLF_KEEP_ALIVE_S": "idle keep-alive connections are closed after this (`imgclf serve`)",
+    "IMGCLF_HEAD_TIMEOUT_S": "seconds to receive a request head, counted from accept (and "
+    "again after each response, on top of `IMGCLF_KEEP_ALIVE_S`); a silent socket is closed, "
+    "a half-sent head gets `408 head_timeout` ([the edge](serving-edge.md))",
+    "IMGCLF_MAX_HEAD_BYTES": "request line + headers; larger: `431 head_too_large` and the "
+    "connection closed, nothing beyond the cap buffered",
+    "IMGCLF_MAX_OPEN_CONNECTIONS": "open sockets the process accepts (the soft file limit "
+    "is raised to fit); over it a new one is closed at once",
+    "IMGCLF_MAX_BODY_BYTES_IN_FLIGHT": "request-body bytes held in memory across all "
+    "requests; a request that does not fit gets `503 overloaded` before its body is read",
+    "IMGCLF_CLIENT_RATE": "per client: requests per second of a token bucket (`0`: off); "
+    "over it `429 rate_limited` with `Retry-After`",
+    "IMGCLF_CLIENT_BURST": "per client: the token bucket's size (`0`: twice the rate)",
+    "IMGCLF_CLIENT_MAX_ACTIVE": "per client: requests in progress at once (unset: half of "
+    "workers + queue; `0`: off); over it `429 client_busy`",
+    "IMGCLF_TRUSTED_PROXIES": "comma-separated IPs/CIDRs whose `X-Forwarded-For` is "
+    "believed (read from the right past every trusted proxy); empty: the TCP peer is the "
+    "client",
     "IMGCLF_GIT_REVISION": "shown by `/model` and in `imgclf_model_info` "
     "(the image sets it from a build arg)",
     "IMGCLF_OOD": "the [out-of-distribution flag](ood.md): `flag` answers with "

@@ -7,10 +7,12 @@ their body too slowly or hang up half-way.
 
 from __future__ import annotations
 
+import fcntl
 import socket
 import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 import zlib
@@ -161,8 +163,23 @@ def hang_up(url: str, path: str, sent: int = 100_000) -> None:
         sock.sendall(b"--hostile\r\nContent-Disposition: form-data; name=\"file\"; "
                      b"filename=\"a.png\"\r\n\r\n\x89PNG\r\n\x1a\n")  # fmt: skip
         sock.sendall(b"\0" * sent)
-        time.sleep(0.2)  # let the server start reading the body
+        # Reset only once the server's kernel has every byte (nothing left unsent here),
+        # so the server sees the head and part of the body, then the reset.
+        wait_sent(sock, timeout=10)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+def wait_sent(sock: socket.socket, timeout: float) -> None:
+    """Poll until the peer has acknowledged every byte written to ``sock`` (Linux
+    ``SIOCOUTQ``: bytes not yet acknowledged), or raise ``TimeoutError``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        unsent = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+        if unsent == 0:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{unsent} bytes still unacknowledged after {timeout} s")
+        time.sleep(0.005)
 
 
 @dataclass
@@ -241,11 +258,20 @@ def probe_in_process(url: str, seconds: float, every: float = 0.02) -> subproces
 
 
 def while_probing(url: str, action: Callable[[], object]) -> tuple[object, HealthProbe]:
-    """Run ``action`` while ``/health`` is polled; its result and the probe."""
+    """Run ``action`` while ``/health`` is polled; its result and the probe.
+
+    The probe keeps going until it has answered a few more times after ``action``
+    (polled, with a deadline), so the last moments of the load are measured too.
+    """
     probe = HealthProbe(url, every=0.005)
     with probe.running():
         result = action()
-        time.sleep(0.1)
+        seen = len(probe.latencies) + len(probe.failures)
+        deadline = time.monotonic() + 10
+        while len(probe.latencies) + len(probe.failures) < seen + 3:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.005)
     return result, probe
 
 

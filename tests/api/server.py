@@ -1,4 +1,4 @@
-"""Start the API as a real uvicorn process on a free loopback port (not TestClient).
+"""Start the API as a real server process on a free loopback port (not TestClient).
 
 The bad-input, fuzzing and browser tests must see what a client sees: HTTP
 parsing, streaming bodies, connection handling, and a process that must still
@@ -27,7 +27,7 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """A running ``uvicorn imgclf.serving.app:create_app --factory`` and its log."""
+    """A running ``python -m imgclf.serving`` (uvicorn behind the edge) and its log."""
 
     def __init__(self, proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
         self.proc = proc
@@ -61,8 +61,10 @@ def uvicorn_server(
 ) -> Iterator[ServerProcess]:
     """Run the API with ``IMGCLF_*`` settings in ``env``; stop it (SIGTERM) on exit."""
     port = free_port()
-    args = [sys.executable, "-m", "uvicorn", "imgclf.serving.app:create_app", "--factory",
-            "--host", "127.0.0.1", "--port", str(port), "--no-access-log"]  # fmt: skip
+    # What `imgclf serve` and the container run (uvicorn behind imgclf.serving.edge),
+    # not a plain `uvicorn` command that would skip the edge's deadlines and limits.
+    args = [sys.executable, "-m", "imgclf.serving", "--host", "127.0.0.1", "--port", str(port),
+            "--no-access-log"]  # fmt: skip
     with log.open("wb") as out:
         proc = subprocess.Popen(
             args, env={**tool_env(ROOT), **env}, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT

@@ -69,6 +69,13 @@ def test_limits_for_hostile_clients_are_settings() -> None:
          "IMGCLF_REQUEST_TIMEOUT_S"),
         ({"IMGCLF_MAX_CONNECTIONS": "0"}, "IMGCLF_MAX_CONNECTIONS"),
         ({"IMGCLF_MAX_DECODE_BYTES": "x"}, "IMGCLF_MAX_DECODE_BYTES"),
+        ({"IMGCLF_HEAD_TIMEOUT_S": "0"}, "IMGCLF_HEAD_TIMEOUT_S"),
+        ({"IMGCLF_MAX_HEAD_BYTES": "100"}, "IMGCLF_MAX_HEAD_BYTES"),
+        ({"IMGCLF_MAX_BODY_BYTES_IN_FLIGHT": "1000"}, "IMGCLF_MAX_BODY_BYTES_IN_FLIGHT"),
+        ({"IMGCLF_CLIENT_RATE": "-1"}, "IMGCLF_CLIENT_RATE"),
+        ({"IMGCLF_CLIENT_RATE": "fast"}, "IMGCLF_CLIENT_RATE"),
+        ({"IMGCLF_CLIENT_MAX_ACTIVE": "-2"}, "IMGCLF_CLIENT_MAX_ACTIVE"),
+        ({"IMGCLF_TRUSTED_PROXIES": "10.0.0.1, proxy.local"}, "IMGCLF_TRUSTED_PROXIES"),
     ],
 )  # fmt: skip
 def test_bad_values_name_the_variable(env: dict[str, str], name: str) -> None:
@@ -103,3 +110,14 @@ def test_cors_origins(project: ProjectTree, tmp_path: Path) -> None:
         assert preflight.headers["access-control-allow-origin"] == "https://app.example"
         other = httpx.get(server.url + "/health", headers={"Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in other.headers
+
+
+def test_edge_and_fairness_settings() -> None:
+    """docs/serving-edge.md's table: defaults, and how the per-client values derive."""
+    d = Settings.from_env({"IMGCLF_WORKERS": "2", "IMGCLF_MAX_QUEUE": "7"})
+    assert (d.head_timeout_s, d.max_head_bytes, d.client_rate) == (5.0, 32 * 1024, 0.0)
+    assert d.client_active_limit == 5  # half of 2 + 7, rounded up
+    s = Settings.from_env({"IMGCLF_CLIENT_RATE": "2.5", "IMGCLF_CLIENT_MAX_ACTIVE": "0",
+                           "IMGCLF_TRUSTED_PROXIES": "10.0.0.1, 192.168.0.0/16"})  # fmt: skip
+    assert (s.client_burst_size, s.client_active_limit) == (5.0, 0)
+    assert s.trusted_proxies == ("10.0.0.1", "192.168.0.0/16")

@@ -86,6 +86,15 @@ def test_inline_keeps_ordinary_values_plain() -> None:
     assert inline("a|b") == "`a|b`"
 
 
+@pytest.mark.parametrize(
+    "text", ["https://evil.example/x", "www.evil.example", "GH-1", "__bold__", "_em_", "a _b"]
+)
+def test_inline_escapes_what_github_links_or_emphasises(text: str) -> None:
+    """Issue 20: these are made of "plain" characters, yet GitHub renders a link or
+    emphasis from them in the PR comment; they must come out as one code span."""
+    assert inline(text) == code(text)
+
+
 def test_table_keeps_its_columns_with_hostile_cells() -> None:
     rows = [[code(n), inline(n), "1"] for n in HOSTILE]
     md = "\n".join(table(["name", "plain", "n"], rows))

@@ -80,6 +80,22 @@ def test_predicted_labels_on_request(served: tuple[Path, Path], tmp_path: Path) 
     assert counts == {"cat": 3, "dog": 3} and "added 6 images" in done
 
 
+def test_predicted_labels_from_the_database_are_checked_like_sheet_labels(
+    served: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Issue 20: a label ``../x`` recorded in the database (the model's class list) wrote
+    outside ``--out`` under ``--labels predicted``; it is now refused, nothing written."""
+    import sqlite3
+
+    db, samples = served
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE requests SET label = '../escaped' WHERE label = 'dog'")
+    out = tmp_path / "box" / "out"
+    with pytest.raises(CollectError, match="class folder name"):
+        collect(db, samples, out, "predicted")
+    assert not (tmp_path / "box").exists()
+
+
 @pytest.mark.parametrize(
     ("edit", "message"),
     [

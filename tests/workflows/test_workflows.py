@@ -98,7 +98,7 @@ def test_data_workflow_triggers_on_data_and_prepare() -> None:
     assert "cml comment update data-report/data-report.md" in runs
 
 
-def test_docker_workflow_smoke_tests_and_pushes_only_with_secrets() -> None:
+def test_docker_workflow_smoke_tests_and_pushes_with_the_workflow_token() -> None:
     wf = load("docker.yaml")
     assert wf["on"]["push"] == {"branches": ["main"], "tags": ["v*"]}
     all_steps = steps(wf)
@@ -110,8 +110,11 @@ def test_docker_workflow_smoke_tests_and_pushes_only_with_secrets() -> None:
     pull, build = step_running(all_steps, "imgclf pull"), step_running(all_steps, "docker build")
     assert pull < verify < build, "the pulled model is verified before it goes into the image"
     (push,) = [s for s in all_steps if "docker push" in s.get("run", "")]
-    assert '[ -z "$REGISTRY_PASSWORD" ]' in push["run"], "no registry secret: no push, a notice"
-    assert "::notice" in push["run"]
+    assert "GITHUB_TOKEN" in push["env"], "the workflow token, not a stored password"
+    # Release and DVC-writer jobs do not restore the pip cache ci.yaml writes (poisoning).
+    for name in ("docker.yaml", "dvc-push.yaml", "drift.yaml"):
+        for step in steps(load(name)):
+            assert "cache" not in step.get("with", {}), name
 
 
 def test_ci_workflow_runs_make_test_with_pip_cache() -> None:

@@ -221,8 +221,8 @@ def open_image(
         raise ImageError(
             "not_an_image", f"content starts like {fmt} but is not a valid one"
         ) from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageError("corrupt", f"cannot read image header: {exc}") from None
+    except (OSError, SyntaxError, ValueError, EOFError):
+        raise ImageError("corrupt", "cannot read image header") from None
     width, height = img.size
     if width * height > max_pixels:
         raise ImageError(
@@ -234,18 +234,18 @@ def open_image(
     try:
         if draft_to and img.format == "JPEG":
             img.draft(img.mode if img.mode in ("L", "RGB") else None, (draft_to, draft_to))
-    except (OSError, ValueError) as exc:
-        raise ImageError("corrupt", f"cannot read image header: {exc}") from None
+    except (OSError, ValueError):
+        raise ImageError("corrupt", "cannot read image header") from None
     drafted = img.size
     if budget is not None:
         budget.take(img)
     try:
         img.seek(0)  # animated GIF/WebP/APNG: the first frame
         img.load()
-    except Image.DecompressionBombError as exc:  # pragma: no cover - guard disabled above
-        raise ImageError("too_many_pixels", str(exc)) from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageError("truncated", f"image data is truncated or corrupt: {exc}") from None
+    except Image.DecompressionBombError:  # pragma: no cover - guard disabled above
+        raise ImageError("too_many_pixels", "image is a decompression bomb") from None
+    except (OSError, SyntaxError, ValueError, EOFError):
+        raise ImageError("truncated", "image data is truncated or corrupt") from None
     # in_place: without it Pillow returns a full copy even when nothing is rotated
     # (another 80 MB for a 40 MP 16-bit image). A broken EXIF block must not lose the image.
     with contextlib.suppress(Exception):
@@ -345,10 +345,10 @@ def preprocess(
         img = open_image(source, spec.max_pixels, draft_to=draft_target(spec), budget=budget)
     try:
         img = fit_to_square(to_color_mode(img, spec.color_mode), spec.image_size, spec.resize)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError):
         # e.g. a LAB or HSV TIFF: Pillow has no conversion from it to L/RGB.
         raise ImageError(
-            "unsupported_mode", f"cannot convert a {img.mode} image to {spec.color_mode}: {exc}"
+            "unsupported_mode", f"cannot convert a {img.mode} image to {spec.color_mode}"
         ) from None
     arr = np.asarray(img, dtype=np.uint8)
     return arr[:, :, None] if arr.ndim == 2 else arr

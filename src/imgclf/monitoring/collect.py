@@ -86,6 +86,16 @@ def _safe_sample(name: str, sample_dir: Path, where: str) -> Path:
     return path
 
 
+def check_label(label: str, where: str) -> None:
+    """A label becomes a folder under ``--out``: a plain name only, whoever wrote it (a
+    person in the sheet, or the model's class list via the database for ``predicted``)."""
+    if not _LABEL.match(label) or label in {".", ".."}:
+        raise CollectError(
+            f"{where}: label {label!r} is not a usable class folder name "
+            "(letters, digits, space, _ . + -, at most 64 characters)"
+        )
+
+
 def read_labels(sheet: Path, known: dict[str, Sampled]) -> tuple[dict[str, str], int]:
     """``{sample: label}`` from a filled-in sheet, and how many rows were left blank."""
     if not sheet.is_file():
@@ -111,11 +121,7 @@ def read_labels(sheet: Path, known: dict[str, Sampled]) -> tuple[dict[str, str],
         if not label:
             blank += 1
             continue
-        if not _LABEL.match(label) or label in {".", ".."}:
-            raise CollectError(
-                f"{where}: label {label!r} is not a usable class folder name "
-                "(letters, digits, space, _ . + -, at most 64 characters)"
-            )
+        check_label(label, where)
         if sample not in known:
             raise CollectError(f"{where}: {sample!r} is not a sample the API recorded")
         if labels.get(sample, label) != label:
@@ -156,6 +162,8 @@ def collect(
     known = {s.sample: s for s in samples}
     if labels == PREDICTED:
         chosen, blank = {s.sample: s.predicted for s in samples}, 0
+        for s in samples:  # the database is input too: the same check as the sheet's
+            check_label(s.predicted, f"{db}: sample {s.sample}")
     else:
         chosen, blank = read_labels(Path(labels), known)
     if not chosen:

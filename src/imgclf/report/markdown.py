@@ -12,7 +12,8 @@ inject HTML or links, ``@someone`` would ping a person. So:
   can break out of the span — backticks (a longer fence), line breaks and other
   control or invisible characters (shown as ``\\n``, ``\\u202e`` …), and length.
 * :func:`inline` returns a string unchanged when it is made only of characters that
-  mean nothing in markdown (``lr=0.05``, ``origin/main``), else ``code(text)``: the
+  mean nothing in markdown (``lr=0.05``, ``origin/main``) and holds nothing GitHub would
+  link or emphasise (``https://…``, ``www.…``, ``GH-1``, ``__x__``), else ``code(text)``: the
   report keeps its plain look for ordinary values and escapes everything else.
 * :func:`table` applies GitHub's own table rule to every cell: a ``|`` inside a cell
   (code spans included) must be written ``\\|``. That is structure, not content, so it
@@ -24,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 import unicodedata
 from collections.abc import Iterable
 from typing import Any
@@ -34,6 +36,13 @@ _VISIBLE = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 # Control, format (bidi overrides, zero-width), line and paragraph separators.
 _INVISIBLE = {"Cc", "Cf", "Zl", "Zp"}
 _PLAIN = re.compile(r"[A-Za-z0-9_.,:=+/-]+(?: [A-Za-z0-9_.,:=+/-]+)*")
+# Plain characters that GitHub still turns into something: URLs (``https://…``), its
+# extended autolinks (``www.…``), issue references (``GH-1``), and ``_`` that opens or
+# closes emphasis (``__x__``, ``_x_``; an ``_`` inside a word, as in ``batch_size``, does not).
+_ACTIVE = re.compile(
+    r"://|(?<![A-Za-z0-9])www\.|(?<![A-Za-z0-9])GH-[0-9]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])",
+    re.IGNORECASE,
+)
 _PIPE = re.compile(r"(\\*)\|")
 
 
@@ -69,9 +78,11 @@ def code(text: object) -> str:
 
 
 def inline(text: object) -> str:
-    """Plain when harmless (letters, digits, ``_.,:=+/-``, single spaces), else :func:`code`."""
+    """Plain when harmless (letters, digits, ``_.,:=+/-``, single spaces, and nothing GitHub
+    links or emphasises: see ``_ACTIVE``), else :func:`code`."""
     s = str(text)
-    return s if _PLAIN.fullmatch(s) and len(s) <= MAX_CHARS else code(s)
+    plain = _PLAIN.fullmatch(s) and not _ACTIVE.search(s) and len(s) <= MAX_CHARS
+    return s if plain else code(s)
 
 
 def _cell(text: str) -> str:
@@ -141,3 +152,19 @@ def param_value(value: Any) -> str:
 def param_cell(value: Any) -> str:
     """A param value for the markdown: numbers as typed, anything else escaped."""
     return "(unset)" if value is None else inline(param_value(value))
+
+
+def quote(text: str, max_lines: int) -> str:
+    """Tool output (``imgclf check-lock``'s verdict) as a markdown quote, each line one
+    code span: the workflow pastes it into the PR comment, so it goes through
+    :func:`code` like every other outside string (a ``sed 's/^/> /'`` escaped nothing)."""
+    lines = text.splitlines()[:max_lines]
+    return "\n".join(f"> {code(line)}" if line.strip() else ">" for line in lines)
+
+
+if __name__ == "__main__":  # python -m imgclf.report.markdown quote FILE MAX_LINES (cml.yaml)
+    if len(sys.argv) != 4 or sys.argv[1] != "quote":
+        sys.exit("usage: python -m imgclf.report.markdown quote FILE MAX_LINES")
+    from pathlib import Path
+
+    print(quote(Path(sys.argv[2]).read_text(encoding="utf-8", errors="replace"), int(sys.argv[3])))

@@ -15,7 +15,10 @@ environment variables, see :mod:`imgclf.serving.settings`).
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -29,6 +32,14 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from imgclf.data.preprocessing import ImageError
+from imgclf.serving.admission import (
+    UNLIMITED,
+    BodyBudget,
+    BodyBudgetExceededError,
+    BodyHold,
+    ClientLimitMiddleware,
+    parse_networks,
+)
 from imgclf.serving.ood_hooks import Scored
 from imgclf.serving.prometheus_metrics import ENDPOINTS, MetricsMiddleware
 from imgclf.serving.schemas import (
@@ -57,18 +68,32 @@ def _index_html() -> str:
     return page.read_text(encoding="utf-8")
 
 
-# The page is self-contained (inline script and style, no CDN): allow nothing else.
-PAGE_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; "
-    "style-src 'unsafe-inline'; img-src blob: data:; connect-src 'self'; base-uri 'none'; "
-    "form-action 'none'; frame-ancestors 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-}
+_SCRIPT = re.compile(r"<script>(.*?)</script>", re.DOTALL)
+
+
+def page_headers(page: str) -> dict[str, str]:
+    """Security headers for the upload page: it is self-contained (inline script and
+    style, no CDN), so nothing else is allowed, and its one script only by its hash.
+
+    ``script-src 'unsafe-inline'`` would let any injected ``<script>`` run; a hash
+    allows exactly the script we ship (docs/serving-edge.md).
+    """
+    hashes = " ".join(
+        "'sha256-" + base64.b64encode(hashlib.sha256(m.encode()).digest()).decode() + "'"
+        for m in _SCRIPT.findall(page)
+    )
+    scripts = hashes or "'none'"
+    return {
+        "Content-Security-Policy": f"default-src 'none'; script-src {scripts}; "
+        "style-src 'unsafe-inline'; img-src blob: data:; connect-src 'self'; base-uri 'none'; "
+        "form-action 'none'; frame-ancestors 'none'",
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+    }
 
 
 # Probes are never refused by the request cap: they must say "alive" whatever the load.
-PROBES = frozenset({"/health", "/ready"})
+PROBES = UNLIMITED
 
 
 class RequestCapMiddleware:
@@ -144,6 +169,8 @@ def _install_error_handlers(app: FastAPI, service: Service) -> None:
 
     @app.exception_handler(ServiceUnavailableError)
     async def unavailable(_: Request, exc: ServiceUnavailableError) -> JSONResponse:
+        # overloaded may come before the body was read: the connection stays open and
+        # uvicorn's parser drops the body's bytes (closing with unread data would reset it).
         headers = {} if exc.reason == "not_ready" else {"Retry-After": str(RETRY_AFTER_S)}
         if exc.reason != "not_ready":
             service.reject(exc.reason)
@@ -169,6 +196,8 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     _configure_logging()
     service = Service(settings, backend)
     page = _index_html()
+    headers_for_page = page_headers(page)
+    bodies = BodyBudget(settings.max_body_bytes_in_flight)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -193,6 +222,16 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
             allow_headers=["*"],
         )
     app.add_middleware(RequestCapMiddleware, limit=settings.max_connections, service=service)
+    # Outside the request cap: a client over its own share is told so (429) before it
+    # takes one of the shared slots.
+    app.add_middleware(
+        ClientLimitMiddleware,
+        rate=settings.client_rate,
+        burst=settings.client_burst_size,
+        max_active=settings.client_active_limit,
+        proxies=parse_networks(settings.trusted_proxies),
+        on_reject=service.reject,
+    )
     app.add_middleware(MetricsMiddleware, telemetry=service.telemetry)
     _install_error_handlers(app, service)
 
@@ -208,11 +247,44 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         max_parts=settings.max_batch + 16,
     )
 
-    async def _uploads(request: Request, field: str, limits: Limits) -> list[Upload]:
+    def _admit(request: Request, limits: Limits) -> BodyHold:
+        """Refuse before reading the body when the work queue is full or the bodies in
+        flight would exceed IMGCLF_MAX_BODY_BYTES_IN_FLIGHT; else hold the budget."""
+        pool = service.pool
+        if pool.jobs >= pool.capacity:
+            raise ServiceUnavailableError(
+                "overloaded",
+                f"server is busy ({pool.workers} workers and {pool.capacity - pool.workers} "
+                "queued requests): retry after the Retry-After delay",
+            )
+        try:
+            declared = int(request.headers.get("content-length", "0"))
+        except ValueError:
+            declared = 0  # read_uploads answers malformed_request
+        # A declared length over the limit is refused without being kept: hold nothing.
+        hold = BodyHold(bodies, declared if 0 <= declared <= limits.max_body_bytes else 0)
+        if not hold.start():
+            raise ServiceUnavailableError(
+                "overloaded",
+                "request bodies in memory are at their limit (IMGCLF_MAX_BODY_BYTES_IN_FLIGHT): "
+                "retry after the Retry-After delay",
+            )
+        return hold
+
+    async def _uploads(
+        request: Request, field: str, limits: Limits, hold: BodyHold
+    ) -> list[Upload]:
         """The request's files under ``field``, read under the limits and the body deadline."""
         try:
             async with asyncio.timeout(settings.body_timeout_s):
-                uploads = await read_uploads(request.headers, request.stream(), (field,), limits)
+                stream = hold.meter(request.stream())
+                uploads = await read_uploads(request.headers, stream, (field,), limits)
+        except BodyBudgetExceededError:
+            raise ServiceUnavailableError(
+                "overloaded",
+                "request bodies in memory are at their limit (IMGCLF_MAX_BODY_BYTES_IN_FLIGHT): "
+                "retry after the Retry-After delay",
+            ) from None
         except TimeoutError:
             raise RequestRejectedError(
                 "body_timeout",
@@ -249,7 +321,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
 
     @app.get("/", summary="Upload page", response_class=HTMLResponse)
     async def index() -> HTMLResponse:
-        return HTMLResponse(page, headers=PAGE_HEADERS)
+        return HTMLResponse(page, headers=headers_for_page)
 
     @app.post(
         "/predict",
@@ -261,10 +333,14 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     async def predict(request: Request) -> dict[str, Any]:
         deadline = _deadline()
         version = _require_model(service).version
-        uploads = await _uploads(request, "file", single)
-        if uploads[0].error is not None:
-            raise uploads[0].error
-        (result,) = await service.classify_async([uploads[0].data], deadline)
+        hold = _admit(request, single)
+        try:
+            uploads = await _uploads(request, "file", single, hold)
+            if uploads[0].error is not None:
+                raise uploads[0].error
+            (result,) = await service.classify_async([uploads[0].data], deadline)
+        finally:
+            hold.release()
         if isinstance(result, ImageError):
             raise result
         return {**service.answer(result), "model_version": version}
@@ -280,9 +356,13 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     async def predict_batch(request: Request) -> dict[str, Any]:
         deadline = _deadline()
         version = _require_model(service).version
-        uploads = await _uploads(request, "files", several)
-        ok = [u for u in uploads if u.error is None]
-        results = iter(await service.classify_async([u.data for u in ok], deadline))
+        hold = _admit(request, several)
+        try:
+            uploads = await _uploads(request, "files", several, hold)
+            ok = [u for u in uploads if u.error is None]
+            results = iter(await service.classify_async([u.data for u in ok], deadline))
+        finally:
+            hold.release()
         items: list[dict[str, Any]] = []
         for upload in uploads:
             outcome: Scored | ImageError | RequestRejectedError
@@ -306,19 +386,30 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
 
 
 def run(settings: Settings, host: str, port: int, access_log: bool = True) -> None:
-    """Serve with uvicorn (what ``imgclf serve`` and ``make serve`` call).
+    """Serve with uvicorn behind :mod:`imgclf.serving.edge` (``imgclf serve``, ``make serve``
+    and the container's ``python -m imgclf.serving`` all come here: one configuration).
 
-    Beyond the app's own limits, uvicorn caps open connections
-    (``IMGCLF_MAX_CONNECTIONS``: past it new ones get a 503) and closes idle
-    keep-alive connections after ``IMGCLF_KEEP_ALIVE_S``.
+    The edge gives every connection a request-head deadline, a head size cap and a
+    ceiling on open sockets; uvicorn's ``limit_concurrency`` is not used (it counts idle
+    sockets, so a few hundred silent ones locked everyone out, probes included): the
+    app's own cap (``IMGCLF_MAX_CONNECTIONS`` requests in progress, probes exempt) and
+    the per-client limits bound the work. Forwarded headers are read by the app only
+    from ``IMGCLF_TRUSTED_PROXIES`` (uvicorn's own proxy handling is off). See
+    docs/serving-edge.md.
     """
     import uvicorn
 
+    from imgclf.serving.edge import protocol_for, raise_file_limit
+
+    app = create_app(settings)
+    raise_file_limit(settings.max_open_connections + 256)
     uvicorn.run(
-        create_app(settings),
+        app,
         host=host,
         port=port,
         access_log=access_log,
-        limit_concurrency=settings.max_connections,
+        http=protocol_for(settings, on_reject=app.state.service.reject),
         timeout_keep_alive=max(1, round(settings.keep_alive_s)),
+        proxy_headers=False,
+        server_header=False,
     )

@@ -22,8 +22,16 @@ REASON_STATUS: dict[str, int] = {
     "too_many_parts": 413,
     "too_large": 413,
     "body_timeout": 408,  # the body did not arrive within IMGCLF_BODY_TIMEOUT_S
+    # the connection edge (imgclf.serving.edge; answered before the app sees the request)
+    "head_timeout": 408,  # no complete request head within IMGCLF_HEAD_TIMEOUT_S
+    "head_too_large": 431,  # request line + headers over IMGCLF_MAX_HEAD_BYTES
+    # the client (imgclf.serving.admission): 429 + Retry-After
+    "rate_limited": 429,  # over IMGCLF_CLIENT_RATE (token bucket per client address)
+    "client_busy": 429,  # IMGCLF_CLIENT_MAX_ACTIVE requests of this client in progress
     # the server, not the request
-    "overloaded": 503,  # every worker busy and the queue full: retry after Retry-After
+    # every worker busy and the queue full, or IMGCLF_MAX_BODY_BYTES_IN_FLIGHT reached:
+    # retry after Retry-After
+    "overloaded": 503,
     "timeout": 503,  # not answered within IMGCLF_REQUEST_TIMEOUT_S
     "not_ready": 503,
     # one image
@@ -102,6 +110,11 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
             422,
             "the file field is missing or not a file, too many files, or (IMGCLF_OOD=refuse) "
             "the image is out of distribution",
+        ),
+        (
+            429,
+            "this client sent too many requests (rate_limited) or has too many in progress "
+            "(client_busy): retry after Retry-After",
         ),
         (503, "model not loaded, server overloaded (see Retry-After), or timed out"),
     )

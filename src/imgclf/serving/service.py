@@ -254,11 +254,16 @@ class Service:
             raise ImageError("empty", "the file is empty")
         try:
             return preprocess(data, self.spec, budget)
-        except ImageError:
+        except ImageError as exc:
+            # Messages are fixed texts; the decoder's own words (the suppressed context)
+            # go to the log only (docs/serving-edge.md).
+            if exc.__context__ is not None:
+                log.info("upload refused (%s): %r", exc.reason, exc.__context__)
             raise
         except Exception as exc:  # noqa: BLE001 - decoders raise a zoo of types on fuzzed files
+            # The decoder's text goes to the log only: the reason code is the contract.
             log.warning("decoder failed on an upload: %r", exc)
-            raise ImageError("corrupt", f"image cannot be decoded: {exc}") from None
+            raise ImageError("corrupt", "image cannot be decoded") from None
 
     async def classify_async(
         self, uploads: list[bytearray], deadline: float

@@ -7,6 +7,7 @@ variable's name instead of surfacing as a 500 on the first request.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -51,6 +52,23 @@ class Settings:
     request_timeout_s: float = 60.0
     # Seconds an idle keep-alive connection is kept open (uvicorn's default is 5).
     keep_alive_s: float = 5.0
+    # The edge (imgclf.serving.edge, docs/serving-edge.md): seconds from accept (or from
+    # the end of the idle time after a response) to receive a complete request head …
+    head_timeout_s: float = 5.0
+    # … request line + headers at most this many bytes (431, connection closed) …
+    max_head_bytes: int = 32 * 1024
+    # … and at most this many open sockets (past it a new one is closed at once).
+    max_open_connections: int = 2048
+    # Request bodies held in memory at once, all connections together (503 past it).
+    max_body_bytes_in_flight: int = 128 * MiB
+    # Per client address (imgclf.serving.admission): a token bucket of this many requests
+    # per second (0: off) and this burst (0: twice the rate) …
+    client_rate: float = 0.0
+    client_burst: int = 0
+    # … and at most this many requests in progress (None: half of workers + queue; 0: off).
+    client_max_active: int | None = None
+    # Peers whose X-Forwarded-For is believed (IP addresses or CIDR networks).
+    trusted_proxies: tuple[str, ...] = ()
     metrics_file: Path | None = None
     git_revision: str | None = None
     # Out-of-distribution flag (imgclf.ood.detector): ``flag`` answers with in_distribution/
@@ -82,6 +100,19 @@ class Settings:
             return max(1, len(os.sched_getaffinity(0)))
         except AttributeError:  # pragma: no cover - not on Linux
             return os.cpu_count() or 1
+
+    @property
+    def client_active_limit(self) -> int:
+        """Requests in progress per client (0: no limit): by default half the work slots,
+        so one client alone keeps every worker busy but cannot fill the whole queue."""
+        if self.client_max_active is not None:
+            return self.client_max_active
+        return max(1, -(-(self.worker_threads + self.max_queue) // 2))
+
+    @property
+    def client_burst_size(self) -> float:
+        """Token bucket size: ``client_burst``, or two seconds' worth of ``client_rate``."""
+        return float(self.client_burst) if self.client_burst else max(1.0, 2 * self.client_rate)
 
     def with_model_dir(self, model_dir: Path | str) -> Settings:
         return replace(self, model_dir=Path(model_dir))
@@ -115,6 +146,33 @@ class Settings:
             if not value > 0 or value == float("inf"):
                 raise SettingsError(f"{name}={value} must be a positive number of seconds")
             return value
+
+        def rate(name: str, default: float) -> float:
+            raw = env.get(name)
+            if raw is None or raw.strip() == "":
+                return default
+            try:
+                value = float(raw)
+            except ValueError:
+                raise SettingsError(f"{name}={raw!r} is not a number per second") from None
+            if not 0 <= value < float("inf"):
+                raise SettingsError(f"{name}={value} must be >= 0 (0: off)")
+            return value
+
+        raw_active = (env.get("IMGCLF_CLIENT_MAX_ACTIVE") or "").strip()
+        client_max_active = (
+            integer("IMGCLF_CLIENT_MAX_ACTIVE", 0, minimum=0) if raw_active else None
+        )
+        proxies = tuple(
+            p.strip() for p in env.get("IMGCLF_TRUSTED_PROXIES", "").split(",") if p.strip()
+        )
+        for proxy in proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise SettingsError(
+                    f"IMGCLF_TRUSTED_PROXIES: {proxy!r} is not an IP address or network"
+                ) from None
 
         ood = (env.get("IMGCLF_OOD") or d.ood).strip().lower()
         if ood not in OOD_MODES:
@@ -152,6 +210,16 @@ class Settings:
             body_timeout_s=seconds("IMGCLF_BODY_TIMEOUT_S", d.body_timeout_s),
             request_timeout_s=seconds("IMGCLF_REQUEST_TIMEOUT_S", d.request_timeout_s),
             keep_alive_s=seconds("IMGCLF_KEEP_ALIVE_S", d.keep_alive_s),
+            head_timeout_s=seconds("IMGCLF_HEAD_TIMEOUT_S", d.head_timeout_s),
+            max_head_bytes=integer("IMGCLF_MAX_HEAD_BYTES", d.max_head_bytes, minimum=1024),
+            max_open_connections=integer("IMGCLF_MAX_OPEN_CONNECTIONS", d.max_open_connections),
+            max_body_bytes_in_flight=integer(
+                "IMGCLF_MAX_BODY_BYTES_IN_FLIGHT", d.max_body_bytes_in_flight
+            ),
+            client_rate=rate("IMGCLF_CLIENT_RATE", d.client_rate),
+            client_burst=integer("IMGCLF_CLIENT_BURST", d.client_burst, minimum=0),
+            client_max_active=client_max_active,
+            trusted_proxies=proxies,
             metrics_file=Path(metrics) if metrics else None,
             git_revision=env.get("IMGCLF_GIT_REVISION") or None,
             ood=ood,
@@ -166,6 +234,11 @@ class Settings:
             raise SettingsError(
                 f"IMGCLF_MAX_REQUEST_BYTES={settings.max_request_bytes} is smaller than "
                 f"IMGCLF_MAX_UPLOAD_BYTES={settings.max_upload_bytes}"
+            )
+        if settings.max_body_bytes_in_flight < settings.max_request_bytes:
+            raise SettingsError(
+                f"IMGCLF_MAX_BODY_BYTES_IN_FLIGHT={settings.max_body_bytes_in_flight} is smaller "
+                f"than IMGCLF_MAX_REQUEST_BYTES={settings.max_request_bytes}: no request could fit"
             )
         if settings.request_timeout_s < settings.body_timeout_s:
             raise SettingsError(

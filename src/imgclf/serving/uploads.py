@@ -215,10 +215,9 @@ async def read_uploads(
                 raise too_large
             parser.write(chunk)
         parser.finalize()
-    except FormParserError as exc:
-        raise RequestRejectedError(
-            "malformed_request", f"malformed multipart body: {exc}"
-        ) from None
+    except FormParserError:
+        # The parser's own text is not part of the contract (the reason code is).
+        raise RequestRejectedError("malformed_request", "malformed multipart body") from None
     if collector._current is not None:
         raise RequestRejectedError("malformed_request", "multipart body ended inside a part")
     return collector.uploads
