@@ -30,6 +30,9 @@ REFERENCE_FILE = (
     "reference.json"  # the evaluated data's profile (imgclf.data.features), by evaluate
 )
 OOD_FILE = "ood.json"  # the out-of-distribution flag's statistics (imgclf.ood.fit), by evaluate
+# A few test images with their evaluated probabilities (imgclf.artifact.agreement), by
+# evaluate: the server checks its fast session against them before it says ready.
+GOLDEN_FILE = "golden.json"
 CARD_FORMAT = "imgclf-model/1"
 
 
