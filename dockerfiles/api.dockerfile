@@ -1,6 +1,7 @@
 # The serving image: the evaluated ONNX artifact behind FastAPI + onnxruntime.
 # No torch, no dvc, no credentials: fetch the model *before* the build, e.g.
-#   dvc pull models/model.onnx models/model.json models/reference.json models/ood.json models/golden.json models/golden.json
+#   dvc pull models/model.onnx models/model.json models/reference.json models/ood.json \
+#     models/golden.json
 #   (or: dvc repro)
 #   docker build -f dockerfiles/api.dockerfile \
 #     --build-arg GIT_REVISION="$(git rev-parse HEAD)" -t imgclf-api .
