@@ -1,4 +1,4 @@
-# The two set-up commands of the README: `make repro` and `make test`.
+# The two set-up commands of the README (and docs/index.md): `make repro` and `make test`.
 SHELL := /bin/bash
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -8,10 +8,10 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export VIRTUAL_ENV := $(abspath $(VENV))
 export DVC_NO_ANALYTICS := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
-# gcsfs otherwise waits 60 s on a gRPC probe at every call (see README, remote).
+# gcsfs otherwise waits 60 s on a gRPC probe at every call (see docs/pull-requests.md, the remote).
 export GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT := false
 
-.PHONY: help install install-dev system-deps repro test test-all lint format bench serve drift-report clean report remote-check push pull verify-model pin-images
+.PHONY: help install install-dev system-deps repro test test-all lint format bench serve drift-report clean report remote-check push pull verify-model pin-images docs docs-reference
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -43,14 +43,16 @@ system-deps:  ## Optional, as root: Chromium (browser test), qemu-user (cross-CP
 repro: install  ## Run the pipeline (dvc repro) on the current params
 	$(BIN)/dvc repro
 
-test: install-dev  ## ruff check, ruff format --check, then the test suite (all but `heavy`, ≤ 15 min)
+test: install-dev  ## ruff check, ruff format --check, the docs site (--strict), then the test suite (all but `heavy`, ≤ 15 min)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
 	$(BIN)/pytest -m "not heavy"
 
 test-all: install-dev  ## make test plus the `heavy` tests (about 8 minutes more on 2 cores)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
 	$(BIN)/pytest
 
 lint: install-dev  ## ruff check + format check only
@@ -86,7 +88,7 @@ bench: install-dev  ## Run every benchmark (appends bench/RESULTS.md; best on an
 
 HOST ?= 127.0.0.1
 PORT ?= 8000
-# What is served is recorded here (README, Monitoring); `make serve IMGCLF_MONITOR_DB=` turns it off.
+# What is served is recorded here (docs/monitoring.md); `make serve IMGCLF_MONITOR_DB=` turns it off.
 IMGCLF_MONITOR_DB ?= monitoring/requests.db
 serve: install  ## Serve models/ (from `make repro` or `dvc pull`) on http://$(HOST):$(PORT), recording to $(IMGCLF_MONITOR_DB)
 	@test -f models/model.onnx || { echo "models/model.onnx missing: run 'make repro' (or 'dvc pull') first" >&2; exit 2; }
@@ -107,6 +109,13 @@ pin-images:  ## Re-pin the Dockerfiles' base image to the registry's current dig
 	if ! [[ "$$digest" =~ ^sha256:[0-9a-f]{64}$$ ]]; then echo "pin-images: no digest for $(PIN_IMAGE) (got '$$digest')" >&2; exit 2; fi; \
 	sed -i -E "s|^ARG PYTHON_IMAGE=.*|ARG PYTHON_IMAGE=$(PIN_IMAGE)@$$digest|" $(DOCKERFILES); \
 	grep -H '^ARG PYTHON_IMAGE=' $(DOCKERFILES)
+
+DOCS_ADDR ?= 127.0.0.1:8001
+docs: install-dev  ## Serve the documentation site (MkDocs) on http://$(DOCS_ADDR), rebuilt on every edit
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr $(DOCS_ADDR)
+
+docs-reference: install  ## Regenerate the docs' tables of params keys and IMGCLF_* variables from the code
+	$(PY) docs/gen_reference.py
 
 clean:  ## Remove caches (not .venv, not DVC outputs)
 	rm -rf .pytest_cache .ruff_cache

@@ -3,9 +3,11 @@
 For each generated dataset (bench/make_datasets.py) it runs prepare → train → evaluate
 with params.yaml's defaults, changing only what the data dictates (``prepare``:
 image size and colour mode) and optionally one sweep value, and prints test accuracy
-and macro-F1 beside the linear and majority baselines that evaluate scores.
+and macro-F1 beside the baselines that evaluate scores on the same split: the linear
+model (logistic regression: the default must beat it) and the majority class (the floor).
 
-Usage: python bench/bench_datasets.py [NAME …] [--sweep lr=0.001,0.005,0.02] [--results F]
+    python bench/bench_datasets.py [NAME …] [--sweep lr=0.001,0.005,0.02]  # "datasets"
+    python bench/bench_datasets.py --quick    # digits_few, 2 epochs; records nothing
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import results
 import yaml
-from bench_selection import ROOT, run_tree
-from common import report, table
+from common import ROOT, run_tree, table
 from make_datasets import DATASETS
 
 # What a user must set for their data (not tuning): input size and colour.
@@ -30,16 +32,16 @@ PREPARE = {
 }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", default=sorted(PREPARE))
     parser.add_argument("--sweep", default="", help="one top-level key: lr=0.001,0.02")
     parser.add_argument("--skip-default", action="store_true", help="sweep values only")
-    parser.add_argument("--results", type=Path, default=None)
     parser.add_argument("--quick", action="store_true", help="digits_few, 2 epochs, no record")
-    args = parser.parse_args()
+    results.add_options(parser)
+    args = parser.parse_args(argv)
     if args.quick:
-        args.names, args.sweep, args.skip_default, args.results = ["digits_few"], "", False, None
+        args.names, args.sweep, args.skip_default = ["digits_few"], "", False
     key, _, values = args.sweep.partition("=")
     settings = [] if args.skip_default else [("default", None)]
     settings += [(f"{key}={v}", yaml.safe_load(v)) for v in values.split(",") if v]
@@ -72,8 +74,10 @@ def main() -> None:
         "params.yaml defaults; per dataset only `prepare` as the data dictates "
         f"({PREPARE}).\n\n" + table(header, rows)
     )
-    report("Defaults across datasets vs the linear baseline", body, args.results)
+    results.report(args, "datasets", "Defaults across datasets vs the linear baseline", body,
+                   "python bench/bench_datasets.py")  # fmt: skip
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

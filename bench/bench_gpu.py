@@ -1,12 +1,15 @@
 """GPU ceiling: our full training loop vs the same model on random tensors already on the GPU.
 
+Measures training images per second of ours and of the ceiling, and ours ÷ ceiling.
 Ours: prepared uint8 arrays → DataLoader workers → albumentations → pinned,
 non-blocking copies → bf16 autocast, channels_last. Ceiling: the same model,
 optimiser and autocast on a fixed random batch resident on the GPU. The ratio
 says how much of the GPU our input pipeline leaves unused (goal ≥ 0.8).
 
-Usage: python bench/bench_gpu.py [--model resnet18] [--size 224] [--images 4096] [--quick]
-Without CUDA it says so and exits 0 (``--quick`` then exercises the code on the CPU).
+    python bench/bench_gpu.py [--model resnet18] [--size 224] [--images 4096]  # "gpu"
+    python bench/bench_gpu.py --quick     # a tiny CPU run of the same code; records nothing
+
+Without CUDA a full run says so and exits 0 (``--quick`` exercises the code on the CPU).
 """
 
 from __future__ import annotations
@@ -14,10 +17,10 @@ from __future__ import annotations
 import argparse
 import subprocess
 import time
-from pathlib import Path
 
 import numpy as np
-from common import RESULTS, ROOT, report, table
+import results
+from common import ROOT, table
 
 
 def gpu_utilisation() -> str:
@@ -42,7 +45,7 @@ def run(
     workers: int,
     steps: int,
     device: str,
-    results: Path | None,
+    args: argparse.Namespace,
 ) -> dict[str, float]:
     import torch
     import yaml
@@ -143,34 +146,32 @@ def run(
         f"{'bf16 autocast + channels_last' if amp else 'fp32 on CPU'}, "
         f"{steps} timed steps; GPU utilisation mid-run: {util}."
     )
-    report(f"GPU ceiling ({device})", body, results)
+    results.report(args, "gpu", f"GPU ceiling ({device})", body, "python bench/bench_gpu.py")
     return {"ours": ours, "ceiling": ceiling}
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--images", type=int, default=4096)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--workers", type=int, default=14)
     parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--quick", action="store_true", help="tiny CPU run; results not recorded")
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="tiny CPU run; records nothing")
+    results.add_options(parser)
+    args = parser.parse_args(argv)
     import torch
 
     if args.quick:
-        run("small_cnn", 32, 64, 16, 0, 3, "cpu", None)
+        run("small_cnn", 32, 64, 16, 0, 3, "cpu", args)
     elif not torch.cuda.is_available():
         print("no CUDA device here: the GPU ceiling benchmark needs one (see README, GPU).")
     else:
-        run(
-            args.model,
-            args.size,
-            args.images,
-            args.batch,
-            args.workers,
-            args.steps,
-            "cuda",
-            RESULTS,
-        )
+        run(args.model, args.size, args.images, args.batch, args.workers, args.steps, "cuda",
+            args)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,22 +1,24 @@
 """What recording costs the API: req/s with monitoring off vs on, as a ratio within one run.
 
-Three real uvicorn servers on the same model: monitoring off, ``IMGCLF_MONITOR_DB``
-on, and on with 1 % of uploads sampled to disk. The load alternates between them in
-rounds (off, on, sampled, off, on, …), so a change in the machine's load during the run
-hits all three alike; the ratio of their summed req/s is the overhead. Server CPU per
-request (from /proc) is reported too: it is less sensitive to neighbours than req/s.
+Three real uvicorn servers on the same model: monitoring off (the baseline and, for
+this question, the ceiling), ``IMGCLF_MONITOR_DB`` on, and on with 1 % of uploads
+sampled to disk. The load (:mod:`loadgen`, closed-loop keep-alive) alternates between
+them in rounds (off, on, sampled, off, on, …), so a change in the machine's load during
+the run hits all three alike; the per-round ratio to "off" is the overhead. Server CPU
+per request (from /proc) is reported too, being less sensitive to neighbours than
+req/s, and so are the in-process CPU of ``Service.classify`` off vs on and the
+recorder's two parts alone. Goal: recording costs < 5 % of req/s.
 
 Two uploads: the 8×8 digits PNG (inference is tiny, so the recorder's share is the
 largest it can be) and a 600×400 photo-like JPEG (decoding dominates, as in real use).
 
-    python bench/bench_monitor.py             # appends to bench/RESULTS.md
-    python bench/bench_monitor.py --quick     # seconds; what the test runs
+    python bench/bench_monitor.py             # ~5 min; replaces the "monitor" section
+    python bench/bench_monitor.py --quick     # seconds; records nothing
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import io
 import os
 import subprocess
@@ -25,9 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import bench_api
 import common
+import loadgen
 import numpy as np
+import results
 from common import ROOT
 
 GOAL_OVERHEAD = 0.05  # recording may cost at most 5 % of req/s
@@ -69,12 +72,9 @@ def photo() -> bytes:
 
 
 def start(mode: str, model_dir: Path, tmp: Path) -> tuple[subprocess.Popen, int]:
-    port = bench_api.free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "IMGCLF_MODEL_DIR": str(model_dir)}
-    env |= {k: v.format(tmp=tmp) for k, v in MODES[mode].items()}
-    cmd = [sys.executable, "-m", "uvicorn", "imgclf.serving.app:create_app", "--factory",
-           "--port", str(port), "--no-access-log", "--log-level", "warning"]  # fmt: skip
-    return common.start_ready(cmd, port, env, timeout=60), port
+    port = common.free_port()
+    env = common.server_env(model_dir, **{k: v.format(tmp=tmp) for k, v in MODES[mode].items()})
+    return common.start_ready(common.uvicorn_cmd(port), port, env, timeout=60), port
 
 
 def measure(args: argparse.Namespace, image_name: str, image: bytes, tmp: Path) -> list[list]:
@@ -86,26 +86,22 @@ def measure(args: argparse.Namespace, image_name: str, image: bytes, tmp: Path) 
     """
     servers = {mode: start(mode, args.model_dir, tmp) for mode in MODES}
     modes = list(MODES)
-    runs: dict[str, list[tuple[float, float, int]]] = {m: [] for m in modes}  # rps, cpu, errors
+    # per mode and round: req/s, server CPU s per request, errors, the client's CPU share
+    runs: dict[str, list[tuple[float, float, int, float]]] = {m: [] for m in modes}
     try:
         for _, port in servers.values():  # warm-up
-            request = bench_api.multipart_request("/predict", "file", image, 1, port)
-            asyncio.run(bench_api._load(port, request, args.warmup, 4))
+            request = loadgen.multipart_request("/predict", "file", image, 1, port)
+            loadgen.run(port, request, 4, requests=args.warmup)
         for r in range(args.rounds):
             for mode in modes[r % len(modes) :] + modes[: r % len(modes)]:
                 proc, port = servers[mode]
-                request = bench_api.multipart_request("/predict", "file", image, 1, port)
-                cpu = bench_api.cpu_seconds(proc.pid)
-                _, errors, seconds = asyncio.run(
-                    bench_api._load(port, request, args.requests, args.concurrency)
-                )
-                cpu = (bench_api.cpu_seconds(proc.pid) - cpu) / args.requests
-                runs[mode].append((args.requests / seconds, cpu, errors))
+                request = loadgen.multipart_request("/predict", "file", image, 1, port)
+                load = loadgen.run(port, request, args.concurrency, requests=args.requests,
+                                   server_pid=proc.pid)  # fmt: skip
+                runs[mode].append((load.rps, load.server_cpu_ms / 1000, load.errors,
+                                   load.client_share))  # fmt: skip
     finally:
-        for proc, _ in servers.values():
-            proc.terminate()
-        for proc, _ in servers.values():
-            proc.wait(timeout=30)
+        common.stop(*(proc for proc, _ in servers.values()))
     rows = []
     for mode in modes:
         rps = [x[0] for x in runs[mode]]
@@ -116,6 +112,7 @@ def measure(args: argparse.Namespace, image_name: str, image: bytes, tmp: Path) 
             f"{np.median(rps):.0f}", f"{np.median(ratios):.3f}",
             f"{min(ratios):.3f}–{max(ratios):.3f}",
             f"{1000 * np.median([x[1] for x in runs[mode]]):.3f}", f"{np.median(cpu):.3f}",
+            f"{np.median([x[3] for x in runs[mode]]):.0%}",
         ])  # fmt: skip
         print(rows[-1], flush=True)
     return rows
@@ -204,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--quick", action="store_true", help="a few hundred requests, not kept")
+    parser.add_argument("--quick", action="store_true", help="a few hundred requests")
+    results.add_options(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.requests, args.rounds, args.warmup = 100, 1, 20
@@ -236,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     cpu_header = ["upload", "off µs/req", "monitor µs/req", "added µs", "HTTP request µs",
                   "added share", "parts: worker + writer µs", "parts' share"]  # fmt: skip
     header = ["upload", "mode", "requests", "errors", "req/s (median)", "req/s ratio to off",
-              "range of rounds", "server CPU ms/req", "CPU ratio to off"]  # fmt: skip
+              "range of rounds", "server CPU ms/req", "CPU ratio to off",
+              "client CPU share"]  # fmt: skip
     lines = [
         f"- machine (lscpu): {start_line}; at the end: {lscpu_line().rsplit(', ', 1)[1]}",
         f"- {args.rounds} rounds × {args.requests} /predict requests per mode, concurrency "
@@ -255,9 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         common.table(cpu_header, cpu_rows),
     ]
     body = "\n".join(lines)
-    common.report(
-        "Monitoring overhead (bench_monitor.py)", body, None if args.quick else common.RESULTS
-    )
+    results.report(args, "monitor", "Monitoring overhead (bench_monitor.py)", body,
+                   "python bench/bench_monitor.py")  # fmt: skip
     return 0
 
 

@@ -1,12 +1,15 @@
 """What portable CPU numerics cost: the train stage with ``train.numerics`` portable vs fast.
 
-``fast`` is torch's own CPU path (oneDNN convolutions at the CPU's best ISA, fused AdamW):
-the ceiling on this machine. ``portable`` gives the same weights on any x86-64 CPU with
+Measures wall and CPU seconds of the train stage per workload (the digits default, and
+two photo models), and their ratio portable ÷ fast. Baseline and ceiling in one: ``fast``
+is torch's own CPU path (oneDNN convolutions at the CPU's best ISA, fused AdamW), the
+fastest this machine trains; ``portable`` gives the same weights on any x86-64 CPU with
 AVX2 (README, Reproducibility). Each workload runs the real stage script
 (``stages/train.py``) on data prepared once, in a temp folder, so the numbers are what
 ``dvc repro`` pays for the train stage, start-up included.
 
-Usage: python bench/bench_numerics.py [--quick]
+    python bench/bench_numerics.py            # ~5 min; replaces the "numerics" section
+    python bench/bench_numerics.py --quick    # two workloads, 1 epoch, 32 px; records nothing
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import results
 import yaml
-from common import RESULTS, ROOT, report, table
+from common import ROOT, table
 from make_photos import make_photos
 
 WORKLOADS: dict[str, dict] = {
@@ -85,36 +89,45 @@ def stage(work: Path, script: str, *args: str) -> tuple[float, float]:
     return wall, cpu
 
 
-def run(quick: bool, results: Path | None) -> None:
+# --quick: the digits default and one photo model, one epoch at 32 px on 24 photos.
+QUICK = {"epochs": 1, "prepare": {"image_size": 32}}
+
+
+def run(args: argparse.Namespace) -> None:
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    workloads = dict(list(WORKLOADS.items())[:2]) if args.quick else WORKLOADS
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         stage(work, "digits.py", "digits")
-        make_photos(work / "photos", images=120 if quick else 400, classes=4)
-        for name, over in WORKLOADS.items():
+        make_photos(work / "photos", images=24 if args.quick else 400, classes=4)
+        for name, over in workloads.items():
             params = merge(base, {"data": {"dataset": "digits"}, **over})
+            if args.quick:
+                params = merge(params, QUICK if "photos" in name else {"epochs": 1})
             times = {}
             for numerics in ("fast", "portable"):
                 p = merge(params, {"train": {"numerics": numerics}})
                 (work / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-                dataset = p["data"]["dataset"]
-                stage(work, "prepare.py", dataset, "prepared", "prepare.json")
+                if numerics == "fast":  # prepare does not read train.numerics: once per workload
+                    stage(work, "prepare.py", p["data"]["dataset"], "prepared", "prepare.json")
                 times[numerics] = stage(work, "train.py", "prepared", "models", "live")
             (fw, fc), (pw, pc) = times["fast"], times["portable"]
             rows.append([name, f"{fw:.1f}", f"{pw:.1f}", f"{pw / fw:.2f}", f"{fc:.1f}",
                          f"{pc:.1f}", f"{pc / fc:.2f}"])  # fmt: skip
     load = os.getloadavg()[0]
     note = f"\n\nLoad average at the end: {load:.2f} (2 cores: above ~2.5 numbers are inflated)."
-    report(
-        "Train stage: portable vs fast CPU numerics" + (" (quick)" if quick else ""),
-        table(HEADER, rows) + note,
-        results,
-    )
+    results.report(args, "numerics", "Train stage: portable vs fast CPU numerics",
+                   table(HEADER, rows) + note, "python bench/bench_numerics.py")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1 epoch, 32 px; records nothing")
+    results.add_options(parser)
+    run(parser.parse_args(argv))
+    return 0
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer photos; not recorded")
-    args = parser.parse_args()
-    run(args.quick, None if args.quick else RESULTS)
+    raise SystemExit(main())

@@ -7,10 +7,12 @@ at both graph optimisation levels the project uses (EXTENDED: portable numerics;
 ALL: fast numerics), as CPU time of the calling thread (robust to other jobs on a
 shared machine), in interleaved rounds. The speed-up that
 :data:`imgclf.artifact.int8_policy.MEASURED_SPEEDUP` records is best int8 ÷ fastest fp32.
-Test accuracy of both files is printed too (the model is trained briefly, so only
-the difference means something).
+Baseline: the portable fp32 file (EXTENDED); ceiling to beat: the fastest fp32 (ALL),
+both measured in the same rounds. Test accuracy of both files is printed too (the model
+is trained briefly, so only the difference means something).
 
-Usage: python bench/bench_quantize.py [--models resnet18,mobilenet_v3_small] [--results F]
+    python bench/bench_quantize.py [--models resnet18,mobilenet_v3_small]  # "quantize"
+    python bench/bench_quantize.py --quick    # a small CNN, one round; records nothing
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import ROOT, report, table
+import results
+from common import ROOT, table
 from photo_models import ARCHITECTURES, build
 
 from imgclf.artifact.int8_export import calibration_set, quantize_int8
@@ -35,16 +38,16 @@ def ms_per_image(session, name: str, x: np.ndarray, runs: int) -> float:
     return (time.thread_time() - start) / runs * 1000
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(ARCHITECTURES))
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / ".work")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--results", type=Path, default=None)
     parser.add_argument("--quick", action="store_true", help="small CNN, one round, no record")
-    args = parser.parse_args()
+    results.add_options(parser)
+    args = parser.parse_args(argv)
     if args.quick:
-        args.models, args.rounds, args.results = "small_cnn", 1, None
+        args.models, args.rounds = "small_cnn", 1
     import onnxruntime as ort
 
     levels = {"EXTENDED": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
@@ -97,8 +100,10 @@ def main() -> None:
         "`export.quantize: int8`). `imgclf.artifact.int8_policy.MEASURED_SPEEDUP` records the bold "
         "column; int8 is offered where it is >= 1.5×.\n\n" + table(header, rows)
     )
-    report("int8 vs fp32, model only", body, args.results)
+    results.report(args, "quantize", "int8 vs fp32, model only", body,
+                   "python bench/bench_quantize.py")  # fmt: skip
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -3,32 +3,27 @@
 Runs prepare → train → evaluate (the real stage scripts, no DVC) on a generated
 dataset, once with the code of a git revision (``--before``, e.g. ``main``) and once
 with this checkout, for a few seeds, and prints test accuracy, the selected epoch and
-the linear baseline of the same split.
+the linear baseline of the same split (the floor a selected model must clear).
+Baseline: the ``--before`` revision's selection, run on the same split in the same run.
 
-Usage: python bench/bench_selection.py [--before main] [--seeds 42 7] [-S key=value …]
+    python bench/bench_selection.py [--before main] [--seeds 42 7] [-S key=value …]
+    python bench/bench_selection.py --quick   # HEAD vs HEAD, one seed, 2 epochs; records nothing
+
+A full run replaces the "selection" section of bench/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import results
 import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from common import report, table  # noqa: E402
-from make_datasets import DATASETS  # noqa: E402
-
-from imgclf.jsonio import expand  # noqa: E402
+from common import ROOT, run_tree, table
+from make_datasets import DATASETS
 
 # The issue's failing case: 2 classes × 100 images at 25 px, light augmentation.
 ISSUE_CASE = {
@@ -45,24 +40,6 @@ def _set(params: dict, dotted: str, value: object) -> None:
     params[last] = value
 
 
-def run_tree(tree: Path, raw: Path, work: Path, params: dict) -> dict:
-    """The three stages of ``tree`` in ``work``; the card and the evaluation."""
-    work.mkdir(parents=True)
-    (work / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {**os.environ, "PYTHONPATH": str(tree / "src"), "OMP_WAIT_POLICY": "PASSIVE"}
-    py = sys.executable
-    steps = [
-        [py, str(tree / "stages/prepare.py"), str(raw), "prepared", "prepare.json"],
-        [py, str(tree / "stages/train.py"), "prepared", "models", "train"],
-        [py, str(tree / "stages/evaluate.py"), "prepared", "models", "metrics"],
-    ]
-    for args in steps:
-        subprocess.run(args, cwd=work, env=env, check=True, capture_output=True, text=True)
-    card = json.loads((work / "models/model.json").read_text())
-    evaluated = json.loads((work / "metrics/evaluate.json").read_text())
-    return {"card": card, "eval": expand(evaluated)}  # flat: headline + detail
-
-
 def baseline_of(work: Path, seed: int) -> dict:
     from imgclf.data.prepared_files import load_meta, load_split
     from imgclf.evaluation.baseline import score_baselines
@@ -73,18 +50,18 @@ def baseline_of(work: Path, seed: int) -> dict:
     return score_baselines(tx, ty, sx, sy, n, seed)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", default="main", help="git revision with the old selection")
     parser.add_argument("--dataset", default="two_class_25px", choices=sorted(DATASETS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 7])
     parser.add_argument("-S", dest="overrides", action="append", default=[])
-    parser.add_argument("--results", type=Path, default=None)
     parser.add_argument("--quick", action="store_true", help="one seed, 2 epochs, not recorded")
-    args = parser.parse_args()
+    results.add_options(parser)
+    args = parser.parse_args(argv)
     if args.quick:
         # HEAD: a CI checkout may have no local `main`.
-        args.seeds, args.overrides, args.results = args.seeds[:1], ["epochs=2"], None
+        args.seeds, args.overrides = args.seeds[:1], ["epochs=2"]
         args.before = "HEAD"
 
     rows = []
@@ -137,8 +114,10 @@ def main() -> None:
         f"Dataset `{args.dataset}` (bench/make_datasets.py), params.yaml defaults plus "
         f"{ISSUE_CASE}{extra}.\n\n" + table(header, rows)
     )
-    report("Best-epoch selection: before/after", body, args.results)
+    results.report(args, "selection", "Best-epoch selection: before/after", body,
+                   "python bench/bench_selection.py --before main")  # fmt: skip
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

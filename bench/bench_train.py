@@ -1,11 +1,13 @@
 """Training throughput: decode-once uint8 arrays (ours) vs decoding JPEGs every epoch.
 
-Same photo-like JPEGs, same model, same epochs, same machine, same run. The
-baseline is what most projects do: torchvision ``ImageFolder`` + PIL + transforms
-each epoch. Ours: ``prepare`` decodes once (its time is counted), then every
-epoch reads uint8 arrays and augments with albumentations.
+Measures training images per second, and the ratio to the baseline, on the same
+photo-like JPEGs, same model, same epochs, same machine, same run. The baseline is
+what most projects do: torchvision ``ImageFolder`` + PIL + transforms each epoch.
+Ours: ``prepare`` decodes once (its time is counted in the last row), then every
+epoch reads uint8 arrays and augments with albumentations. Goal: ≥ 3× the baseline.
 
-Usage: python bench/bench_train.py [--images 800] [--epochs 3] [--size 64] [--quick]
+    python bench/bench_train.py [--images 800] [--epochs 3] [--size 64]   # replaces "train"
+    python bench/bench_train.py --quick       # 24 images, 1 epoch; records nothing
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import RESULTS, ROOT, report, table
+import results
+from common import ROOT, table
 from make_photos import make_photos
 
 
-def run(images: int, epochs: int, size: int, results: Path | None) -> dict[str, float]:
+def run(args: argparse.Namespace) -> dict[str, float]:
+    images, epochs, size = args.images, args.epochs, args.size
     import torch
     import yaml
     from torch.utils.data import DataLoader
@@ -120,18 +124,24 @@ def run(images: int, epochs: int, size: int, results: Path | None) -> dict[str, 
         f"{epochs} epochs, small_cnn at {size}×{size} px, batch 32, 2 threads, "
         f"no loader workers; prepare took {prep_s:.1f} s."
     )
-    report("Training throughput: decode once vs decode every epoch", body, results)
+    title = "Training throughput: decode once vs decode every epoch"
+    results.report(args, "train", title, body, "python bench/bench_train.py")
     return out
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=800)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--quick", action="store_true", help="tiny run; results not recorded")
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="tiny run; records nothing")
+    results.add_options(parser)
+    args = parser.parse_args(argv)
     if args.quick:
-        run(images=24, epochs=1, size=32, results=None)
-    else:
-        run(args.images, args.epochs, args.size, RESULTS)
+        args.images, args.epochs, args.size = 24, 1, 32
+    run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,9 +1,13 @@
-"""Shared by the bench scripts: machine description and the RESULTS.md appender."""
+"""Shared by the bench scripts: paths, the machine line, the one server launcher, tables.
+
+One place for what every benchmark needs besides its own measurement, so the scripts
+describe the machine, start servers and print tables the same way. The HTTP load client
+is :mod:`loadgen`; writing a scenario's section of RESULTS.md is :mod:`results`.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import os
 import platform
 import sys
@@ -14,7 +18,7 @@ from typing import Any
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # bench scripts run from a checkout, like stages/
-RESULTS = Path(__file__).with_name("RESULTS.md")
+BENCH = Path(__file__).resolve().parent
 
 
 def machine() -> str:
@@ -79,11 +83,85 @@ def table(header: list[str], rows: list[list[object]]) -> str:
     return "\n".join(lines)
 
 
-def report(title: str, body: str, results: Path | None) -> None:
-    """Print, and append to RESULTS.md (or ``results``) with machine and date."""
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    text = f"\n## {title}\n\n{stamp} — {machine()}\n\n{body}\n"
-    print(text)
-    if results is not None:
-        with results.open("a") as fh:
-            fh.write(text)
+def free_port() -> int:
+    """A free TCP port on loopback (for a server this bench starts)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def server_env(model_dir: Path, src: Path = ROOT / "src", **extra: str) -> dict[str, str]:
+    """The environment of a served model: ``src`` importable, ``IMGCLF_MODEL_DIR`` set."""
+    return {**os.environ, "PYTHONPATH": str(src), "IMGCLF_MODEL_DIR": str(model_dir), **extra}
+
+
+def uvicorn_cmd(port: int) -> list[str]:
+    """The API app under uvicorn (one worker, no access log): what the digits benches serve."""
+    return [sys.executable, "-m", "uvicorn", "imgclf.serving.app:create_app", "--factory",
+            "--port", str(port), "--no-access-log", "--log-level", "warning"]  # fmt: skip
+
+
+def stop(*procs: Any) -> None:
+    """Terminate servers started by :func:`start_ready` and wait for them."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.wait(timeout=30)
+
+
+def versions() -> str:
+    """Python, onnxruntime and torch versions (what served and timed the model)."""
+    out = [f"python {platform.python_version()}"]
+    for name in ("onnxruntime", "torch"):
+        with contextlib.suppress(ImportError):
+            out.append(f"{name} {__import__(name).__version__}")
+    return ", ".join(out)
+
+
+def run_tree(tree: Path, raw: Path, work: Path, params: dict) -> dict:
+    """prepare → train → evaluate of checkout ``tree`` (its stage scripts, no DVC) on the
+    ImageFolder ``raw``, in the new folder ``work``; the model card and the evaluation."""
+    import json
+    import subprocess
+
+    import yaml
+
+    from imgclf.jsonio import expand
+
+    work.mkdir(parents=True)
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "PYTHONPATH": str(tree / "src"), "OMP_WAIT_POLICY": "PASSIVE"}
+    py = sys.executable
+    steps = [
+        [py, str(tree / "stages/prepare.py"), str(raw), "prepared", "prepare.json"],
+        [py, str(tree / "stages/train.py"), "prepared", "models", "train"],
+        [py, str(tree / "stages/evaluate.py"), "prepared", "models", "metrics"],
+    ]
+    for args in steps:
+        subprocess.run(args, cwd=work, env=env, check=True, capture_output=True, text=True)
+    card = json.loads((work / "models/model.json").read_text())
+    evaluated = json.loads((work / "metrics/evaluate.json").read_text())
+    return {"card": card, "eval": expand(evaluated)}  # flat: headline + detail
+
+
+def copy_checkout(dest: Path) -> None:
+    """A fresh clone's state in ``dest``: this checkout's tracked files, one commit."""
+    import shutil
+    import subprocess
+
+    files = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    for rel in files:
+        if not (ROOT / rel).is_file():  # deleted in the work tree, not yet committed
+            continue
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, dest / rel)
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "b"],
+    ):
+        subprocess.run(cmd, cwd=dest, check=True, capture_output=True)

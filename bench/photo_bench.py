@@ -13,20 +13,21 @@ briefly by :mod:`photo_models` with the real pipeline) and each real-size input
 at each concurrency level: ceiling, ours and seed take turns in short slices within
 every row (both servers are up; the idle one sleeps), so that the other jobs of a
 shared machine weigh on all three alike. The
-load client (:func:`bench_api._read_response`, keep-alive, prebuilt requests)
-shares the cores with the server, as in the digits benchmark; the ceiling does not
-have a client, which is part of what the ratio to it measures.
+load client (:mod:`loadgen`, closed-loop keep-alive, prebuilt requests) shares the
+cores with the servers, as in the digits benchmark, and each row reports its CPU
+share; the ceiling has no client, which is part of what the ratio to it measures.
+Goals (issue 12, at concurrency 8): ours ≥ 0.7 of the ceiling on the 600×400 JPEG,
+ours ≥ 10× the seed app on the 4000×3000 JPEG, ours' p99 ≤ 3 × p50 on every row.
 
-Run through ``python bench/bench_api.py --scenario photos`` (``--quick``: a
-small CNN, concurrency 8, half-second rows, nothing written).
+    python bench/bench_api.py --scenario photos          # ~8 min; replaces "photos"
+    python bench/bench_api.py --scenario photos --quick  # a small CNN, concurrency 8,
+                                                         # half-second rows; records nothing
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import concurrent.futures as cf
-import datetime as dt
 import multiprocessing
 import os
 import subprocess
@@ -38,34 +39,19 @@ from pathlib import Path
 from typing import Any
 
 import common
+import loadgen
 import numpy as np
-from bench_api import _read_response, cpu_seconds, free_port, machine, multipart_request, versions
+import results
+from common import BENCH
+from loadgen import Load, merge, multipart_request
 from make_photos import bench_inputs
 from photo_models import build
 
-BENCH = Path(__file__).resolve().parent
 # The issue's goals, all at concurrency 8 except the tail-latency one (every row).
 GOAL_CONCURRENCY = 8
 GOAL_CEILING_RATIO, CEILING_INPUT = 0.7, "jpeg_600x400"
 GOAL_SEED_RATIO, SEED_INPUT = 10.0, "jpeg_4000x3000"
 GOAL_TAIL = 3.0  # p99 <= 3 x p50
-
-
-@dataclass
-class Load:
-    """One load run against one server: latencies and the server's CPU time."""
-
-    latencies_ms: np.ndarray
-    errors: int
-    seconds: float
-    server_cpu_s: float
-
-    @property
-    def rps(self) -> float:
-        return len(self.latencies_ms) / self.seconds if self.seconds else 0.0
-
-    def pct(self, q: float) -> float:
-        return float(np.percentile(self.latencies_ms, q)) if len(self.latencies_ms) else np.nan
 
 
 @dataclass
@@ -93,7 +79,7 @@ class Row:
 
     @property
     def ours_cpu_ms(self) -> float:
-        return 1000 * self.ours.server_cpu_s / max(1, len(self.ours.latencies_ms))
+        return self.ours.server_cpu_ms
 
     def cells(self) -> list[str]:
         o, s = self.ours, self.seed
@@ -106,7 +92,7 @@ class Row:
             f"{s.rps:.1f}", f"{s.pct(50):.0f}", f"{s.pct(99):.0f}",
             f"**{self.vs_seed:.1f}×**", f"**{self.vs_ceiling:.2f}**",
             str(len(o.latencies_ms)) + ("" if not o.errors else f" ({o.errors} errors)"),
-            f"{self.load_avg:.1f}",
+            f"{self.load_avg:.1f}", f"{o.client_share:.0%}",
         ]  # fmt: skip
 
 
@@ -115,17 +101,8 @@ HEADER = [
     "ours p99 ms", "p99/p50", "ours server CPU ms/req", "ceiling CPU ms/img",
     "ceiling CPU ÷ ours CPU", "seed req/s", "seed p50 ms",
     "seed p99 ms", "ours ÷ seed", "ours ÷ ceiling", "ours requests", "load 1 min",
+    "client CPU share (ours)",
 ]  # fmt: skip
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """CPU time of a process and all its live descendants (uvicorn's worker processes)."""
-    total = cpu_seconds(pid)
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return total
-    return total + sum(tree_cpu_seconds(int(c)) for c in children)
 
 
 # --- the ceiling: no HTTP, one process per core --------------------------------------------
@@ -179,15 +156,6 @@ class Ceiling:
 # --- servers and load ----------------------------------------------------------------------
 
 
-def start(cmd: list[str], port: int, env: dict[str, str]) -> subprocess.Popen:
-    """Start a server and wait until ``GET /ready`` answers 200."""
-    return common.start_ready(cmd, port, env, timeout=120)
-
-
-def server_env(model_dir: Path, src: Path) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(src), "IMGCLF_MODEL_DIR": str(model_dir)}
-
-
 def ours_cmd(model_dir: Path, port: int) -> list[str]:
     """``imgclf serve`` exactly as a user runs it (defaults, no access log)."""
     return [sys.executable, "-m", "imgclf.cli", "serve", "--model-dir", str(model_dir),
@@ -199,68 +167,16 @@ def seed_cmd(model_dir: Path, port: int) -> list[str]:
             "--port", str(port)]  # fmt: skip
 
 
-async def _drive(
-    port: int, request: bytes, concurrency: int, seconds: float, min_requests: int
-) -> tuple[list[float], int, float]:
-    """Keep ``concurrency`` requests in flight for ``seconds`` (and ``min_requests`` at least)."""
-    latencies: list[float] = []
-    errors = 0
-    start = time.perf_counter()
-    expected: list[bytes] = []
-
-    def more() -> bool:
-        return time.perf_counter() - start < seconds or len(latencies) + errors < min_requests
-
-    async def worker() -> None:
-        nonlocal errors
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            while more():
-                t0 = time.perf_counter()
-                try:
-                    writer.write(request)
-                    status, body = await _read_response(reader)
-                except (OSError, asyncio.IncompleteReadError, ValueError):
-                    errors += 1
-                    writer.close()
-                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-                    continue
-                if status != 200:
-                    errors += 1
-                    continue
-                latencies.append((time.perf_counter() - t0) * 1000)
-                if not expected:
-                    expected.append(body)
-                elif body != expected[0]:  # same image, same model: the same answer
-                    errors += 1
-        finally:
-            writer.close()
-
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies, errors, time.perf_counter() - start
-
-
 def warm_up(port: int, image: bytes, concurrency: int, seconds: float) -> None:
     request = multipart_request("/predict", "file", image, 1, port)
-    asyncio.run(_drive(port, request, concurrency, seconds, concurrency))
+    loadgen.run(port, request, concurrency, seconds=seconds)
 
 
 def load(proc: subprocess.Popen, port: int, image: bytes, concurrency: int,
          seconds: float) -> Load:  # fmt: skip
     """One slice of load: ``seconds``, and at least one request per connection."""
     request = multipart_request("/predict", "file", image, 1, port)
-    cpu = tree_cpu_seconds(proc.pid)
-    lat, errors, elapsed = asyncio.run(_drive(port, request, concurrency, seconds, concurrency))
-    return Load(np.array(lat), errors, elapsed, tree_cpu_seconds(proc.pid) - cpu)
-
-
-def merge(parts: list[Load]) -> Load:
-    return Load(
-        np.concatenate([p.latencies_ms for p in parts]),
-        sum(p.errors for p in parts),
-        sum(p.seconds for p in parts),
-        sum(p.server_cpu_s for p in parts),
-    )
+    return loadgen.run(port, request, concurrency, seconds=seconds, server_pid=proc.pid)
 
 
 # --- where a request's time goes ----------------------------------------------------------
@@ -338,13 +254,8 @@ BREAKDOWN_HEADER = [
 # --- the scenario --------------------------------------------------------------------------
 
 
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
-
-
 def markdown(rows: list[Row]) -> str:
-    return markdown_table(HEADER, [r.cells() for r in rows])
+    return common.table(HEADER, [r.cells() for r in rows])
 
 
 def verdicts(rows: list[Row]) -> list[str]:
@@ -385,17 +296,17 @@ def run(args: argparse.Namespace) -> int:
     models = args.models.split(",")
     inputs = bench_inputs(work / "inputs")
     cores = len(os.sched_getaffinity(0))
-    env_line = machine()
-    print(f"machine: {env_line}\n{versions()}", flush=True)
+    start_load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"machine: {common.machine()}\n{common.versions()}", flush=True)
     rows: list[Row] = []
     stages: list[str] = []
     for model in models:
         model_dir = build(work, model, images=args.train_images)
         ceiling = Ceiling(model_dir, cores)
-        env = server_env(model_dir, args.src)
-        ports = free_port(), free_port()
-        ours = start(ours_cmd(model_dir, ports[0]), ports[0], env)
-        seed = start(seed_cmd(model_dir, ports[1]), ports[1], env)
+        env = common.server_env(model_dir, args.src)
+        ports = common.free_port(), common.free_port()
+        ours = common.start_ready(ours_cmd(model_dir, ports[0]), ports[0], env)
+        seed = common.start_ready(seed_cmd(model_dir, ports[1]), ports[1], env)
         try:
             for name, path in inputs.items():
                 data = path.read_bytes()
@@ -416,36 +327,29 @@ def run(args: argparse.Namespace) -> int:
                                     os.getloadavg()[0]))  # fmt: skip
                     print("| " + " | ".join(rows[-1].cells()) + " |", flush=True)
         finally:
-            for proc in (ours, seed):
-                proc.terminate()
-                proc.wait(timeout=30)
+            common.stop(ours, seed)
             ceiling.close()
         # After the load rows (it uses this process's CPU): where each request's time goes.
         parts = breakdown(model_dir, inputs, args.quick)
         stages.append(f"\n{model} — CPU ms per image and stage (process time, no HTTP):\n\n"
-                      + markdown_table(BREAKDOWN_HEADER, parts))  # fmt: skip
+                      + common.table(BREAKDOWN_HEADER, parts))  # fmt: skip
         print(stages[-1], flush=True)
     table = markdown(rows)
     verdict = verdicts(rows)
     end_load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     print("\n" + table + "\n\n" + "\n".join(verdict), flush=True)
-    if not args.quick:
-        when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-        section = [
-            f"\n## Photo models: imgclf serve vs seed-style vs ceiling ({when})\n",
-            f"- machine: {env_line}; at the end {end_load} (1 / 5 / 15 min)",
-            f"- software: {versions()}",
-            f"- `python bench/bench_api.py --scenario photos`: each row {args.seconds:g} s of "
-            f"`POST /predict` per server after a warm-up, in {args.rounds} slices taking turns "
-            "with the ceiling's (ceiling, ours, seed, ceiling, …; each slice at least one "
-            "request per connection); ceiling = decode + preprocess + model in "
-            f"{cores} processes, no HTTP, no client (mean of its slices). "
-            "Client and servers share the cores.",
-        ]
-        if args.note:
-            section.append(f"- note: {args.note}")
-        section += [f"- {v}" for v in verdict] + ["", table, *stages, ""]
-        with args.out.open("a") as fh:
-            fh.write("\n".join(section))
-        print(f"appended to {args.out}")
+    section = [
+        f"- load average at the start {start_load}, at the end {end_load} (1 / 5 / 15 min)",
+        f"- software: {common.versions()}",
+        f"- each row {args.seconds:g} s of `POST /predict` per server after a warm-up, in "
+        f"{args.rounds} slices taking turns with the ceiling's (ceiling, ours, seed, ceiling, "
+        "…; each slice at least one request per connection); ceiling = decode + preprocess + "
+        f"model in {cores} processes, no HTTP, no client (mean of its slices). Client and "
+        "servers share the cores.",
+    ]
+    if args.note:
+        section.append(f"- note: {args.note}")
+    section += [f"- {v}" for v in verdict] + ["", table, *stages]
+    results.report(args, "photos", "Photo models: imgclf serve vs seed-style vs ceiling",
+                   "\n".join(section), "python bench/bench_api.py --scenario photos")  # fmt: skip
     return 1 if any(r.ours.errors or r.seed.errors for r in rows) else 0

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 
 import yaml
-from bench_selection import ROOT, run_tree
+from common import ROOT, run_tree
 from make_photos import make_photos
 
 ARCHITECTURES = ("mobilenet_v3_small", "resnet18")
@@ -43,8 +43,12 @@ def params_for(architecture: str, epochs: int = 1) -> dict:
 def _code_key(params: dict) -> str:
     """Hash of the params and of the code that shapes the artifact (stale cache → rebuild)."""
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
-    for name in ("preprocessing.py", "prepare.py", "models.py", "train.py", "artifact.py"):
-        digest.update((ROOT / "src" / "imgclf" / name).read_bytes())
+    src = ROOT / "src" / "imgclf"
+    code = [src / "params.py", *(ROOT / "stages").glob("*.py")]
+    for package in ("data", "training", "artifact", "evaluation", "ood"):
+        code += (src / package).rglob("*.py")
+    for path in sorted(code):
+        digest.update(path.relative_to(ROOT).as_posix().encode() + path.read_bytes())
     return digest.hexdigest()[:16]
 
 

@@ -48,7 +48,7 @@ COPY metrics/evaluate.json /app/models/evaluate.json
 # A model that is not the evaluated one stops the build here, with the reason.
 RUN python -m imgclf.artifact.integrity /app/models --evaluated /app/models/evaluate.json
 
-# Monitoring (README, Monitoring): every answer is recorded (features, class, confidence;
+# Monitoring (docs/monitoring.md): every answer is recorded (features, class, confidence;
 # never the image unless IMGCLF_SAMPLE_DIR is set) in SQLite on this volume. Mount one to
 # keep it (-v imgclf-monitor:/var/lib/imgclf); IMGCLF_MONITOR_DB= (empty) turns it off.
 ENV IMGCLF_MONITOR_DB=/var/lib/imgclf/monitor.db

@@ -10,7 +10,7 @@ fast, and a command whose optional extra is missing says which one to install
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import os
 from pathlib import Path
 from typing import Annotated
@@ -34,7 +34,12 @@ EXTRAS = {
 
 def _require_extra(extra: str, *modules: str) -> None:
     """Exit with one line that says what to install when an optional extra is missing."""
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    missing = []
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(module)
     if missing:
         typer.echo(
             f"error: this command needs the '{extra}' extra ({EXTRAS[extra]}; "
@@ -128,10 +133,11 @@ def verify_model(
     """Check model.onnx against its card's sha256 (and the metrics): exit 1 if it was changed."""
     from imgclf.artifact.integrity import ModelIntegrityError
     from imgclf.artifact.integrity import verify_model as verify
+    from imgclf.errors import ModelNotFoundError
 
     try:
         sha = verify(model_dir, evaluated)
-    except ModelIntegrityError as exc:
+    except (ModelIntegrityError, ModelNotFoundError) as exc:
         typer.echo(f"error: model integrity check failed: {exc}", err=True)
         raise typer.Exit(1) from None
     against = "model.json" + (f" and {evaluated}" if evaluated else "")
@@ -193,7 +199,8 @@ def report(
     repo: Annotated[Path, typer.Option(help="Repository root.")] = Path(),
 ) -> None:
     """Markdown comparing the workspace's model with BASE: metrics, params, noise test."""
-    from imgclf.report.pr_report import ReportError, model_report
+    from imgclf.report.pr_report import model_report
+    from imgclf.report.revisions import ReportError
 
     try:
         text = model_report(repo, base, label=label, images=images)
@@ -295,6 +302,7 @@ def serve(
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
 ) -> None:
     """Serve the model over HTTP (`imgclf.serving.app`; limits from IMGCLF_* variables)."""
+    _require_extra("serve", "onnxruntime", "fastapi", "uvicorn", "multipart")
     from imgclf.serving.app import run
     from imgclf.serving.settings import Settings, SettingsError
 
@@ -308,7 +316,7 @@ def serve(
     run(settings, host=host, port=port, access_log=access_log)
 
 
-# The monitoring loop (README, Monitoring): served traffic vs the reference, and back to data.
+# The monitoring loop (docs/monitoring.md): served traffic vs the reference, and back to data.
 
 
 if __name__ == "__main__":  # pragma: no cover
@@ -420,7 +428,7 @@ def collect(
         typer.echo("per class: " + ", ".join(f"{k} {n}" for k, n in sorted(counts.items())))
         if blank:
             typer.echo(f"{blank} rows without a label were skipped")
-        typer.echo(f"next: dvc add {out} && git add {out}.dvc && open a PR (README, Monitoring)")
+        typer.echo(f"next: dvc add {out} && git add {out}.dvc && open a PR (docs/monitoring.md)")
     else:
         typer.echo(f"next: fill in the label column, then: imgclf collect --out {out} "
                    f"--labels {out}.labels.csv")  # fmt: skip

@@ -17,18 +17,29 @@ pytestmark = pytest.mark.slow
 
 
 def test_bench_quick_runs_both_backends(project: ProjectTree, tmp_path: Path) -> None:
+    """Both backends over real HTTP; the quick run replaces the "api" section of the file
+    it is given (and nothing else), never bench/RESULTS.md."""
     image = next(iter(sorted(project.raw.glob("*/*.png"))))
+    real = (ROOT / "bench" / "RESULTS.md").read_bytes()
     out = tmp_path / "RESULTS.md"
+    out.write_text("# R\n\n<!-- bench:api -->\nold\n<!-- /bench:api -->\n\nafter\n")
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "bench_api.py"), "--quick",
-         "--model-dir", str(project.model_dir), "--image", str(image), "--out", str(out)],
+         "--model-dir", str(project.model_dir), "--image", str(image), "--results", str(out)],
         env=tool_env(ROOT), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = [ln for ln in proc.stdout.splitlines() if ln.startswith(("| onnxruntime", "| torch"))]
-    assert len(rows) == 2 * 2 * 3  # backends × endpoints × concurrency levels
+    assert len(rows) == 2 * (2 * 2 * 3)  # printed live and in the section: backends × endpoints × c
     assert all(ln.split("|")[5].strip() == "0" for ln in rows), "errors in the quick run"
-    assert not out.exists(), "--quick must not write results"
+    shares = [float(ln.split("|")[13].strip().rstrip("%")) for ln in rows]
+    assert all(0 < s <= 100 for s in shares), "the client's CPU share is measured"
+    text = out.read_text()
+    assert "old" not in text and text.count("<!-- bench:api -->") == 1 and "after" in text
+    assert (
+        "| onnxruntime | /predict | 8 |" in text and "- re-run: `python bench/bench_api.py`" in text
+    )
+    assert (ROOT / "bench" / "RESULTS.md").read_bytes() == real
 
 
 def test_locustfile_runs_headless(server: ServerProcess, project: ProjectTree) -> None:

@@ -90,7 +90,7 @@ def test_default_params_reproduce_the_committed_lock(repo_factory: Callable[...,
     if not machine_is_portable():  # ARM, or x86-64 without AVX2: no bit-identity promised
         assert verdict.returncode == 0 and "within noise" in verdict.stdout, verdict.stdout
         return
-    # Portable numerics: the same bytes on any x86-64 CPU with AVX2 (README, Reproducibility).
+    # Portable numerics: the same bytes on any x86-64 CPU with AVX2 (docs/reproducibility.md).
     assert verdict.stdout.startswith("lock check: bit-identical"), verdict.stdout
     assert (repo / "dvc.lock").read_text() == committed
     for name in ("evaluate.json", "prepare.json", "predictions.csv", "train/metrics.json"):
@@ -137,7 +137,7 @@ def test_bad_params_fail_the_experiment_with_a_clear_message(
 
 
 def test_user_jpeg_folder_trains_with_no_code_change(repo_factory: Callable[..., Path]) -> None:
-    """The README's bring-your-own-data steps: dvc add a JPEG ImageFolder, switch one param."""
+    """docs/own-data.md's steps: dvc add a JPEG ImageFolder, switch one param."""
     repo = repo_factory(
         {
             # 4 epochs of one optimizer step each (39 training images) is a shortcut for

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from imgclf.report.pr_report import fmt, fmt_change
+from imgclf.report.markdown import fmt, fmt_change
 from tests.support import copy_repo, git, imgclf, run
 
 pytestmark = pytest.mark.slow

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imgclf.artifact.files import export_onnx
+from imgclf.artifact.export import export_onnx
 from imgclf.artifact.predictor import Predictor
 from imgclf.jsonio import write_json
 from imgclf.params import ModelParams

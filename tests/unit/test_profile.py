@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image, ImageFilter
 
-from imgclf.artifact.files import EMBEDDING_NAME, REFERENCE_FILE, export_onnx
+from imgclf.artifact.export import export_onnx
+from imgclf.artifact.files import EMBEDDING_NAME, REFERENCE_FILE
 from imgclf.artifact.integrity import verify_model
 from imgclf.artifact.predictor import Predictor
 from imgclf.data.features import (

@@ -1,4 +1,4 @@
-"""The security policy of the workflows, read from the YAML (README: Workflows and secrets).
+"""The security policy of the workflows, read from the YAML (docs/pull-requests.md).
 
 Each test states one rule a reviewer would otherwise check by eye, over every workflow
 file, so a new workflow or step is held to it too:

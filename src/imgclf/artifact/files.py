@@ -1,24 +1,15 @@
-"""The serving artifact: file names, the ONNX export and the JSON card.
+"""The serving artifact's names: the files of ``models/``, the ONNX graph's inputs and
+outputs, the card's format, and the one "are the model files there?" check.
 
-Everything that decides the bytes of ``models/`` lives here, so the contract between
-``train`` (which writes it), ``evaluate``, the API and the CLI (which read it) is one
-module. torch and onnx are imported inside :func:`export_onnx` only: readers of the
-artifact (the API image) never load them.
+The artifact room is two modules: this one, which every reader imports (evaluate, the
+API, the CLI — the serving image, which has no torch), and :mod:`imgclf.artifact.export`,
+the writer ``train`` runs (the ONNX export and the card), which needs torch and onnx.
+Together they decide the bytes of ``models/``.
 """
 
 from __future__ import annotations
 
-import copy
-import hashlib
-import io
-import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    import torch
-
-    from imgclf.params import Params
 
 MODEL_FILE = "model.onnx"
 CARD_FILE = "model.json"
@@ -26,9 +17,8 @@ CHECKPOINT_FILE = "checkpoint.pt"
 INPUT_NAME, OUTPUT_NAME = "pixels", "probabilities"
 # Second output (models exported since the monitoring profile): the penultimate layer.
 EMBEDDING_NAME = "embedding"
-REFERENCE_FILE = (
-    "reference.json"  # the evaluated data's profile (imgclf.data.features), by evaluate
-)
+# The evaluated data's profile (imgclf.evaluation.reference_profile), by evaluate.
+REFERENCE_FILE = "reference.json"
 OOD_FILE = "ood.json"  # the out-of-distribution flag's statistics (imgclf.ood.fit), by evaluate
 # A few test images with their evaluated probabilities (imgclf.artifact.agreement), by
 # evaluate: the server checks its fast session against them before it says ready.
@@ -36,86 +26,17 @@ GOLDEN_FILE = "golden.json"
 CARD_FORMAT = "imgclf-model/1"
 
 
-def export_onnx(model: torch.nn.Module, shape: tuple[int, int, int], path: Path) -> str:
-    """Export uint8 NHWC → probabilities with a dynamic batch; return the file's sha256.
+def require_model_files(model_dir: Path | str) -> tuple[Path, Path]:
+    """``model.onnx`` and ``model.json`` of ``model_dir``, or one error that names the
+    missing file and how to get it (the same words for the API, ``predict`` and the
+    integrity check)."""
+    from imgclf.errors import ModelNotFoundError
 
-    ``model`` must already end in a softmax. When it returns ``(probabilities,
-    embedding)`` (``WithSoftmax(…, embedding=True)``) the graph gets a second output,
-    ``embedding``, computed by the same pass. The serialised graph carries no paths,
-    timestamps or producer stack traces and no constants computed at export time, so
-    the same weights give the same bytes on any machine.
-    """
-    import onnx
-    import torch
-
-    # A CPU float copy in eval mode: the exporter would otherwise flip the caller's
-    # module back to training mode on its way out.
-    model = copy.deepcopy(model).cpu().float().eval()
-    dummy = torch.zeros((1, *shape), dtype=torch.uint8)
-    with torch.no_grad():
-        two = isinstance(model(dummy), tuple)
-    outputs = [OUTPUT_NAME, EMBEDDING_NAME] if two else [OUTPUT_NAME]
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():  # the TorchScript exporter is deprecated but byte-stable
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            model,
-            (dummy,),
-            buffer,
-            input_names=[INPUT_NAME],
-            output_names=outputs,
-            dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *outputs)},
-            opset_version=17,
-            dynamo=False,
-            # No folding here: torch would fold BatchNorm into the convolutions with its
-            # own CPU kernels (a square root through MKL's VML), and the file's bytes
-            # would depend on the CPU that exported it. onnxruntime folds them at load.
-            do_constant_folding=False,
-        )
-    proto = onnx.load_from_string(buffer.getvalue())
-    proto.doc_string = ""
-    for node in proto.graph.node:
-        node.doc_string = ""
-    data = proto.SerializeToString(deterministic=True)
-    path.write_bytes(data)
-    return hashlib.sha256(data).hexdigest()
-
-
-def model_card(
-    params: Params, meta: dict[str, Any], history: dict[str, Any], sha: str, numerics: str
-) -> dict[str, Any]:
-    """The JSON card served as ``GET /model`` and read by every consumer of the ONNX file.
-
-    ``numerics`` records how the weights were computed (``portable-cpu``, ``fast-cpu``,
-    ``cuda``): it says whether another machine can be expected to reproduce them bit
-    for bit (see README, Reproducibility).
-    """
-    spec = meta["preprocess"]
-    channels = 1 if spec["color_mode"] == "grayscale" else 3
-    return {
-        "format": CARD_FORMAT,
-        "classes": meta["classes"],
-        "input": {
-            "name": INPUT_NAME,
-            "dtype": "uint8",
-            "layout": "NHWC",
-            "shape": ["batch", spec["image_size"], spec["image_size"], channels],
-        },
-        "output": {"name": OUTPUT_NAME, "meaning": "softmax probabilities per class"},
-        # Read by Predictor from the graph itself; stated here for people reading the card.
-        "embedding": {"name": EMBEDDING_NAME, "meaning": "penultimate-layer features"},
-        "preprocess": spec,
-        "normalization": {"mean": meta["mean"], "std": meta["std"], "inside_model": True},
-        "model": params.model.model_dump(),
-        "training": {
-            "seed": params.seed,
-            "lr": params.lr,
-            "epochs": params.epochs,
-            "batch_size": params.batch_size,
-            "augment": params.augment.model_dump(),
-            "numerics": numerics,
-            **history,
-        },
-        "dataset": {**meta["dataset"], "counts": meta["counts"]},
-        "model_sha256": sha,
-    }
+    model_dir = Path(model_dir)
+    onnx_path, card_path = model_dir / MODEL_FILE, model_dir / CARD_FILE
+    for path in (onnx_path, card_path):
+        if not path.is_file():
+            raise ModelNotFoundError(
+                f"{path} not found: run `dvc repro` (or `dvc pull`) to produce the model"
+            )
+    return onnx_path, card_path

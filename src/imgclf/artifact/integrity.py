@@ -28,8 +28,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from imgclf.artifact.files import CARD_FILE, GOLDEN_FILE, MODEL_FILE, OOD_FILE, REFERENCE_FILE
-from imgclf.errors import ModelIntegrityError
+from imgclf.artifact.files import (
+    CARD_FILE,
+    GOLDEN_FILE,
+    MODEL_FILE,
+    OOD_FILE,
+    REFERENCE_FILE,
+    require_model_files,
+)
+from imgclf.errors import ModelIntegrityError, ModelNotFoundError
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _FIX = (
@@ -119,12 +126,7 @@ def verify_model(model_dir: Path | str, evaluated: Path | str | None = None) -> 
     show) metrics of a different model. Returns the verified sha256.
     """
     model_dir = Path(model_dir)
-    model_path, card_path = model_dir / MODEL_FILE, model_dir / CARD_FILE
-    for path in (model_path, card_path):
-        if not path.is_file():
-            raise ModelIntegrityError(
-                f"{path} not found: run `dvc pull` (or `dvc repro`) to fetch the model first"
-            )
+    model_path, card_path = require_model_files(model_dir)
     expected = expected_sha256(read_card(card_path), card_path)
     actual = sha256_file(model_path)
     if actual != expected:
@@ -174,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         sha = verify_model(args.model_dir, args.evaluated)
-    except ModelIntegrityError as exc:
+    except (ModelIntegrityError, ModelNotFoundError) as exc:
         print(f"error: model integrity check failed: {exc}", file=sys.stderr)
         return 1
     against = f"{CARD_FILE}" + (f" and {args.evaluated}" if args.evaluated else "")

@@ -24,7 +24,7 @@ import numpy as np
 
 # Re-exported for callers that load a model directory through the predictor.
 from imgclf.artifact.files import CARD_FILE as CARD_FILE
-from imgclf.artifact.files import EMBEDDING_NAME
+from imgclf.artifact.files import EMBEDDING_NAME, require_model_files
 from imgclf.artifact.files import MODEL_FILE as MODEL_FILE
 from imgclf.data.preprocessing import PreprocessSpec, preprocess
 from imgclf.errors import ModelNotFoundError as ModelNotFoundError
@@ -97,13 +97,7 @@ class Predictor:
 
         from imgclf.artifact.integrity import check_model_bytes
 
-        model_dir = Path(model_dir)
-        onnx_path, card_path = model_dir / MODEL_FILE, model_dir / CARD_FILE
-        for path in (onnx_path, card_path):
-            if not path.is_file():
-                raise ModelNotFoundError(
-                    f"{path} not found: run `dvc repro` (or `dvc pull`) to produce the model"
-                )
+        onnx_path, card_path = require_model_files(model_dir)
         self.card: dict[str, Any] = json.loads(card_path.read_text())
         # The bytes checked against the card are the bytes onnxruntime loads: a tampered
         # or truncated file stops here with the reason (the API then stays not-ready).
@@ -113,7 +107,7 @@ class Predictor:
         self.spec = PreprocessSpec.from_dict(self.card["preprocess"])
         options = session_options(self.card, threads, session)
         self.session_kind = session
-        self.model_dir = model_dir
+        self.model_dir = Path(model_dir)
         self.threads = threads
         self.session = ort.InferenceSession(
             model_bytes, options, providers=["CPUExecutionProvider"]

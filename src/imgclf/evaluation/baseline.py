@@ -128,5 +128,5 @@ def warning(metrics: dict[str, Any]) -> str | None:
         f"{metrics['accuracy']:.4f} / macro-F1 {metrics['macro_f1']:.4f} vs "
         f"{LINEAR_NAME} {base['accuracy']:.4f} / {base['macro_f1']:.4f} "
         f"(majority class: accuracy {base['majority_accuracy']:.4f}). "
-        "See README, 'Bring your own data', for what to tune first."
+        "See docs/own-data.md, 'What to tune first'."
     )

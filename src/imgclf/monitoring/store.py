@@ -69,8 +69,8 @@ def snapshot(source: Path, target: Path) -> int:
 
     Copying the file with ``cp`` while the API writes can miss the last second of rows
     (they are in ``-wal``) or tear a page; SQLite's online backup cannot. This is what a
-    deployment runs before uploading the file for the scheduled drift report (README,
-    Monitoring): ``python -m imgclf.monitoring.store snapshot /var/lib/imgclf/monitor.db /tmp/m.db``
+    deployment runs before uploading the file for the scheduled drift report (docs/monitoring.md):
+    ``python -m imgclf.monitoring.store snapshot /var/lib/imgclf/monitor.db /tmp/m.db``
     works in the serving image (standard library only).
     """
     src = sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro", uri=True, timeout=10)

@@ -11,7 +11,7 @@ A classifier always answers with one of its classes, confidently, whatever it is
   embedding to the nearest training class mean (shared covariance). It catches what the
   ranges miss: a texture or a photo of normal brightness is still far from every class.
 
-Measured on the digits default (README, Serving): the distance alone separates every
+Measured on the digits default (docs/ood.md): the distance alone separates every
 generated OOD set from the test split (AUROC ≥ 0.99), where the classifier's own
 confidence (max softmax) is *worse than chance* on noise and textures.
 

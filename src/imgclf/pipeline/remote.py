@@ -94,7 +94,7 @@ def remote_info(root: Path, name: str | None = None) -> RemoteInfo:
             RemoteProblem(
                 "no-remote",
                 f"no DVC remote {'named ' + repr(name) if name else 'is configured as default'}",
-                "add one: dvc remote add -d gcs gs://<bucket>/dvcstore (README, 'Remote')",
+                "add one: dvc remote add -d gcs gs://<bucket>/dvcstore (docs/pull-requests.md)",
             )
         )
     conf = dict(remotes[name])
@@ -244,7 +244,7 @@ def classify(text: str, info: RemoteInfo | None = None) -> RemoteProblem | None:
             "permission",
             f"the credentials were accepted but may not use the bucket{where}",
             "grant the service account roles/storage.objectViewer on the bucket to pull, and "
-            "roles/storage.objectCreator as well to push (README: Workflows and secrets)",
+            "roles/storage.objectCreator as well to push (docs/pull-requests.md)",
         )
     if _CHECKOUT_FAILED.search(text):
         missing = _MISSING_FILES.search(text) is not None

@@ -13,10 +13,10 @@ from typing import Any
 
 import yaml
 
+from imgclf.pipeline.git import git_run
+from imgclf.pipeline.outputs import PREPARE
 from imgclf.report.markdown import code, fmt, fmt_change, inline, table
 from imgclf.report.revisions import (
-    PREPARE,
-    git_run,
     image_sizes,
     json_at,
     read_at,

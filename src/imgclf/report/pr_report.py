@@ -28,14 +28,9 @@ from imgclf.evaluation.paired_test import (
     confusion_changes,
     parse_predictions,
 )
-from imgclf.report.data_changes import data_report
+from imgclf.pipeline.outputs import CONFUSION_PNG, EVALUATE, PREDICTIONS, TRAIN
 from imgclf.report.markdown import code, fmt, fmt_change, inline, param_cell, param_value, table
 from imgclf.report.revisions import (
-    CONFUSION_PNG,
-    EVALUATE,
-    PREDICTIONS,
-    TRAIN,
-    ReportError,
     dvc_diffs,
     json_at,
     read_at,
@@ -43,19 +38,6 @@ from imgclf.report.revisions import (
     rows_by,
     workspace_json,
 )
-
-__all__ = [
-    "ModelReport",
-    "ReportError",
-    "build_model_report",
-    "data_report",
-    "fmt",
-    "fmt_change",
-    "model_report",
-    "param_value",
-    "render_model_report",
-]
-
 
 # (file, flattened key, label): the rows of the headline table, in reading order.
 HEADLINE: tuple[tuple[str, str, str], ...] = (

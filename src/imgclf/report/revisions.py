@@ -14,9 +14,6 @@ from typing import Any
 
 from imgclf.jsonio import expand
 from imgclf.pipeline.git import commit_of, git_run
-from imgclf.pipeline.outputs import CONFUSION_PNG, EVALUATE, PREDICTIONS, PREPARE, TRAIN
-
-__all__ = ["CONFUSION_PNG", "EVALUATE", "PREDICTIONS", "PREPARE", "TRAIN", "git_run"]
 
 
 class ReportError(RuntimeError):

@@ -48,7 +48,7 @@ def status_for(reason: str) -> int:
 
 class PredictionOut(BaseModel):
     """One image's answer. ``in_distribution`` false: the image does not look like the
-    training images, so the label is a guess (README, Serving); null when IMGCLF_OOD=off."""
+    training images, so the label is a guess (docs/ood.md); null when IMGCLF_OOD=off."""
 
     label: str
     index: int

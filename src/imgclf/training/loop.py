@@ -22,7 +22,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
-from imgclf.artifact.files import CARD_FILE, CHECKPOINT_FILE, MODEL_FILE, export_onnx, model_card
+from imgclf.artifact.export import export_onnx, model_card
+from imgclf.artifact.files import CARD_FILE, CHECKPOINT_FILE, MODEL_FILE
 from imgclf.artifact.int8_policy import check_export
 from imgclf.data.prepared_files import load_meta, load_split
 from imgclf.jsonio import with_detail, write_json

@@ -9,7 +9,7 @@ different model: a lock made on an AMD EPYC did not reproduce on an Intel Sapphi
 Rapids (test accuracy 0.9916 vs 0.9972).
 
 ``portable`` (the CPU default) removes each source, measured one by one under
-``../shared/tools/other-cpu.sh`` (see README, Reproducibility):
+``../shared/tools/other-cpu.sh`` (see docs/reproducibility.md):
 
 - ``ATEN_CPU_CAPABILITY=avx2``: ATen's own kernels are the AVX2 ones everywhere, also on
   AVX-512 CPUs (the same binary code ⇒ the same results);

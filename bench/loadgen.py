@@ -1,0 +1,191 @@
+"""The one HTTP load generator of the benches: closed-loop keep-alive clients on loopback.
+
+Every HTTP bench (``bench_api.py``, its photo scenario in ``photo_bench.py``,
+``bench_monitor.py``) drives its servers through :func:`run`, so they all measure the
+same way: ``concurrency`` connections, each sending its next request as soon as the
+previous answer arrived (closed loop, HTTP/1.1 keep-alive, prebuilt request bytes, no
+HTTP library, so that on a 2-core machine most of the CPU goes to the server being
+measured). A :class:`Load` carries what every table reports: latency percentiles,
+req/s, errors, the server's CPU time and the client's own CPU share (this process's
+CPU time ÷ (wall time × usable cores)), so a result says what the client cost.
+
+Every response must be a 200 whose body is byte-identical to the first one (same
+image, same model: same answer); anything else counts as an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+HOST = "127.0.0.1"
+
+
+def cores() -> int:
+    """CPU cores this process may run on (what the client's share is taken of)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a process and all its live descendants (uvicorn's worker processes)."""
+    total = cpu_seconds(pid)
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return total
+    return total + sum(tree_cpu_seconds(int(c)) for c in children)
+
+
+def multipart_request(path: str, field: str, image: bytes, count: int, port: int) -> bytes:
+    """A complete HTTP/1.1 keep-alive request uploading ``count`` copies of ``image``."""
+    boundary = uuid.uuid4().hex
+    parts = b"".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; '
+        f'filename="img{i}.png"\r\nContent-Type: image/png\r\n\r\n'.encode()
+        + image
+        + b"\r\n"
+        for i in range(count)
+    )
+    body = parts + f"--{boundary}--\r\n".encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+@dataclass
+class Load:
+    """One load run against one server."""
+
+    latencies_ms: np.ndarray  # one per answered request (errors included)
+    errors: int
+    seconds: float  # wall time of the run
+    client_cpu_s: float  # this process's CPU time during the run
+    server_cpu_s: float = float("nan")  # the server's process tree, when its pid was given
+    cores: int = 1
+
+    @property
+    def requests(self) -> int:
+        return len(self.latencies_ms)
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    def pct(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q)) if self.requests else float("nan")
+
+    @property
+    def client_share(self) -> float:
+        """The client's CPU ÷ (wall time × cores): the part of the machine it took."""
+        return self.client_cpu_s / (self.seconds * self.cores) if self.seconds else 0.0
+
+    @property
+    def server_cpu_ms(self) -> float:
+        """Server CPU ms per request."""
+        return 1000 * self.server_cpu_s / max(1, self.requests)
+
+
+def merge(parts: list[Load]) -> Load:
+    """Several slices of load on the same server as one run."""
+    return Load(
+        np.concatenate([p.latencies_ms for p in parts]),
+        sum(p.errors for p in parts),
+        sum(p.seconds for p in parts),
+        sum(p.client_cpu_s for p in parts),
+        sum(p.server_cpu_s for p in parts),
+        parts[0].cores,
+    )
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """Status and body of one HTTP/1.1 response with a Content-Length."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split()[1])
+    length = 0
+    for line in lines[1:]:
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    return status, await reader.readexactly(length)
+
+
+async def _drive(
+    port: int, request: bytes, concurrency: int, requests: int | None, seconds: float | None
+) -> tuple[list[float], int, float]:
+    """Keep ``concurrency`` requests in flight until ``requests`` were sent, or for
+    ``seconds`` and at least one request per connection; (latencies ms, errors, wall s)."""
+    latencies: list[float] = []
+    errors = 0
+    sent = 0
+    expected: list[bytes] = []
+    start = time.perf_counter()
+
+    def more() -> bool:
+        if requests is not None:
+            return sent < requests
+        return time.perf_counter() - start < (seconds or 0.0) or sent < concurrency
+
+    async def worker() -> None:
+        nonlocal errors, sent
+        reader, writer = await asyncio.open_connection(HOST, port)
+        try:
+            while more():
+                sent += 1
+                t0 = time.perf_counter()
+                try:
+                    writer.write(request)
+                    status, body = await read_response(reader)
+                except (OSError, asyncio.IncompleteReadError, ValueError):
+                    errors += 1
+                    writer.close()
+                    reader, writer = await asyncio.open_connection(HOST, port)
+                    continue
+                latencies.append((time.perf_counter() - t0) * 1000)
+                if not expected and status == 200:
+                    expected.append(body)
+                if status != 200 or body != expected[0]:
+                    errors += 1
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies, errors, time.perf_counter() - start
+
+
+def run(
+    port: int,
+    request: bytes,
+    concurrency: int,
+    *,
+    requests: int | None = None,
+    seconds: float | None = None,
+    server_pid: int | None = None,
+) -> Load:
+    """Closed-loop load on ``127.0.0.1:port``: a fixed number of ``requests``, or
+    ``seconds`` of it; the server's CPU is measured when ``server_pid`` is given."""
+    if (requests is None) == (seconds is None):
+        raise ValueError("give either requests or seconds")
+    server0 = tree_cpu_seconds(server_pid) if server_pid else float("nan")
+    client0 = time.process_time()
+    lat, errors, wall = asyncio.run(_drive(port, request, concurrency, requests, seconds))
+    client = time.process_time() - client0
+    server = tree_cpu_seconds(server_pid) - server0 if server_pid else float("nan")
+    return Load(np.array(lat), errors, wall, client, server, cores())
