@@ -76,13 +76,13 @@ push: install  ## dvc push, with a clear message when the remote is not usable
 pull: install  ## dvc pull, with a clear message when the remote is not usable
 	$(PY) -m imgclf.cli pull
 
-bench: install-dev  ## Run every benchmark (appends bench/RESULTS.md; best on an idle machine)
+bench: install-dev  ## Run every benchmark (replaces each scenario's section of bench/RESULTS.md; best on an idle machine)
 	$(PY) bench/bench_pipeline.py
 	$(PY) bench/bench_train.py
 	$(PY) bench/bench_numerics.py
 	$(PY) bench/bench_api.py
 	$(PY) bench/bench_api.py --scenario photos
-	$(PY) bench/bench_quantize.py --results bench/RESULTS.md
+	$(PY) bench/bench_quantize.py
 	$(PY) bench/bench_monitor.py
 	$(PY) bench/bench_gpu.py
 
