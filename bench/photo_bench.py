@@ -113,7 +113,8 @@ _worker_state: dict = {}
 def _ceiling_init(model_dir: str) -> None:
     from imgclf.artifact.predictor import Predictor
 
-    _worker_state["predictor"] = Predictor(model_dir)
+    # The fastest session this CPU allows (every graph optimisation), as the server uses.
+    _worker_state["predictor"] = Predictor(model_dir, session="fast")
 
 
 def _ceiling_loop(data: bytes, seconds: float) -> tuple[int, float, float]:
@@ -232,7 +233,7 @@ def breakdown(model_dir: Path, inputs: dict[str, Path], quick: bool) -> list[lis
 
     from imgclf.artifact.predictor import Predictor
 
-    predictor = Predictor(model_dir)
+    predictor = Predictor(model_dir, session="fast")
     twin = TorchPredictor(model_dir, threads=torch.get_num_threads())
     rows = []
     for name, path in inputs.items():
@@ -249,6 +250,31 @@ BREAKDOWN_HEADER = [
     "ours sum", "seed decode", "seed convert", "seed resize", "seed model (torch)", "seed sum",
     "seed ÷ ours (CPU per image)",
 ]  # fmt: skip
+
+
+def model_only(model_dir: Path, seconds: float) -> list[str]:
+    """img/s of the model alone, batch 1, one thread, for both session kinds (issue 18):
+    ``portable`` is what evaluate scores with, ``fast`` what the server answers with."""
+    from imgclf.artifact.predictor import Predictor
+
+    out = []
+    pixels = None
+    for kind in ("portable", "fast"):
+        predictor = Predictor(model_dir, threads=1, session=kind)
+        if pixels is None:
+            size, channels = predictor.spec.image_size, predictor.spec.channels
+            pixels = np.random.default_rng(0).integers(0, 256, (1, size, size, channels),
+                                                       dtype=np.uint8)  # fmt: skip
+        predictor.predict_proba(pixels)
+        count, start = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - start) < seconds:
+            predictor.predict_proba(pixels)
+            count += 1
+        out.append(f"{count / elapsed:.0f}")
+    return [*out, f"{float(out[1]) / float(out[0]):.2f}×"]
+
+
+MODEL_ONLY_HEADER = ["model", "portable img/s", "fast img/s", "fast ÷ portable"]
 
 
 # --- the scenario --------------------------------------------------------------------------
@@ -300,8 +326,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"machine: {common.machine()}\n{common.versions()}", flush=True)
     rows: list[Row] = []
     stages: list[str] = []
+    model_rows: list[list[str]] = []
     for model in models:
         model_dir = build(work, model, images=args.train_images)
+        model_rows.append([model, *model_only(model_dir, 0.5 if args.quick else 5.0)])
+        print("| " + " | ".join(model_rows[-1]) + " |", flush=True)
         ceiling = Ceiling(model_dir, cores)
         env = common.server_env(model_dir, args.src)
         ports = common.free_port(), common.free_port()
@@ -344,12 +373,15 @@ def run(args: argparse.Namespace) -> int:
         f"- each row {args.seconds:g} s of `POST /predict` per server after a warm-up, in "
         f"{args.rounds} slices taking turns with the ceiling's (ceiling, ours, seed, ceiling, "
         "…; each slice at least one request per connection); ceiling = decode + preprocess + "
-        f"model in {cores} processes, no HTTP, no client (mean of its slices). Client and "
-        "servers share the cores.",
+        f"model (the fast session) in {cores} processes, no HTTP, no client (mean of its "
+        "slices). Client and servers share the cores.",
     ]
     if args.note:
         section.append(f"- note: {args.note}")
     section += [f"- {v}" for v in verdict] + ["", table, *stages]
+    section += ["", "Model only, batch 1, one thread (the server's session is `fast`, evaluate's "
+                "`portable`; docs/serving-speed.md):", "",
+                common.table(MODEL_ONLY_HEADER, model_rows)]  # fmt: skip
     results.report(args, "photos", "Photo models: imgclf serve vs seed-style vs ceiling",
                    "\n".join(section), "python bench/bench_api.py --scenario photos")  # fmt: skip
     return 1 if any(r.ours.errors or r.seed.errors for r in rows) else 0

@@ -35,8 +35,9 @@ def params_for(architecture: str, epochs: int = 1) -> dict:
     if architecture == "small_cnn":  # the quick mode's stand-in: cheap at 224 px
         params["model"]["width"] = 8
     params.update({"epochs": epochs, "batch_size": 32})
-    # Speed of training is irrelevant to the serving numbers; fast numerics save a minute.
-    params["train"]["numerics"] = "fast"
+    # Portable numerics, the default a user gets: the card then says so, and what is served
+    # is the case issue 18 measured (the evaluated session is the portable one; the server
+    # answers with the fast one). Training with `fast` would hide the difference.
     return params
 
 

@@ -1,6 +1,7 @@
 # The serving image: the evaluated ONNX artifact behind FastAPI + onnxruntime.
 # No torch, no dvc, no credentials: fetch the model *before* the build, e.g.
-#   dvc pull models/model.onnx models/model.json models/reference.json models/ood.json
+#   dvc pull models/model.onnx models/model.json models/reference.json models/ood.json \
+#     models/golden.json
 #   (or: dvc repro)
 #   docker build -f dockerfiles/api.dockerfile \
 #     --build-arg GIT_REVISION="$(git rev-parse HEAD)" -t imgclf-api .
@@ -41,7 +42,7 @@ WORKDIR /app
 COPY src/imgclf /app/imgclf
 # reference.json: the evaluated data's profile (evaluate writes it next to the model),
 # for the drift report; ood.json: the out-of-distribution flag's calibrated statistics.
-COPY models/model.onnx models/model.json models/reference.json models/ood.json /app/models/
+COPY models/model.onnx models/model.json models/reference.json models/ood.json models/golden.json /app/models/
 # The evaluate stage's metrics for this artifact, served by GET /model.
 COPY metrics/evaluate.json /app/models/evaluate.json
 # A model that is not the evaluated one stops the build here, with the reason.

@@ -102,6 +102,10 @@ MEANINGS = {
     "IMGCLF_OOD": "the [out-of-distribution flag](ood.md): `flag` answers with "
     "`in_distribution`/`ood_score`/`ood_reasons`, `refuse` answers `422 out_of_distribution` "
     "(not ready without `models/ood.json`), `off` skips it (the fields are `null`)",
+    "IMGCLF_SESSION": "which onnxruntime session answers ([serving speed](serving-speed.md)): "
+    "`fast` (every graph optimisation, checked at start against evaluate's golden batch; "
+    "falls back to `portable` if it disagrees), `portable` (exactly the session `evaluate` "
+    "scored with)",
     "IMGCLF_MONITOR_DB": "SQLite file every answered image is recorded in (time, model "
     "version, predicted class, confidence, input features, embedding); unset: monitoring "
     "off. `make serve` sets `monitoring/requests.db`, the image `/var/lib/imgclf/monitor.db`",

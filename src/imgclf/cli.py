@@ -59,6 +59,13 @@ def predict(
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON object per image, as the API answers.")
     ] = False,
+    session: Annotated[
+        str,
+        typer.Option(
+            help="fast: the API's session, checked against evaluate's golden batch; "
+            "portable: exactly the session evaluate scored with."
+        ),
+    ] = "fast",
 ) -> None:
     """Top-k classes for local image files, with the exact artifact that is served, and
     whether each image looks like the training images (the API's OOD flag)."""
@@ -66,16 +73,19 @@ def predict(
 
     import numpy as np
 
+    from imgclf.artifact.agreement import load_served
     from imgclf.artifact.integrity import ModelIntegrityError
-    from imgclf.artifact.predictor import ModelNotFoundError, Predictor
+    from imgclf.artifact.predictor import ModelNotFoundError
     from imgclf.data.preprocessing import ImageError, preprocess
     from imgclf.ood.detector import load_detector
 
     try:
-        predictor = Predictor(model_dir)
-    except (ModelNotFoundError, ModelIntegrityError) as exc:
+        predictor, check = load_served(model_dir, session=session)
+    except (ModelNotFoundError, ModelIntegrityError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    if check.status in ("fallback", "unchecked"):
+        typer.echo(f"note: {check.detail}", err=True)
     try:
         detector = load_detector(model_dir, predictor.card["model_sha256"])
     except (OSError, ValueError) as exc:

@@ -175,7 +175,7 @@ def test_build_refuses_a_tampered_model(
     context = tmp_path / "context"
     for rel in ("dockerfiles/api.dockerfile", "requirements-serve.txt", ".dockerignore",
                 "models/model.onnx", "models/model.json", "models/reference.json",
-                "models/ood.json", "metrics/evaluate.json"):  # fmt: skip
+                "models/ood.json", "models/golden.json", "metrics/evaluate.json"):  # fmt: skip
         (context / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2((ROOT if rel.startswith(("docker", "req", ".")) else tree.root) / rel,
                      context / rel)  # fmt: skip

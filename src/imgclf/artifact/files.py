@@ -20,6 +20,9 @@ EMBEDDING_NAME = "embedding"
 # The evaluated data's profile (imgclf.evaluation.reference_profile), by evaluate.
 REFERENCE_FILE = "reference.json"
 OOD_FILE = "ood.json"  # the out-of-distribution flag's statistics (imgclf.ood.fit), by evaluate
+# A few test images with their evaluated probabilities (imgclf.artifact.agreement), by
+# evaluate: the server checks its fast session against them before it says ready.
+GOLDEN_FILE = "golden.json"
 CARD_FORMAT = "imgclf-model/1"
 
 

@@ -30,6 +30,7 @@ from typing import Any
 
 from imgclf.artifact.files import (
     CARD_FILE,
+    GOLDEN_FILE,
     MODEL_FILE,
     OOD_FILE,
     REFERENCE_FILE,
@@ -145,7 +146,12 @@ def verify_model(model_dir: Path | str, evaluated: Path | str | None = None) -> 
     # evaluate's files next to the model must describe this model too: the drift report
     # and the out-of-distribution flag compare with them, and another model's statistics
     # would flag the wrong inputs.
-    for name, what in ((REFERENCE_FILE, "profiles model"), (OOD_FILE, "was calibrated for model")):
+    sidecars = (
+        (REFERENCE_FILE, "profiles model"),
+        (OOD_FILE, "was calibrated for model"),
+        (GOLDEN_FILE, "holds the evaluated answers of model"),
+    )
+    for name, what in sidecars:
         sidecar = model_dir / name
         if not sidecar.is_file():
             continue

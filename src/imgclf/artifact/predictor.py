@@ -2,6 +2,15 @@
 
 ``evaluate``, ``imgclf predict`` and the API all go through :class:`Predictor`,
 so the numbers in ``metrics/`` are the numbers of the model that is served.
+
+Two kinds of onnxruntime session run the very same ONNX bytes (docs/serving-speed.md):
+
+* ``portable`` — what ``evaluate`` scores with: graph optimisations that give the same
+  bits on AVX2 and AVX-512 CPUs, so ``dvc.lock`` reproduces on any x86-64;
+* ``fast`` — what the API and ``imgclf predict`` answer with: every optimisation the CPU
+  allows (NCHWc layouts: 3.9x the portable speed for a 224 px mobilenet_v3_small here).
+  Its last bits depend on the CPU; :mod:`imgclf.artifact.agreement` proves it answers
+  like the evaluated session (same top-1, probabilities within a recorded tolerance).
 """
 
 from __future__ import annotations
@@ -29,30 +38,36 @@ def portable_numerics(card: dict[str, Any]) -> bool:
     return str(card.get("training", {}).get("numerics", "portable-cpu")) == "portable-cpu"
 
 
-def session_options(card: dict[str, Any], threads: int = 1) -> Any:
-    """onnxruntime options for this artifact, the same in ``evaluate``, ``predict`` and the API.
+SESSION_KINDS = ("portable", "fast")
 
-    Portable numerics (docs/reproducibility.md): onnxruntime picks AVX2 or AVX-512
+
+def session_options(card: dict[str, Any], threads: int = 1, kind: str = "portable") -> Any:
+    """onnxruntime options for this artifact: ``portable`` (evaluate) or ``fast`` (serving).
+
+    ``fast`` turns on every graph optimisation (``ORT_ENABLE_ALL``, NCHWc layouts): the
+    fastest session on this CPU, whose last bits differ between CPUs; what it answers is
+    checked against the evaluated answers (:mod:`imgclf.artifact.agreement`).
+
+    ``portable`` (docs/reproducibility.md): onnxruntime picks AVX2 or AVX-512
     kernels by CPU. Below the layout level (NCHWc blocks of 8 vs 16 channels) the
     kernels it runs sum in the same order on both; flushing subnormals removes the
     one difference left (softmax's far tail, probabilities < 1e-38). A model trained
     with ``train.numerics: fast`` is reproducible on one kind of CPU only anyway, so
     it gets every graph optimisation, NCHWc layouts included: 3.5x faster for a
     224 px mobilenet_v3_small, 1.2x for resnet18 (bench/RESULTS.md, photo models).
-    Because the choice is read from the card, what ``evaluate`` scores and what the
-    API answers still come from identically configured sessions.
     """
     import onnxruntime as ort
 
+    if kind not in SESSION_KINDS:
+        raise ValueError(f"session kind must be one of {', '.join(SESSION_KINDS)}, got {kind!r}")
     options = ort.SessionOptions()
     # A fixed thread count keeps results identical run to run.
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     level = ort.GraphOptimizationLevel
-    options.graph_optimization_level = (
-        level.ORT_ENABLE_EXTENDED if portable_numerics(card) else level.ORT_ENABLE_ALL
-    )
+    exact = kind == "portable" and portable_numerics(card)
+    options.graph_optimization_level = level.ORT_ENABLE_EXTENDED if exact else level.ORT_ENABLE_ALL
     options.add_session_config_entry("session.set_denormal_as_zero", "1")
     return options
 
@@ -71,9 +86,13 @@ class Prediction:
 
 
 class Predictor:
-    """An onnxruntime session plus the card that says how to feed it."""
+    """An onnxruntime session plus the card that says how to feed it.
 
-    def __init__(self, model_dir: Path | str, threads: int = 1) -> None:
+    ``session``: ``portable`` (the default; what ``evaluate`` scores) or ``fast`` (what is
+    served), see :func:`session_options`.
+    """
+
+    def __init__(self, model_dir: Path | str, threads: int = 1, session: str = "portable") -> None:
         import onnxruntime as ort  # deferred: importing the package should stay cheap
 
         from imgclf.artifact.integrity import check_model_bytes
@@ -86,8 +105,12 @@ class Predictor:
         check_model_bytes(model_bytes, self.card, onnx_path, card_path)
         self.classes: list[str] = list(self.card["classes"])
         self.spec = PreprocessSpec.from_dict(self.card["preprocess"])
+        options = session_options(self.card, threads, session)
+        self.session_kind = session
+        self.model_dir = Path(model_dir)
+        self.threads = threads
         self.session = ort.InferenceSession(
-            model_bytes, session_options(self.card, threads), providers=["CPUExecutionProvider"]
+            model_bytes, options, providers=["CPUExecutionProvider"]
         )
         self.input_name = self.session.get_inputs()[0].name
         # Output 0 is the probabilities; models exported since the monitoring profile also

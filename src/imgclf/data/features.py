@@ -57,18 +57,44 @@ def numeric_features(channels: int) -> list[str]:
     return names
 
 
-def _mean_std(values: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+def _mean_std(values: np.ndarray, scale: float, peak: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-row mean and standard deviation of an integer ``(N, K)`` array, divided by ``scale``.
 
-    The sums are taken in int64 (exact, so the result does not depend on summation order
-    or SIMD width; luma Laplacians of images up to ~1000 px a side fit); what follows is
-    element-wise IEEE arithmetic, the same on every CPU.
+    The sums are exact, so the result does not depend on summation order or SIMD width
+    (the lock and the OOD calibration stay the same on every CPU): in float64 when every
+    partial sum of squares stays below 2**53 (``peak`` bounds ``|values|``; every partial
+    sum of integers is then an integer float, whatever the order), else in int64 (luma
+    Laplacians of images up to ~1000 px a side fit). What follows is element-wise IEEE
+    arithmetic, the same on every CPU. The float64 path is 3x faster at 224 px.
     """
-    v = values.astype(np.int64)
-    k = v.shape[1]
-    mean = v.sum(1) / k
-    var = (v * v).sum(1) / k - mean * mean
+    k = values.shape[1]
+    if peak * peak * k < 2**53:
+        f = values.astype(np.float64)
+        total, squares = f.sum(1), np.einsum("ij,ij->i", f, f)
+    else:
+        v = values.astype(np.int64)
+        total, squares = v.sum(1), (v * v).sum(1)
+    mean = total / k
+    var = squares / k - mean * mean
     return mean / scale, np.sqrt(np.maximum(var, 0.0)) / scale
+
+
+def _share(pixels: np.ndarray, level: int, above: bool) -> np.ndarray:
+    """Per image, the share of pixels with *any* channel ≥ ``level`` (``above``) or with
+    *all* channels ≤ ``level``.
+
+    Combined channel by channel on uint8 views: numpy's ``any(-1)``/``all(-1)`` over a
+    3-wide last axis took 1.3 ms of a 224 px RGB image's 2 ms of features (the OOD flag's
+    cost per request). Counts are integers, so the share is the same float as before.
+    """
+    n = pixels.shape[0]
+    hits = pixels[..., 0] >= level if above else pixels[..., 0] <= level
+    for i in range(1, pixels.shape[-1]):
+        if above:
+            hits |= pixels[..., i] >= level
+        else:
+            hits &= pixels[..., i] <= level
+    return np.count_nonzero(hits.reshape(n, -1), axis=1) / hits[0].size
 
 
 def feature_matrix(
@@ -87,11 +113,11 @@ def feature_matrix(
     px = pixels.astype(np.int32)
     # Luma ×1000 (BT.601 weights as integers): exact.
     luma = px[..., 0] * 1000 if c == 1 else px[..., 0] * 299 + px[..., 1] * 587 + px[..., 2] * 114
-    brightness, contrast = _mean_std(luma.reshape(n, -1), 255_000.0)
+    brightness, contrast = _mean_std(luma.reshape(n, -1), 255_000.0, 255_000)
     if h >= 3 and w >= 3:
         lap = 4 * luma[:, 1:-1, 1:-1] - luma[:, :-2, 1:-1] - luma[:, 2:, 1:-1]
         lap = lap - luma[:, 1:-1, :-2] - luma[:, 1:-1, 2:]
-        _, lap_std = _mean_std(lap.reshape(n, -1), 1000.0)
+        _, lap_std = _mean_std(lap.reshape(n, -1), 1000.0, 4 * 255_000 * 2)
         sharpness = lap_std**2
     else:
         sharpness = np.zeros(n)
@@ -104,16 +130,18 @@ def feature_matrix(
         "brightness": brightness,
         "contrast": contrast,
         "sharpness": sharpness,
-        "saturated": (px >= SATURATED).any(-1).reshape(n, -1).mean(1),
-        "dark": (px <= DARK).all(-1).reshape(n, -1).mean(1),
+        "saturated": _share(pixels, SATURATED, above=True),
+        "dark": _share(pixels, DARK, above=False),
     }
     if c == 3:
         for i, name in enumerate(channel_names(3)):
-            cols[f"mean_{name}"], cols[f"std_{name}"] = _mean_std(px[..., i].reshape(n, -1), 255.0)
+            cols[f"mean_{name}"], cols[f"std_{name}"] = _mean_std(
+                px[..., i].reshape(n, -1), 255.0, 255
+            )
         rg = (px[..., 0] - px[..., 1]).reshape(n, -1)
         yb = ((px[..., 0] + px[..., 1]) - 2 * px[..., 2]).reshape(n, -1)
-        rg_mean, rg_std = _mean_std(rg, 255.0)
-        yb_mean, yb_std = _mean_std(yb, 510.0)
+        rg_mean, rg_std = _mean_std(rg, 255.0, 255)
+        yb_mean, yb_std = _mean_std(yb, 510.0, 510)
         cols["colorfulness"] = np.hypot(rg_std, yb_std) + 0.3 * np.hypot(rg_mean, yb_mean)
     names = numeric_features(c)
     return names, np.stack([cols[name] for name in names], axis=1)

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from imgclf.artifact.files import REFERENCE_FILE
+from imgclf.artifact.agreement import agreement, golden_batch, golden_indices
+from imgclf.artifact.files import GOLDEN_FILE, REFERENCE_FILE
 from imgclf.artifact.predictor import Predictor
 from imgclf.data.features import format_from_path, source_colorfulness
 from imgclf.data.prepared_files import META_FILE, load_split, read_index
@@ -125,6 +126,11 @@ EVALUATE_DETAIL = (
     "ood.threshold",
     "ood.confidence_auroc",
     "ood.sets",
+    # The served (fast) session vs this one: top-1 agreement stays a headline column.
+    "serving_session.images",
+    "serving_session.max_abs_diff_bound",
+    "serving_session.tolerance",
+    "serving_session.within_tolerance",
 )
 
 
@@ -190,10 +196,41 @@ def evaluate_ood(
     return measure(detector_from_dict(doc), test, test_probs, predictor, params.seed)
 
 
+def check_serving_session(
+    predictor: Predictor,
+    model_dir: Path,
+    images: np.ndarray,
+    labels: np.ndarray,
+    probs: np.ndarray,
+    batch_size: int,
+) -> dict[str, Any]:
+    """Score the test split again with the session the API serves with, and write the golden
+    batch the server checks itself against (``<model_dir>/golden.json``).
+
+    Evaluate itself stays on the portable session: its probabilities are what the lock
+    records, the same bits on every CPU. The fast session's exact difference is
+    CPU-specific, so it is printed; the metrics keep a bound (imgclf.artifact.agreement).
+    """
+    fast = Predictor(model_dir, session="fast")
+    result = agreement(probs, fast.predict_proba(images, batch_size))
+    print(
+        f"served (fast) session vs evaluated: top-1 agreement {result.top1_agreement:.4f}, "
+        f"largest probability difference {result.max_abs_diff:.3g} on this CPU "
+        f"(tolerance {result.tolerance:g})"
+    )
+    picked = golden_indices(np.asarray(labels))
+    golden = golden_batch(
+        np.asarray(images[picked]), probs[picked], predictor.card["model_sha256"], result
+    )
+    write_json(model_dir / GOLDEN_FILE, golden)
+    return result.metrics()
+
+
 def evaluate(params: Params, prepared: Path, model_dir: Path, out_dir: Path) -> dict[str, Any]:
     """Run the whole stage: metrics JSON (with baselines), predictions CSV, confusion PNG,
-    the reference profile ``<model_dir>/reference.json`` (:mod:`imgclf.data.features`) and the
-    OOD detector's statistics ``<model_dir>/ood.json`` (:mod:`imgclf.ood.fit`)."""
+    the reference profile ``<model_dir>/reference.json`` (:mod:`imgclf.data.features`), the
+    OOD detector's statistics ``<model_dir>/ood.json`` (:mod:`imgclf.ood.fit`) and the golden
+    batch ``<model_dir>/golden.json`` (:mod:`imgclf.artifact.agreement`)."""
     predictor = Predictor(model_dir)
     images, labels = load_split(prepared, "test")
     rows = read_index(prepared, "test")
@@ -220,6 +257,9 @@ def evaluate(params: Params, prepared: Path, model_dir: Path, out_dir: Path) -> 
         out_dir / "confusion_matrix.png", np.array(metrics["confusion_matrix"]), predictor.classes
     )
     metrics["model_sha256"] = predictor.card["model_sha256"]
+    metrics["serving_session"] = check_serving_session(
+        predictor, model_dir, images, labels, probs, params.evaluate.batch_size
+    )
     if "export" in predictor.card:  # an int8 file: what quantizing cost (validation split)
         export = predictor.card["export"]
         metrics["export"] = {

@@ -306,7 +306,8 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
 
     @app.get("/ready", summary="Readiness: model loaded", responses={503: ERROR_RESPONSES[503]})
     async def ready() -> dict[str, Any]:
-        return {"ready": True, "model_version": _require_model(service).version}
+        version = _require_model(service).version
+        return {"ready": True, "model_version": version, "session": service.session}
 
     @app.get("/model", summary="The model card, evaluation metrics and provenance",
              responses={503: ERROR_RESPONSES[503]})  # fmt: skip

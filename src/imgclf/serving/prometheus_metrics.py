@@ -84,6 +84,12 @@ class Telemetry:
             registry=self.registry,
         )
         self.model = Info("imgclf_model", "The served model artifact.", registry=self.registry)
+        self.session_fallbacks = Counter(
+            "imgclf_session_fallbacks",
+            "Model loads at which the fast onnxruntime session disagreed with evaluate's "
+            "golden batch, so the portable (evaluated) session serves instead.",
+            registry=self.registry,
+        )
         self.queue = Gauge(
             "imgclf_work_jobs",
             "Decode+inference jobs running or queued in the work pool.",

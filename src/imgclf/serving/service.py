@@ -174,6 +174,8 @@ class Service:
         self.spec: PreprocessSpec | None = None
         self.error: str | None = None
         self.model_info: dict[str, Any] = {}
+        # Which session answers and why (imgclf.artifact.agreement); None for an injected backend.
+        self.session: dict[str, Any] | None = None
         self.ood: oodserve.Detector | None = None  # the OOD flag's statistics (imgclf.ood.detector)
         self.pool = WorkPool(settings.worker_threads, settings.max_queue)
         self.telemetry.queue.set_function(lambda: self.pool.jobs)
@@ -184,9 +186,7 @@ class Service:
         """Load (and verify) the artifact unless one was injected; on failure report not ready."""
         try:
             if self.backend is None:
-                from imgclf.artifact.predictor import Predictor
-
-                self.backend = Predictor(self.settings.model_dir, threads=self.settings.threads)
+                self.backend = self._load_predictor()
             card = self.backend.card
             # The server's pixel limit can only be stricter than the one the model was built with.
             limit = min(self.settings.max_pixels, self.backend.spec.max_pixels)
@@ -212,6 +212,21 @@ class Service:
             # The full story (paths included) goes to the server's log only.
             log.error("model not loaded from %s: %s", self.settings.model_dir, exc)
 
+    def _load_predictor(self) -> Backend:
+        """The fastest session that answers like the evaluated model (golden batch), else
+        the evaluated session itself; the choice is logged, counted and shown."""
+        from imgclf.artifact.agreement import load_served
+
+        s = self.settings
+        predictor, check = load_served(s.model_dir, s.threads, s.session)
+        self.session = check.as_json()
+        if check.status == "fallback":
+            self.telemetry.session_fallbacks.inc()
+            log.warning("session: %s", check.detail)
+        else:
+            log.info("session: %s (%s)", check.session, check.detail)
+        return predictor
+
     def input_shape(self) -> tuple[int, int, int]:
         assert self.spec is not None
         return (self.spec.image_size, self.spec.image_size, self.spec.channels)
@@ -233,6 +248,7 @@ class Service:
             "metrics": metrics,
             "metrics_match_model": match,
             "ood": oodserve.describe(s.ood, self.ood),
+            "session": self.session,
             "limits": {
                 "max_upload_bytes": s.max_upload_bytes,
                 "max_request_bytes": s.max_request_bytes,

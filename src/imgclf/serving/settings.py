@@ -16,6 +16,8 @@ from pathlib import Path
 MiB = 1024 * 1024
 # IMGCLF_OOD values (imgclf.ood.detector.MODES, repeated here so settings import nothing heavy).
 OOD_MODES = ("flag", "refuse", "off")
+# Which onnxruntime session answers (imgclf.artifact.agreement, docs/serving-speed.md).
+SESSION_KINDS = ("fast", "portable")
 
 
 class SettingsError(ValueError):
@@ -74,6 +76,9 @@ class Settings:
     # Out-of-distribution flag (imgclf.ood.detector): ``flag`` answers with in_distribution/
     # ood_score/ood_reasons, ``refuse`` answers 422 out_of_distribution, ``off`` skips it.
     ood: str = "flag"
+    # ``fast``: the fastest session, checked against evaluate's golden batch at start (falls
+    # back to ``portable`` if it disagrees); ``portable``: exactly the session evaluate used.
+    session: str = "fast"
     # Monitoring (imgclf.monitoring.recorder): the SQLite file every served prediction is
     # recorded in (None: off), bounded to this many newest rows …
     monitor_db: Path | None = None
@@ -180,6 +185,13 @@ class Settings:
                 f"IMGCLF_OOD={env.get('IMGCLF_OOD')!r} is not one of {', '.join(OOD_MODES)}"
             )
 
+        session = (env.get("IMGCLF_SESSION") or d.session).strip().lower()
+        if session not in SESSION_KINDS:
+            raise SettingsError(
+                f"IMGCLF_SESSION={env.get('IMGCLF_SESSION')!r} is not one of "
+                f"{', '.join(SESSION_KINDS)}"
+            )
+
         def fraction(name: str, default: float) -> float:
             raw = env.get(name)
             if raw is None or raw.strip() == "":
@@ -223,6 +235,7 @@ class Settings:
             metrics_file=Path(metrics) if metrics else None,
             git_revision=env.get("IMGCLF_GIT_REVISION") or None,
             ood=ood,
+            session=session,
             monitor_db=_path(env, "IMGCLF_MONITOR_DB"),
             monitor_max_rows=integer("IMGCLF_MONITOR_MAX_ROWS", d.monitor_max_rows),
             sample_dir=_path(env, "IMGCLF_SAMPLE_DIR"),
