@@ -235,3 +235,19 @@ def test_source_info_reads_size_orientation_and_format() -> None:
     img.save(buf, "JPEG", exif=exif)
     assert source_info(buf.getvalue()) == (30, 40, "JPEG")
     assert source_info(b"\x89PNG\r\n\x1a\n broken") == (0, 0, "PNG")
+
+
+def test_large_inputs_are_measured_on_a_strided_view_small_ones_whole() -> None:
+    """224 px inputs cost a quarter (the OOD flag's per-request time, docs/ood.md); the same
+    function runs in evaluate and the API, so calibration and served features agree."""
+    from imgclf.data.features import SUBSAMPLE_FROM, feature_matrix
+
+    rng = np.random.default_rng(3)
+    big = rng.integers(0, 256, (2, SUBSAMPLE_FROM, SUBSAMPLE_FROM + 6, 3), dtype=np.uint8)
+    names, whole = feature_matrix(big, [640, 640], [480, 480])
+    _, strided = feature_matrix(np.ascontiguousarray(big[:, ::2, ::2]), [640, 640], [480, 480])
+    assert np.array_equal(whole, strided)
+    small = big[:, : SUBSAMPLE_FROM - 1, : SUBSAMPLE_FROM - 1]
+    _, a = feature_matrix(small, [1, 1], [1, 1])
+    _, b = feature_matrix(np.ascontiguousarray(small[:, ::2, ::2]), [1, 1], [1, 1])
+    assert not np.array_equal(a[:, names.index("contrast")], b[:, names.index("contrast")])

@@ -28,6 +28,11 @@ import numpy as np
 MAX_EMBEDDING_DIMS = 64
 # Pixel values at or beyond these count as clipped (blown highlights / crushed shadows).
 SATURATED, DARK = 250, 5
+# Model inputs at least this many pixels a side are measured on every second row and column
+# (a strided view, no copy): a 224 px RGB image's features cost 0.9 ms of a request in the
+# API with the OOD flag on, a quarter of that at 112 px, and statistics of 12,544 pixels
+# are as telling as of 50,176. Smaller inputs (the 8 px digits) are measured whole.
+SUBSAMPLE_FROM = 128
 
 FORMAT_BY_SUFFIX = {
     ".png": "PNG",
@@ -104,12 +109,17 @@ def feature_matrix(
 
     Vectorised, with no per-value Python work: the API's recorder runs it on everything
     queued in the last second at once. :func:`image_features` is the same, as columns.
+    Inputs of :data:`SUBSAMPLE_FROM` px a side or more are measured on a 2x-strided view:
+    ``evaluate`` (the OOD calibration, the reference profile) and the API call this same
+    function on the same model pixels, so both sides see the same features.
     """
     if pixels.ndim != 4 or pixels.dtype != np.uint8:
         raise ValueError(f"expected uint8 (N, H, W, C) pixels, got {pixels.dtype} {pixels.shape}")
-    n, h, w, c = pixels.shape
-    if not len(widths) == len(heights) == n:
+    if not len(widths) == len(heights) == pixels.shape[0]:
         raise ValueError("one width, height and format per image is needed")
+    if min(pixels.shape[1:3]) >= SUBSAMPLE_FROM:
+        pixels = pixels[:, ::2, ::2]
+    n, h, w, c = pixels.shape
     px = pixels.astype(np.int32)
     # Luma ×1000 (BT.601 weights as integers): exact.
     luma = px[..., 0] * 1000 if c == 1 else px[..., 0] * 299 + px[..., 1] * 587 + px[..., 2] * 114
