@@ -104,14 +104,17 @@ def test_default_numerics_give_the_same_bytes_on_other_cpus(workdir: Path) -> No
             assert (workdir / cpu / rel).read_bytes() == native, f"{rel} differs on {cpu}"
 
 
-EVALUATED = ("models/ood.json", "models/reference.json", "metrics/evaluate.json",
-             "metrics/predictions.csv")  # fmt: skip
+# golden.json holds the portable session's answers; evaluate.json also the fast session's
+# agreement with them, as a CPU-independent bound (imgclf.artifact.agreement).
+EVALUATED = ("models/ood.json", "models/reference.json", "models/golden.json",
+             "metrics/evaluate.json", "metrics/predictions.csv")  # fmt: skip
 
 
 @pytest.mark.heavy
 def test_evaluate_stage_writes_the_same_bytes_on_an_avx2_cpu(workdir: Path) -> None:
     """The whole evaluate stage — metrics, the reference profile, the OOD statistics
-    (numpy, BLAS matmuls, sklearn's baseline) — natively and on an emulated AVX2 CPU.
+    (numpy, BLAS matmuls, sklearn's baseline), the golden batch and the fast session's
+    agreement bound — natively and on an emulated AVX2 CPU.
 
     These bytes are in dvc.lock too. About 2 minutes under emulation (sklearn's import
     and the generated OOD sets), hence `heavy`; measured once by hand on 2026-11-30 on the
