@@ -346,6 +346,8 @@ def curves_figure(
     if not any(steps for steps, _ in curves.values()):
         return False
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
         for rev, colour, label in (
@@ -360,6 +362,7 @@ def curves_figure(
                             label=f"{drawable(label, 24)} {split}")  # fmt: skip
         ax.set_title(metric)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
