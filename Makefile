@@ -64,8 +64,8 @@ format: install-dev  ## Apply ruff's fixes and formatting
 	$(BIN)/ruff format .
 
 BASE ?= main
-report: install  ## Compare the workspace's model with BASE (default main) → report.md
-	$(PY) -m imgclf.cli report --base $(BASE) --out report.md
+report: install  ## Compare the workspace's model with BASE (default main) → report.md + report-images/
+	$(PY) -m imgclf.cli report --base $(BASE) --out report.md --images report-images
 
 remote-check: install  ## Is the DVC remote usable? (says: down, missing bucket or credentials)
 	$(PY) -m imgclf.cli remote-check

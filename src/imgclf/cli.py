@@ -186,6 +186,18 @@ def check_lock(
         raise typer.Exit(1)
 
 
+IMAGES_HELP = (
+    "Also draw the report's pictures (PNG + JSON manifests) into this folder and link them "
+    "from the markdown, relative to --out (docs/pull-requests.md, Pictures)."
+)
+
+
+def _link(images: Path, out: Path | None) -> str:
+    """The images folder as the markdown file sees it (relative to --out, or the cwd)."""
+    start = (out.parent if out is not None else Path()).resolve()
+    return Path(os.path.relpath(images.resolve(), start)).as_posix()
+
+
 @app.command()
 def report(
     base: Annotated[str, typer.Option(help="Git revision to compare with (e.g. main).")] = "main",
@@ -193,17 +205,17 @@ def report(
         None
     ),
     label: Annotated[str, typer.Option(help="Column name for this revision.")] = "workspace",
-    images: Annotated[
-        bool, typer.Option(help="Link PNG plots (only where image publishing is enabled).")
-    ] = False,
+    images: Annotated[Path | None, typer.Option(help=IMAGES_HELP)] = None,
     repo: Annotated[Path, typer.Option(help="Repository root.")] = Path(),
 ) -> None:
-    """Markdown comparing the workspace's model with BASE: metrics, params, noise test."""
+    """Markdown comparing the workspace's model with BASE: metrics, params, noise test, and
+    with --images the flipped test images, training curves and confusion change."""
     from imgclf.report.pr_report import model_report
     from imgclf.report.revisions import ReportError
 
     try:
-        text = model_report(repo, base, label=label, images=images)
+        link = _link(images, out) if images is not None else "images"
+        text = model_report(repo, base, label=label, images=images, link=link)
     except ReportError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -217,14 +229,17 @@ def data_report(
         None
     ),
     label: Annotated[str, typer.Option(help="Column name for this revision.")] = "workspace",
+    images: Annotated[Path | None, typer.Option(help=IMAGES_HELP)] = None,
     repo: Annotated[Path, typer.Option(help="Repository root.")] = Path(),
 ) -> None:
-    """Markdown dataset report (class counts, image sizes, skipped files) against BASE."""
+    """Markdown dataset report (class counts, image sizes, skipped files) against BASE; with
+    --images, example images of added classes and the skipped files."""
     from imgclf.report.data_changes import data_report as build
     from imgclf.report.revisions import ReportError
 
     try:
-        text = build(repo, base, label=label)
+        link = _link(images, out) if images is not None else "images"
+        text = build(repo, base, label=label, images=images, link=link)
     except ReportError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -6,7 +6,9 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
+from markdown_it import MarkdownIt
 
 from imgclf.report.markdown import fmt, fmt_change
 from tests.support import copy_repo, git, imgclf, run
@@ -14,6 +16,7 @@ from tests.support import copy_repo, git, imgclf, run
 pytestmark = pytest.mark.slow
 
 SHRINK = {"epochs": 2}
+PARSER = MarkdownIt("commonmark").enable("table")
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +81,75 @@ def test_pr_flow_report(baseline: Path) -> None:
     assert "### Images per class" in data
     assert "| `0` |" in data
     assert "No `.dvc` file changed." in data
+
+
+def test_pr_report_pictures(baseline: Path) -> None:
+    """The report of a change that breaks test images shows those images: the contact
+    sheets hold exactly the paired comparison's flipped samples (read back from the JSON
+    manifests and from the pixels), the markdown links only allow-listed files, the
+    output is byte-for-byte reproducible and the comment fits GitHub's limit."""
+    from PIL import Image
+
+    from imgclf.evaluation.paired_test import parse_predictions
+    from imgclf.report.markdown import COMMENT_LIMIT
+    from imgclf.report.pictures import MAX_TILES, MODEL_IMAGES
+
+    repo = baseline
+    if git(repo, "branch", "--show-current").stdout.strip() != "better-lr":
+        test_pr_flow_report(repo)  # run alone: make the lr=0.05 commit first
+    imgclf(repo, "report", "--base", "main", "--out", "out/report.md", "--images", "out/images")
+    out = (repo / "out/report.md").read_text()
+    assert len(out) < COMMENT_LIMIT
+    images = repo / "out/images"
+
+    base = parse_predictions(git(repo, "show", "main:metrics/predictions.csv").stdout)
+    head = parse_predictions((repo / "metrics/predictions.csv").read_text())
+    broken = sorted(k for k in base if base[k].correct and not head[k].correct)
+    fixed = sorted(k for k in base if head[k].correct and not base[k].correct)
+    assert broken, "lr=0.05 should break some test images (the docs' excerpt: 20)"
+    assert f"{len(fixed)} fixed / {len(broken)} broken" in out
+
+    dataset = repo / "data/raw/digits"
+    for kind, keys, wrong in (("broken", broken, head), ("fixed", fixed, base)):
+        if not keys:
+            assert not (images / f"flips-{kind}.png").exists()
+            continue
+        manifest = json.loads((images / f"flips-{kind}.json").read_text())
+        assert manifest["total"] == len(keys) and manifest["shown"] == min(len(keys), MAX_TILES)
+        expected = sorted(keys, key=lambda k: (-wrong[k].confidence, k))[:MAX_TILES]
+        assert [t["path"] for t in manifest["tiles"]] == expected, "most confident first"
+        sheet = Image.open(images / f"flips-{kind}.png").convert("RGB")
+        for tile in manifest["tiles"]:
+            b, h = base[tile["path"]], head[tile["path"]]
+            assert tile["actual"] == h.actual == b.actual
+            assert (tile["base"]["predicted"], tile["head"]["predicted"]) == (
+                b.predicted,
+                h.predicted,
+            )
+            assert tile["lines"] == [tile["path"], f"true: {h.actual}",
+                                     f"main: {b.predicted} {b.confidence:.2f}",
+                                     f"workspace: {h.predicted} {h.confidence:.2f}"]  # fmt: skip
+            # The pixels drawn are the sample's own image, enlarged by a whole factor.
+            assert tile["source"] == "raw"
+            src = Image.open(dataset / tile["path"]).convert("RGB")
+            k = tile["scale"]
+            want = src.resize((src.width * k, src.height * k), Image.Resampling.NEAREST)
+            assert np.array_equal(np.asarray(sheet.crop(tile["box"])), np.asarray(want)), tile[
+                "path"
+            ]
+
+    made = {p.name for p in images.glob("*.png")}
+    assert made >= {"curves.png", "confusion-change.png", "confusion-matrix.png"}
+    assert made <= set(MODEL_IMAGES)
+    rendered = PARSER.render(out)
+    srcs = re.findall(r'<img src="([^"]*)"', rendered)
+    assert sorted(srcs) == sorted(f"images/{n}" for n in made), "each picture linked once"
+    assert "<a " not in rendered, "no other link"
+    for src in srcs:
+        assert (repo / "out" / src).is_file()
+
+    # Same inputs, same bytes (fixed DPI, no timestamps or versions in the PNGs).
+    imgclf(repo, "report", "--base", "main", "--out", "again/report.md", "--images", "again/i")
+    for name in sorted(made):
+        assert (images / name).read_bytes() == (repo / "again/i" / name).read_bytes(), name
+    assert (repo / "again/report.md").read_text().replace("](i/", "](images/") == out

@@ -30,7 +30,7 @@ ALLOWED = {
     "ood": {"data", "artifact"},
     "serving": {"data", "artifact", "ood", "monitoring"},
     "monitoring": {"data", "evaluation", "report"},
-    "report": {"evaluation", "pipeline"},
+    "report": {"data", "evaluation", "pipeline"},
     "pipeline": {"artifact", "evaluation"},
 }
 TOP_LEVEL_SHARED = {"errors", "jsonio", "params"}

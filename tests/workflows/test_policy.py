@@ -8,8 +8,11 @@ file, so a new workflow or step is held to it too:
 * pull-request workflows see the read-only key and ``GITHUB_TOKEN`` only; the writer key
   lives in a main-only job behind an environment;
 * least permissions: nothing by default, each job asks; a job that can write (PR comments;
-  the drift workflow's issue) runs no project code and checks nothing out; the comment
-  step is skipped for fork PRs;
+  the drift workflow's issue; the report pictures' branch) runs no project code and checks
+  nothing out; the comment step is skipped for fork PRs;
+* pictures never leave the repository: only allow-listed PNGs the report links are
+  committed, to one branch, through the Git data API; the comment links them by commit
+  SHA and nothing is uploaded to CML's public asset host;
 * every action is pinned to a full commit SHA with its version in a comment; checkouts
   leave no token in ``.git/config``; no ``${{ … }}`` expression is pasted into a script;
 * the CML version and pip installs are pinned.
@@ -168,6 +171,11 @@ def test_registry_push_uses_the_workflow_token_in_a_job_without_code() -> None:
     assert "merge-base --is-ancestor" in tag_check and "v[0-9]+" in tag_check
 
 
+# The one job per workflow that may write contents: it commits the report's pictures to
+# the report-images branch (test_pictures_are_published_inside_the_repository_only).
+CONTENT_WRITERS = {("cml.yaml", "images"), ("data.yaml", "images")}
+
+
 def test_least_permissions(workflow: tuple[Path, dict[str, Any]]) -> None:
     path, wf = workflow
     top = wf.get("permissions")
@@ -177,6 +185,9 @@ def test_least_permissions(workflow: tuple[Path, dict[str, Any]]) -> None:
         perms = job.get("permissions", top)
         assert perms is not None
         writes = {k for k, v in perms.items() if v == "write"}
+        if (path.name, name) in CONTENT_WRITERS:
+            assert perms == {"contents": "write"}, f"{path.name}/{name}: {perms}"
+            continue
         # Comments on PRs; the scheduled drift report may also open or update an issue;
         # the image push job (no code, see below) writes packages.
         allowed = {"pull-requests", "issues"} if path.name == "drift.yaml" else {"pull-requests"}
@@ -206,7 +217,7 @@ def test_comment_jobs_are_skipped_for_forks_and_forks_still_get_the_report() -> 
                 continue
             assert FORK_GUARD in job["if"], f"{path.name}/{name}: comment without fork guard"
             assert "!cancelled()" in job["if"], "a stale-lock failure still gets its comment"
-            (needs,) = [job["needs"]] if isinstance(job["needs"], str) else job["needs"]
+            needs = job["needs"] if isinstance(job["needs"], str) else job["needs"][0]
             report = wf["jobs"][needs]
             runs = "\n".join(s.get("run", "") for s in report["steps"])
             assert '>> "$GITHUB_STEP_SUMMARY"' in runs, "the report is in the job summary"
@@ -313,7 +324,18 @@ def test_report_step_builds_the_report_without_any_token(tmp_path: Path) -> None
     # check-lock's verdict, quoted through the escaping module (one code span a line)
     assert "> `lock check: inputs differ`" in report
     assert "## Model report: `PR #7` vs `origin/main`" in report
-    assert summary.read_text() == report
+    # b/1.png broke: its picture is in the artifact, linked from the report; the summary,
+    # which cannot show the artifact's files, says where it is instead.
+    assert "![test images broken by this change](images/flips-broken.png)" in report
+    assert (repo / "model-report/images/flips-broken.png").is_file()
+    assert not (repo / "model-report/body.md").exists()
+    shown = summary.read_text()
+    assert "](images/" not in shown
+    assert (
+        "_(test images broken by this change: `flips-broken.png` in this run's model-report "
+        "artifact)_" in shown
+    )
+    assert shown.replace(report.split("### In pictures")[0], "") != shown, "same text above"
     assert output.read_text() == "built=true\n"
     fork = subprocess.run(["bash", "-e", "-c", notice["run"]], capture_output=True, text=True)
     assert fork.stdout.startswith("::notice title=Report not posted as a comment::")
@@ -344,10 +366,243 @@ def test_comment_job_runs_only_for_same_repo_prs_with_a_report(
     for name in ("cml.yaml", "data.yaml"):
         wf = load(ROOT / ".github/workflows" / name)
         job = wf["jobs"]["comment"]
-        (needs,) = [job["needs"]]
+        needs = job["needs"][0]  # [report job, images job]: the report's output decides
+        assert job["needs"] == [needs, "images"]
+        assert wf["jobs"]["images"]["if"] == job["if"], "pictures published only with a comment"
         context = {
             "github.event.pull_request.head.repo.full_name": head_repo,
             "github.repository": "owner/imgclf",
             f"needs.{needs}.outputs.built": built,
         }
         assert evaluate_if(job["if"], context) is posts, (name, head_repo, built)
+
+
+# --------------------------------------------------------------------------- pictures
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PICTURE_WORKFLOWS = {  # workflow → (artifact folder, report file, the names its report makes)
+    "cml.yaml": ("model-report", "model-report/report.md", "MODEL_IMAGES"),
+    "data.yaml": ("data-report", "data-report/data-report.md", "DATA_IMAGES"),
+}
+SHA = "0123456789abcdef0123456789abcdef01234567"
+
+
+def picture_steps(name: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(images job, its pick step, the comment job's link step) of one workflow."""
+    wf = load(ROOT / ".github/workflows" / name)
+    images = wf["jobs"]["images"]
+    (pick,) = [s for s in images["steps"] if s.get("id") == "pick"]
+    (link,) = [s for s in wf["jobs"]["comment"]["steps"] if "IMAGES_COMMIT" in s.get("env", {})]
+    return images, pick, link
+
+
+def run_step(step: dict[str, Any], job: dict[str, Any], cwd: Path, **env: str) -> tuple:
+    """A step's script under bash -e with the job's and step's env (no token): (proc, outputs)."""
+    output = cwd / "github-output"
+    output.write_text("")
+    keep = {k: v for k, v in os.environ.items() if not CREDENTIAL_WORDS.search(k)}
+    full = {**keep, **job.get("env", {}), **step.get("env", {}), "GITHUB_OUTPUT": str(output),
+            "GITHUB_SERVER_URL": "https://github.com", "GITHUB_REPOSITORY": "owner/imgclf",
+            **env}  # fmt: skip
+    proc = subprocess.run(["bash", "-e", "-c", step["run"]], cwd=cwd, env=full,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    outputs = dict(line.split("=", 1) for line in output.read_text().splitlines() if "=" in line)
+    return proc, outputs
+
+
+@pytest.mark.parametrize("name", sorted(PICTURE_WORKFLOWS))
+def test_pictures_are_published_inside_the_repository_only(name: str) -> None:
+    """One job may write contents, to one branch, with the report's file names only; no
+    CML upload anywhere (CML's --publish sends images to a public asset host)."""
+    from imgclf.report import pictures
+
+    wf = load(ROOT / ".github/workflows" / name)
+    folder, _, names = PICTURE_WORKFLOWS[name]
+    images, _, link = picture_steps(name)
+    assert images["permissions"] == {"contents": "write"}
+    assert images["needs"] in ("report", "dataset-report")
+    assert FORK_GUARD in images["if"], "fork PRs publish nothing (their pictures: artifact)"
+    assert not any("checkout" in s.get("uses", "") for s in images["steps"])
+    allowed = " ".join(getattr(pictures, names))
+    assert images["env"]["ALLOWED_IMAGES"] == allowed, "the allow-list is what the report makes"
+    assert link["env"]["ALLOWED_IMAGES"] == allowed
+    assert images["env"]["IMAGES_BRANCH"] == "report-images"
+    (publish,) = [s for s in images["steps"] if s.get("id") == "publish"]
+    script = publish["run"]
+    assert set(publish["env"]) == {"GH_TOKEN", "PR_NUMBER", "HEAD_SHA", "FILES"}
+    assert publish["env"]["FILES"] == "${{ steps.pick.outputs.files }}", "only picked files"
+    # Every API call the token makes, and so every ref it can move.
+    calls = re.findall(r'gh api (?:-X (\w+) )?"\$api/([^"]+)"', script)
+    endpoints = set(calls)
+    assert endpoints == {
+        ("", "git/blobs"), ("", "git/trees"), ("", "git/commits"),
+        ("", "git/ref/heads/$IMAGES_BRANCH"), ("", "git/commits/$parent"),
+        ("PATCH", "git/refs/heads/$IMAGES_BRANCH"), ("POST", "git/refs"),
+    }, endpoints  # fmt: skip
+    assert script.count("gh api") == len(calls), "every call is one of those"
+    assert '-f ref="refs/heads/$IMAGES_BRANCH"' in script, "a new ref is only that branch"
+    assert "-F force=false" in script, "never a forced update"
+    assert "parents: []" in script, "created as an orphan: no history shared with the code"
+    assert 'folder="pr-$PR_NUMBER/$HEAD_SHA"' in script
+    assert '[[ "$PR_NUMBER" =~ ^[0-9]+$ && "$HEAD_SHA" =~ ^[0-9a-f]{40}$ ]]' in script
+    assert images["outputs"]["commit"] == "${{ steps.publish.outputs.commit }}"
+    # The comment: --no-publish, no opt-in variable, linked by commit SHA.
+    text = (ROOT / ".github/workflows" / name).read_text()
+    assert "CML_PUBLISH_IMAGES" not in text and "publish-url" not in text
+    (post,) = [s for s in wf["jobs"]["comment"]["steps"] if "cml comment" in s.get("run", "")]
+    assert post["run"].rstrip().endswith("--no-publish")
+    runs = "\n".join(s.get("run", "") for _, job in jobs(wf) for s in job.get("steps", []))
+    assert "--publish" not in runs.replace("--no-publish", "")
+    assert "/blob/$IMAGES_COMMIT/$IMAGES_FOLDER/$name?raw=true" in link["run"]
+    assert f"REPORT: {PICTURE_WORKFLOWS[name][1]}" in text
+    assert folder in images["steps"][0]["with"]["path"]
+
+
+def write_png(path: Path, size: int = 64) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(PNG_SIGNATURE + b"\0" * size)
+
+
+@pytest.mark.parametrize("name", sorted(PICTURE_WORKFLOWS))
+def test_pick_step_publishes_only_allow_listed_pngs_the_report_links(
+    name: str, tmp_path: Path
+) -> None:
+    from imgclf.report import pictures
+
+    folder, report, names = PICTURE_WORKFLOWS[name]
+    first, second = getattr(pictures, names)[:2]
+    images_dir = tmp_path / folder / "images"
+    write_png(images_dir / first)  # allowed, linked: published
+    write_png(images_dir / second)  # allowed, but the report does not link it
+    write_png(images_dir / "secrets.png")  # not on the allow-list
+    write_png(images_dir / "big.png")
+    (images_dir / "flips-broken.json").write_text("{}")  # a manifest: stays in the artifact
+    (images_dir / "notes.txt").write_text("x")
+    lines = [f"![a picture](images/{first})", "![big](images/big.png)",
+             "![x](images/secrets.png)"]  # fmt: skip
+    (tmp_path / report).write_text("\n".join(lines) + "\n")
+    job, pick, _ = picture_steps(name)
+    proc, out = run_step(pick, job, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert out["files"] == first
+    assert "::warning title=Files not published::" in proc.stdout
+    assert "secrets.png" not in proc.stdout, "names from the artifact are not echoed"
+
+    # A linked, allowed name that is not a PNG, or a link to it, or too big: not published.
+    (images_dir / first).write_bytes(b"<svg onload=alert(1)>")
+    assert run_step(pick, job, tmp_path)[1]["files"] == ""
+    write_png(images_dir / first, size=10_000)
+    assert run_step(pick, job, tmp_path, MAX_IMAGE_BYTES="5000")[1]["files"] == ""
+    (images_dir / first).unlink()
+    write_png(tmp_path / "elsewhere.png")
+    (images_dir / first).symlink_to(tmp_path / "elsewhere.png")
+    assert run_step(pick, job, tmp_path)[1]["files"] == ""
+
+
+@pytest.mark.parametrize("name", sorted(PICTURE_WORKFLOWS))
+def test_link_step_links_published_pictures_by_sha_and_nothing_else(
+    name: str, tmp_path: Path
+) -> None:
+    from imgclf.report import pictures
+
+    _, report, names = PICTURE_WORKFLOWS[name]
+    first, second = getattr(pictures, names)[:2]
+    body = ["## Report", "", f"![one](images/{first})", "", f"![two](images/{second})", "",
+            "| `![x](images/secrets.png)` in a cell stays text |"]  # fmt: skip
+    (tmp_path / report).parent.mkdir(parents=True)
+    (tmp_path / report).write_text("\n".join(body) + "\n")
+    job = load(ROOT / ".github/workflows" / name)["jobs"]["comment"]
+    _, _, link = picture_steps(name)
+    folder = f"pr-7/{SHA}"
+    proc, _ = run_step(link, job, tmp_path, IMAGES_COMMIT=SHA[::-1], IMAGES_FOLDER=folder,
+                       IMAGES_FILES=f"{first} secrets.png")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = (tmp_path / report).read_text().splitlines()
+    assert (
+        out[2]
+        == f"![one](https://github.com/owner/imgclf/blob/{SHA[::-1]}/{folder}/{first}?raw=true)"
+    )
+    assert out[4] == f"_(two: `{second}` in this run's {report.split('/')[0]} artifact)_"
+    assert out[6] == body[6]
+
+    # Publishing failed (no commit): every picture becomes text, the comment still posts.
+    (tmp_path / report).write_text("\n".join(body) + "\n")
+    proc, _ = run_step(link, job, tmp_path, IMAGES_COMMIT="", IMAGES_FOLDER="", IMAGES_FILES="")
+    assert proc.returncode == 0, proc.stderr
+    assert "](images/" not in "\n".join((tmp_path / report).read_text().splitlines()[:6])
+
+    # An image line pointing anywhere else (a public host, a file): the step fails.
+    for bad in ("![x](https://evil.example/a.png)", "![x](/etc/passwd)", "![x](../a.png)"):
+        (tmp_path / report).write_text(f"{body[0]}\n{bad}\n")
+        proc, _ = run_step(link, job, tmp_path, IMAGES_COMMIT="", IMAGES_FOLDER="",
+                           IMAGES_FILES="")  # fmt: skip
+        assert proc.returncode == 1 and "Unexpected image link" in proc.stdout, bad
+
+
+def fake_gh(tmp_path: Path, branch_exists: bool) -> Path:
+    """``gh`` on a PATH of its own: tests/workflows/fake_gh.py with a fresh state file."""
+    import json
+    import sys
+
+    state = tmp_path / "gh-state.json"
+    refs = {"refs/heads/report-images": "p" * 40} if branch_exists else {}
+    state.write_text(json.dumps({"refs": refs, "calls": []}))
+    script = tmp_path / "bin" / "gh"
+    script.parent.mkdir()
+    fake = Path(__file__).with_name("fake_gh.py")
+    script.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{fake}" "$@"\n')
+    script.chmod(0o755)
+    return state
+
+
+@pytest.mark.parametrize("branch_exists", [False, True], ids=["first-use", "existing-branch"])
+def test_publish_step_commits_the_picked_files_to_one_branch(
+    tmp_path: Path, branch_exists: bool
+) -> None:
+    """cml.yaml's publish step against a stand-in for the GitHub API: blobs of the picked
+    files only, a tree under pr-<N>/<head sha>/, an orphan commit (first use) or one on
+    top of the branch, and only refs/heads/report-images moved, never forced."""
+    import base64
+    import json
+
+    wf = load(ROOT / ".github/workflows/cml.yaml")
+    job = wf["jobs"]["images"]
+    (publish,) = [s for s in job["steps"] if s.get("id") == "publish"]
+    write_png(tmp_path / "model-report/images/curves.png")
+    write_png(tmp_path / "model-report/images/flips-broken.png", size=3)
+    write_png(tmp_path / "model-report/images/other.png")
+    state = fake_gh(tmp_path, branch_exists)
+    env = {"PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "PR_NUMBER": "7",
+           "FAKE_GH_STATE": str(state),
+           "HEAD_SHA": SHA, "FILES": "curves.png flips-broken.png"}  # fmt: skip
+    proc, out = run_step(publish, job, tmp_path, **env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads(state.read_text())
+    commit = data["refs"]["refs/heads/report-images"]
+    assert set(data["refs"]) == {"refs/heads/report-images"}, "no other ref was touched"
+    assert out == {"commit": commit, "folder": f"pr-7/{SHA}",
+                   "files": "curves.png flips-broken.png"}  # fmt: skip
+    blobs = [c["body"] for c in data["calls"] if c["endpoint"].endswith("git/blobs")]
+    assert [base64.b64decode(b["content"]) for b in blobs] == [
+        (tmp_path / "model-report/images" / n).read_bytes()
+        for n in ("curves.png", "flips-broken.png")
+    ]
+    (tree,) = [c["body"] for c in data["calls"] if c["endpoint"].endswith("git/trees")]
+    assert [e["path"] for e in tree["tree"]] == [f"pr-7/{SHA}/curves.png",
+                                                  f"pr-7/{SHA}/flips-broken.png"]  # fmt: skip
+    (made,) = [c["body"] for c in data["calls"] if c["endpoint"].endswith("git/commits")]
+    writes = [c for c in data["calls"] if c["method"] in ("PATCH", "POST")
+              and "git/ref" in c["endpoint"]]  # fmt: skip
+    (write,) = writes
+    if branch_exists:
+        assert made["parents"] == ["p" * 40] and tree["base_tree"] == "t" * 40
+        assert write["method"] == "PATCH" and write["fields"]["force"] == "false"
+    else:
+        assert made["parents"] == [] and "base_tree" not in tree
+        assert write["fields"]["ref"] == "refs/heads/report-images"
+
+    # A PR number or SHA that is not one: nothing is called at all.
+    state.write_text(json.dumps({"refs": {}, "calls": []}))
+    proc, _ = run_step(publish, job, tmp_path, **{**env, "HEAD_SHA": "main; rm -rf /"})
+    assert proc.returncode != 0
+    assert json.loads(state.read_text())["calls"] == []

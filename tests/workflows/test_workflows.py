@@ -64,6 +64,8 @@ def test_cml_workflow_promises() -> None:
     assert wf["permissions"] == {}
     assert wf["jobs"]["report"]["permissions"] == {"contents": "read"}
     assert wf["jobs"]["comment"]["permissions"] == {"pull-requests": "write"}
+    assert wf["jobs"]["images"]["permissions"] == {"contents": "write"}
+    assert wf["jobs"]["comment"]["env"]["REPORT"] == "model-report/report.md"
     assert "pull_request.number" in wf["concurrency"]["group"]
     all_steps = steps(wf)
     checkout = next(s for s in all_steps if s.get("uses", "").startswith("actions/checkout"))
@@ -79,13 +81,17 @@ def test_cml_workflow_promises() -> None:
         "dvc repro",
         "imgclf check-lock",
         'imgclf report --base "origin/$BASE_REF"',
-        "cml comment update model-report/report.md",
+        "gh api",  # the pictures, committed to the report-images branch
+        "$IMAGES_COMMIT/$IMAGES_FOLDER",  # … and linked by that commit's SHA
+        'cml comment update "$REPORT"',
     ]
     order = [step_running(all_steps, w) for w in wanted]
-    assert order == sorted(order), "pull → repro → lock check → report → comment"
+    assert order == sorted(order), "pull → repro → lock check → report → pictures → comment"
+    (build,) = [s for s in all_steps if s.get("id") == "report"]
+    assert "--images model-report/images --out model-report/body.md" in build["run"]
     assert '--watermark-title="imgclf model report"' in runs
     assert "exit 1" in runs, "a stale dvc.lock fails the job"
-    assert "--images" not in runs.replace("'--images'", ""), "images only when enabled"
+    assert "--publish" not in runs.replace("--no-publish", ""), "no upload to a public host"
 
 
 def test_data_workflow_triggers_on_data_and_prepare() -> None:
@@ -95,7 +101,9 @@ def test_data_workflow_triggers_on_data_and_prepare() -> None:
     assert wf["permissions"] == {}
     runs = "\n".join(s.get("run", "") for s in steps(wf))
     assert "imgclf data-report" in runs
-    assert "cml comment update data-report/data-report.md" in runs
+    assert "--images data-report/images --out data-report/data-report.md" in runs
+    assert 'cml comment update "$REPORT"' in runs
+    assert wf["jobs"]["comment"]["env"]["REPORT"] == "data-report/data-report.md"
 
 
 def test_docker_workflow_smoke_tests_and_pushes_with_the_workflow_token() -> None:
