@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 from tests.api.server import uvicorn_server
-from tests.support import SHRINK, copy_repo, git, imgclf, run
+from tests.support import BIN, SHRINK, copy_repo, git, imgclf, run, tool_env
+from tests.workflows.test_workflows import load
 
 pytestmark = pytest.mark.slow
 
@@ -106,13 +107,20 @@ def test_a_likely_worse_promotion_is_refused_with_the_reason(built: dict, repo: 
     rel(repo, "promote", "v1.0.0", "staging")
     rel(repo, "register", built["C"], "--version", "v2.0.0")
     tag = rel(repo, "promote", "v2.0.0", "staging").stdout.split("(tag ")[1].rstrip(")\n")
+    # The release workflow's gate step itself, as the runner runs it.
+    (script,) = [s["run"] for s in load("release.yaml")["jobs"]["gate"]["steps"]
+                 if s.get("id") == "gate"]  # fmt: skip
     summary, output = repo / "summary.md", repo / "output.txt"
-    proc = gate(repo, tag, "--summary", str(summary), "--output", str(output))
-    assert proc.returncode == 1
+    env = {**tool_env(repo), **IDENTITY, "TAG": tag, "ALLOW_DATA_CHANGE": "false",
+           "GITHUB_STEP_SUMMARY": str(summary), "GITHUB_OUTPUT": str(output)}  # fmt: skip
+    env["PATH"] = f"{BIN}:{env['PATH']}"
+    proc = run(["bash", "-e", "-c", script], repo, check=False, env=env)
+    assert proc.returncode == 1, proc.stderr
     assert "Release gate: refused" in proc.stdout
     assert "likely worse than the version in the stage now" in proc.stdout
     assert "McNemar p = " in proc.stdout and "→ **likely worse**" in proc.stdout
-    assert summary.read_text() == proc.stdout
+    assert summary.read_text() == (repo / "release-gate" / "gate.md").read_text()
+    assert summary.read_text() in proc.stdout
     assert "verdict=refused\nversion=v2.0.0\nstage=staging\n" in output.read_text()
 
 
@@ -122,7 +130,7 @@ def test_stages_go_in_order_and_releases_come_from_main(built: dict, repo: Path)
     assert proc.returncode == 2 and "never in staging: promote it to staging first" in proc.stderr
     # A tag made without the CLI (plain gto) is caught by the gate all the same.
     run(["gto", "assign", "imgclf", "--version", "v1.0.0", "--stage", "prod"], repo,
-        env={**_env(repo), **IDENTITY})  # fmt: skip
+        env={**tool_env(repo), **IDENTITY})  # fmt: skip
     proc = gate(repo, "imgclf#prod#1")
     assert proc.returncode == 1 and "out of order" in proc.stdout
     # A commit that is not on main.
@@ -131,12 +139,6 @@ def test_stages_go_in_order_and_releases_come_from_main(built: dict, repo: Path)
     rel(repo, "register", "HEAD", "--version", "v9.0.0")
     proc = gate(repo, "imgclf@v9.0.0")
     assert proc.returncode == 1 and "is not on origin/main" in proc.stdout
-
-
-def _env(repo: Path) -> dict[str, str]:
-    from tests.support import tool_env
-
-    return tool_env(repo)
 
 
 def test_rollback_puts_the_previous_prod_version_back(built: dict, repo: Path) -> None:
