@@ -116,6 +116,10 @@ MEANINGS = {
     "IMGCLF_SAMPLE_RATE": "share of uploads kept (needs `IMGCLF_SAMPLE_DIR`)",
     "IMGCLF_SAMPLE_MAX_BYTES": "total bytes of samples; past it no more are kept (counted), "
     "nothing is deleted (needs `IMGCLF_SAMPLE_DIR`)",
+    "IMGCLF_MODEL_VERSION": "the registry version the image was built for, shown by `/model` "
+    "(the image sets it from a build arg; [releases](releases.md))",
+    "IMGCLF_MODEL_STAGE": "the registry stage the image was built for (`staging`, `prod`), "
+    "shown by `/model`; the live check compares both with the registry",
 }
 
 

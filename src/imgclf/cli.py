@@ -334,10 +334,6 @@ def serve(
 # The monitoring loop (docs/monitoring.md): served traffic vs the reference, and back to data.
 
 
-if __name__ == "__main__":  # pragma: no cover
-    app()
-
-
 DEFAULT_DB = Path("monitoring/requests.db")
 DEFAULT_SAMPLES = Path("monitoring/samples")
 
@@ -447,3 +443,153 @@ def collect(
     else:
         typer.echo(f"next: fill in the label column, then: imgclf collect --out {out} "
                    f"--labels {out}.labels.csv")  # fmt: skip
+
+
+# ---- releases: the model registry in git tags (docs/releases.md) -------------------------
+release_app = typer.Typer(
+    help="The model registry (GTO git tags): register, promote, gate, roll back, check live.",
+    no_args_is_help=True,
+)
+app.add_typer(release_app, name="release")
+RepoOpt = Annotated[Path, typer.Option(help="Repository root.")]
+PushOpt = Annotated[bool, typer.Option(help="Push the new tag to origin (CI gates it).")]
+
+
+def _release_error(exc: Exception) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(2) from None
+
+
+@release_app.command("register")
+def release_register(
+    rev: Annotated[str, typer.Argument(help="Commit to register (its lock names the model).")] = (
+        "HEAD"
+    ),
+    version: Annotated[str | None, typer.Option(help="Explicit version, e.g. v1.0.0.")] = None,
+    bump: Annotated[str, typer.Option(help="major | minor | patch of the latest version.")] = (
+        "minor"
+    ),
+    push: PushOpt = False,
+    repo: RepoOpt = Path(),
+) -> None:
+    """Register a commit as a new model version (tag NAME@vX.Y.Z)."""
+    from imgclf.release.registry import ReleaseError, register
+
+    if bump not in ("major", "minor", "patch"):
+        _release_error(ValueError(f"--bump {bump!r}: one of major, minor, patch"))
+    try:
+        v = register(repo, rev, version=version, bump=bump, push=push)
+    except ReleaseError as exc:
+        _release_error(exc)
+    typer.echo(f"registered {v.version} at {v.commit[:12]} (tag {v.tag})")
+
+
+@release_app.command("promote")
+def release_promote(
+    version: Annotated[str, typer.Argument(help="A registered version, e.g. v1.2.0.")],
+    stage: Annotated[str, typer.Argument(help="staging | prod (in that order).")],
+    push: PushOpt = False,
+    repo: RepoOpt = Path(),
+) -> None:
+    """Promote a version to a stage (tag NAME#STAGE#N); CI's gate decides if it stands."""
+    from imgclf.release.registry import ReleaseError, promote
+
+    try:
+        p = promote(repo, version, stage, push=push)
+    except ReleaseError as exc:
+        _release_error(exc)
+    typer.echo(f"promoted {p.version} to {p.stage} (tag {p.tag})")
+
+
+@release_app.command("rollback")
+def release_rollback(
+    stage: Annotated[str, typer.Argument(help="The stage to roll back.")] = "prod",
+    push: PushOpt = False,
+    repo: RepoOpt = Path(),
+) -> None:
+    """Put the version that held the stage before the current one back in it."""
+    from imgclf.release.registry import ReleaseError, rollback
+
+    try:
+        p = rollback(repo, stage, push=push)
+    except ReleaseError as exc:
+        _release_error(exc)
+    typer.echo(f"rolled {stage} back to {p.version} (tag {p.tag})")
+
+
+@release_app.command("show")
+def release_show(repo: RepoOpt = Path()) -> None:
+    """Each stage's version, and every version with its headline metrics."""
+    from imgclf.release.registry import ReleaseError
+    from imgclf.release.show import render
+
+    try:
+        typer.echo(render(repo), nl=False)
+    except ReleaseError as exc:
+        _release_error(exc)
+
+
+@release_app.command("gate")
+def release_gate(
+    tag: Annotated[str, typer.Argument(help="The pushed registry tag, e.g. imgclf#prod#7.")],
+    main: Annotated[str, typer.Option(help="The branch a release must be on.")] = "origin/main",
+    allow_data_change: Annotated[
+        bool, typer.Option(help="Pass a promotion whose test split differs (not comparable).")
+    ] = False,
+    summary: Annotated[Path | None, typer.Option(help="Append the verdict (markdown).")] = None,
+    output: Annotated[Path | None, typer.Option(help="Append key=value ($GITHUB_OUTPUT).")] = None,
+    repo: RepoOpt = Path(),
+) -> None:
+    """The promotion gate: exit 1 (with the reason) for a tag that must not stand."""
+    from imgclf.release.gate import check
+    from imgclf.release.registry import ReleaseError
+
+    try:
+        result = check(repo, tag, main=main, allow_data_change=allow_data_change)
+    except ReleaseError as exc:
+        _release_error(exc)
+    text = result.markdown()
+    typer.echo(text, nl=False)
+    if summary is not None:
+        with summary.open("a") as f:
+            f.write(text)
+    if output is not None:
+        with output.open("a") as f:
+            f.write(f"verdict={result.verdict}\nversion={result.version}\n"
+                    f"stage={result.stage}\ncommit={result.commit}\n")  # fmt: skip
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@release_app.command("check-live")
+def release_check_live(
+    endpoint: Annotated[
+        list[str], typer.Option(help="STAGE=URL of a deployed API (repeat per stage).")
+    ],
+    out: Annotated[Path | None, typer.Option(help="Markdown file to write.")] = None,
+    repo: RepoOpt = Path(),
+) -> None:
+    """Exit 1 when an endpoint does not serve its stage's registered version."""
+    from imgclf.release.live import check, render
+    from imgclf.release.registry import ReleaseError
+
+    endpoints = {}
+    for item in endpoint:
+        stage, sep, url = item.partition("=")
+        if not sep or not url:
+            _release_error(ValueError(f"--endpoint {item!r}: expected STAGE=URL"))
+        endpoints[stage.strip()] = url.strip()
+    try:
+        findings = check(repo, endpoints)
+    except ReleaseError as exc:
+        _release_error(exc)
+    text = render(findings)
+    _write(text, out)
+    for f in findings:
+        typer.echo(f"{f.stage}: {'ok' if f.ok else 'MISMATCH'}: {f.detail}")
+    if not all(f.ok for f in findings):
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

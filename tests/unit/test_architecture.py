@@ -32,6 +32,7 @@ ALLOWED = {
     "monitoring": {"data", "evaluation", "report"},
     "report": {"data", "evaluation", "pipeline"},
     "pipeline": {"artifact", "evaluation"},
+    "release": {"evaluation", "pipeline", "report", "artifact"},
 }
 TOP_LEVEL_SHARED = {"errors", "jsonio", "params"}
 

@@ -232,7 +232,8 @@ class Service:
         return (self.spec.image_size, self.spec.image_size, self.spec.channels)
 
     def _describe(self, card: dict[str, Any]) -> dict[str, Any]:
-        """The card plus what only the deployment knows: evaluation metrics, git revision."""
+        """The card plus what only the deployment knows: evaluation metrics, git revision,
+        the registry version and stage it was built for."""
         metrics: dict[str, Any] | None = None
         path = self.settings.evaluation_file
         if path.is_file():
@@ -245,6 +246,7 @@ class Service:
             **card,
             "version": self.backend.version if self.backend else "",
             "git_revision": s.git_revision,
+            "release": {"version": s.model_version, "stage": s.model_stage},
             "metrics": metrics,
             "metrics_match_model": match,
             "ood": oodserve.describe(s.ood, self.ood),

@@ -87,6 +87,10 @@ class Settings:
     sample_dir: Path | None = None
     sample_rate: float = 0.01
     sample_max_bytes: int = 1024 * MiB
+    # The registry version and stage the image was built for (docs/releases.md), shown by
+    # GET /model so the live check can compare them with the registry.
+    model_version: str | None = None
+    model_stage: str | None = None
 
     @property
     def evaluation_file(self) -> Path:
@@ -241,6 +245,8 @@ class Settings:
             sample_dir=_path(env, "IMGCLF_SAMPLE_DIR"),
             sample_rate=fraction("IMGCLF_SAMPLE_RATE", d.sample_rate),
             sample_max_bytes=integer("IMGCLF_SAMPLE_MAX_BYTES", d.sample_max_bytes),
+            model_version=(env.get("IMGCLF_MODEL_VERSION") or "").strip() or None,
+            model_stage=(env.get("IMGCLF_MODEL_STAGE") or "").strip() or None,
         )
         _check_monitoring(settings, env)
         if settings.max_request_bytes < settings.max_upload_bytes:
