@@ -35,6 +35,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
+from imgclf.data.features import noted_source
 from imgclf.data.preprocessing import (
     SUPPORTED_FORMATS,
     DecodeBudget,
@@ -43,7 +44,7 @@ from imgclf.data.preprocessing import (
     preprocess,
 )
 from imgclf.jsonio import expand
-from imgclf.monitoring.recorder import Upload
+from imgclf.monitoring.recorder import SourceBudget, Upload
 from imgclf.serving import ood_hooks as oodserve
 from imgclf.serving.prometheus_metrics import Telemetry
 from imgclf.serving.recording import open_monitor
@@ -299,15 +300,19 @@ class Service:
         assert self.backend is not None
         monitor = self.monitor
         limit = self.settings.max_decode_bytes
-        budget = DecodeBudget(limit) if monitor is None else monitor.budget(limit)
+        # A budget that notes the image each decode opened: its original size and format
+        # are what the OOD flag and monitoring need, without parsing the header again.
+        budget = SourceBudget(limit)
         out: list[Any] = []
         good: list[np.ndarray] = []
         sources: list[bytearray] = []  # the OOD flag reads their original size (and colour)
+        info: list[tuple[int, int, str]] = []  # … as the decode saw it
         accepted: list[Upload] = []  # what monitoring records besides the pixels
         for data in uploads:
             try:
                 good.append(self.pixels(data, budget))
                 sources.append(data)
+                info.append(noted_source(budget.last, data))
                 out.append(good[-1])
                 if monitor is not None:
                     accepted.append(monitor.upload(data, budget))
@@ -321,7 +326,9 @@ class Service:
                 backend = self.backend
                 monitor.observe(accepted, batch, probs, embedding, backend.classes, backend.version)
             mode, telemetry = self.settings.ood, self.telemetry
-            scored = oodserve.judge(self.ood, mode, telemetry, batch, probs, embedding, sources)
+            scored = oodserve.judge(
+                self.ood, mode, telemetry, batch, probs, embedding, sources, info
+            )
             it = iter(scored)
             out = [r if isinstance(r, ImageError) else next(it) for r in out]
         return out
