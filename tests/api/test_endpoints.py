@@ -23,7 +23,9 @@ def test_health_and_ready(client: httpx.Client, project: ProjectTree) -> None:
     assert client.get("/health").json() == {"status": "ok"}
     card = json.loads((project.model_dir / "model.json").read_text())
     ready = client.get("/ready").json()
+    session = ready.pop("session")
     assert ready == {"ready": True, "model_version": card["model_sha256"][:12]}
+    assert (session["session"], session["status"]) == ("fast", "agrees")  # test_session.py
 
 
 def test_model_card_has_metrics_and_provenance(client: httpx.Client, project: ProjectTree) -> None:
