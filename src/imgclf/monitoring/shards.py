@@ -151,7 +151,7 @@ class GcsTarget:
         if not self.path or self.path.startswith("/"):
             raise ShardError(f"{url} names no bucket: use gs://BUCKET/PREFIX")
         # NO_GCE_CHECK/GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT come from the environment.
-        self.fs = gcsfs.GCSFileSystem()
+        self.fs = gcsfs.GCSFileSystem(skip_instance_cache=True)
 
     def _full(self, key: str) -> str:
         return f"{self.path}/{key}"
