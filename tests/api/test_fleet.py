@@ -172,6 +172,7 @@ def fleet(
                "IMGCLF_MONITOR_URL": "gs://b/fleet", "IMGCLF_MONITOR_SHARD_S": str(SHARD_S),
                "IMGCLF_MONITOR_SPOOL": str(tmp / f"spool-{name}"),
                "IMGCLF_MONITOR_REPLICA": name, "STORAGE_EMULATOR_HOST": emulator,
+               "IMGCLF_SAMPLE_DIR": str(tmp / f"samples-{name}"), "IMGCLF_SAMPLE_RATE": "0.1",
                "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}  # fmt: skip
         servers[name] = _start(name, env, tmp / f"{name}.log")
     balancer = Balancer(servers)
@@ -275,3 +276,19 @@ def test_the_report_reads_the_bucket_clean_is_quiet_inverted_drifts(
     )
     assert fleet["n"] - lost <= inverted["current_rows"] <= fleet["n"]
     assert "shards/files overlapping the window" in inverted["output"]
+
+
+def test_collect_reads_the_samples_from_the_bucket(fleet: dict[str, Any], tmp_path: Path) -> None:
+    """Sampled uploads travel with their shard; `imgclf collect --db gs://…` fetches them."""
+    out = tmp_path / "data" / "raw" / "served"
+    base = ["collect", "--out", str(out), "--db", "gs://b/fleet"]
+    result = CliRunner().invoke(app, base)
+    assert result.exit_code == 0, result.output
+    with (tmp_path / "data" / "raw" / "served.labels.csv").open() as fh:
+        listed = list(csv.DictReader(fh))
+    assert 0 < len(listed) < len(fleet["answered"]) * 0.3  # about 10 %
+    result = CliRunner().invoke(app, [*base, "--labels", "predicted"])
+    assert result.exit_code == 0, result.output
+    assert len(list(out.rglob("*.png"))) == len(listed)
+    # The graceful replicas' local sample folders were emptied as they shipped.
+    assert not list((fleet["tmp"] / "samples-a").rglob("*.png"))

@@ -24,6 +24,8 @@ from imgclf.serving.settings import Settings, SettingsError
 from tests.support import ROOT, tool_env
 from tests.unit.test_monitor import _observe
 
+pytestmark = pytest.mark.slow  # real timers: shards close after real seconds
+
 
 def _shipping(tmp: Path, **kw: object) -> MonitorConfig:
     ship = ShipConfig(url=str(tmp / "bucket"), spool=tmp / "spool", replica="r1", **kw)  # type: ignore[arg-type]
@@ -110,6 +112,8 @@ from pathlib import Path
 from imgclf.monitoring.recorder import Monitor
 from tests.unit.test_shipping import _shipping
 from tests.unit.test_monitor import _observe
+
+pytestmark = pytest.mark.slow  # real timers: shards close after real seconds
 monitor = Monitor(_shipping(Path(sys.argv[1])))
 _observe(monitor, 7)
 time.sleep(1.6)  # committed to the open shard

@@ -167,11 +167,12 @@ class GcsTarget:
         return [f"{prefix}/{PurePosixPath(n).name}" for n in names]
 
     def get(self, keys: list[str], dest: Path) -> list[Path]:
+        # One file at a time: gcsfs's batched get (concurrent) took 28 s for 50 small files
+        # against the emulator (connections reset, retried with backoff), one by one 0.14 s.
         local = [dest / PurePosixPath(k) for k in keys]
-        for path in local:
+        for key, path in zip(keys, local, strict=True):
             path.parent.mkdir(parents=True, exist_ok=True)
-        if keys:  # one call: gcsfs downloads them concurrently
-            self.fs.get([self._full(k) for k in keys], [str(p) for p in local])
+            self.fs.get_file(self._full(key), str(path))
         return local
 
     def exists(self, key: str) -> bool:
