@@ -112,8 +112,6 @@ from pathlib import Path
 from imgclf.monitoring.recorder import Monitor
 from tests.unit.test_shipping import _shipping
 from tests.unit.test_monitor import _observe
-
-pytestmark = pytest.mark.slow  # real timers: shards close after real seconds
 monitor = Monitor(_shipping(Path(sys.argv[1])))
 _observe(monitor, 7)
 time.sleep(1.6)  # committed to the open shard
@@ -125,8 +123,11 @@ time.sleep(60)
 def test_a_killed_process_leaves_its_open_shard_to_the_next_one(tmp_path: Path) -> None:
     """SIGKILL: the open shard stays in the spool; the next process on it ships it."""
     proc = subprocess.Popen([sys.executable, "-c", CRASH, str(tmp_path)], cwd=ROOT,
-                            env=tool_env(ROOT), stdout=subprocess.PIPE, text=True)  # fmt: skip
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "written"
+                            env=tool_env(ROOT), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()
+    assert line == "written", line + proc.stdout.read()
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not _shards(tmp_path / "bucket")
