@@ -338,13 +338,18 @@ DEFAULT_DB = Path("monitoring/requests.db")
 DEFAULT_SAMPLES = Path("monitoring/samples")
 
 
-def _db(db: Path | None) -> Path:
-    return db or Path(os.environ.get("IMGCLF_MONITOR_DB") or DEFAULT_DB)
+def _db(db: str | None) -> str:
+    return db or os.environ.get("IMGCLF_MONITOR_DB") or str(DEFAULT_DB)
 
 
 DbOpt = Annotated[
-    Path | None,
-    typer.Option(help=f"Monitoring database [default: $IMGCLF_MONITOR_DB or {DEFAULT_DB}]."),
+    str | None,
+    typer.Option(
+        "--db",
+        "--source",
+        help="Monitoring database, or the fleet's shards: gs://BUCKET/PREFIX or a folder "
+        f"(IMGCLF_MONITOR_URL) [default: $IMGCLF_MONITOR_DB or {DEFAULT_DB}].",
+    ),
 ]
 
 
@@ -353,10 +358,13 @@ def drift_report(
     since: Annotated[str, typer.Option(help="Window start: 1h, 30m, 2d … or ISO-8601.")] = "1d",
     until: Annotated[str | None, typer.Option(help="Window end (default: now).")] = None,
     db: Annotated[
-        list[Path] | None,
+        list[str] | None,
         typer.Option(
-            help=f"Monitoring database, repeatable: one per replica [default: "
-            f"$IMGCLF_MONITOR_DB or {DEFAULT_DB}]."
+            "--db",
+            "--source",
+            help="Monitoring database, repeatable: one per replica; or the fleet's shards, "
+            "gs://BUCKET/PREFIX or a folder (IMGCLF_MONITOR_URL): only the shards that overlap "
+            f"the window are read [default: $IMGCLF_MONITOR_DB or {DEFAULT_DB}].",
         ),
     ] = None,
     reference: Annotated[Path, typer.Option(help="Reference profile written by evaluate.")] = Path(
@@ -371,13 +379,16 @@ def drift_report(
     fail_on_drift: Annotated[bool, typer.Option(help="Exit 1 when drift is found.")] = False,
 ) -> None:
     """Compare served traffic in a window with the reference profile: HTML + markdown + JSON."""
+    import tempfile
     import time
 
     _require_extra("monitor", "evidently", "pandas")
     from imgclf.evaluation.reference_profile import load_reference
     from imgclf.monitoring.drift_report import build_report, write_outputs
+    from imgclf.monitoring.shards import ShardError, is_fleet_source, local_paths
     from imgclf.monitoring.traffic import TrafficError, load_traffic, parse_time
 
+    cache = tempfile.TemporaryDirectory(prefix="imgclf-shards-")
     try:
         now = time.time()
         start = parse_time(since, now)
@@ -388,10 +399,15 @@ def drift_report(
             )
         ref = load_reference(reference)
         version = None if all_versions else ref.model_sha256[:12]
-        traffic = load_traffic(db or [_db(None)], start, end, version)
-    except (TrafficError, FileNotFoundError, ValueError) as exc:
+        paths = local_paths(db or [_db(None)], start, end, Path(cache.name))
+        traffic = load_traffic(paths, start, end, version)
+    except (TrafficError, ShardError, OSError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    finally:
+        cache.cleanup()
+    if any(is_fleet_source(s) for s in db or []):
+        typer.echo(f"read {len(paths)} shards/files overlapping the window")
     result, snapshot = build_report(ref, traffic)
     paths = write_outputs(result, snapshot, out)
     for s in result.sections:
@@ -419,16 +435,37 @@ def collect(
     ] = None,
     since: Annotated[str | None, typer.Option(help="Only samples from: 7d, ISO-8601 …")] = None,
 ) -> None:
-    """Sampled uploads → a labelling sheet, then (--labels) an ImageFolder for `dvc add`."""
+    """Sampled uploads → a labelling sheet, then (--labels) an ImageFolder for `dvc add`.
+
+    With a bucket (--db gs://…), the samples come from the bucket too (its samples/).
+    """
+    import tempfile
+    from functools import partial
+
     from imgclf.monitoring.collect import CollectError
     from imgclf.monitoring.collect import collect as run
+    from imgclf.monitoring.shards import (
+        SAMPLES,
+        ShardError,
+        fetch_samples,
+        is_fleet_source,
+        local_paths,
+    )
     from imgclf.monitoring.traffic import TrafficError, parse_time
 
+    source = _db(db)
     sample_dir = samples or Path(os.environ.get("IMGCLF_SAMPLE_DIR") or DEFAULT_SAMPLES)
+    remote = is_fleet_source(source) and samples is None
+    if remote and not source.startswith("gs://"):  # a folder: its samples/ are local files
+        sample_dir, remote = Path(source.removeprefix("file://")) / SAMPLES, False
     try:
-        start = parse_time(since) if since else None
-        done, counts, blank = run(_db(db), sample_dir, out, labels, start)
-    except (CollectError, TrafficError) as exc:
+        with tempfile.TemporaryDirectory(prefix="imgclf-shards-") as cache:
+            fetch = partial(fetch_samples, source, dest=Path(cache) / "dl") if remote else None
+            start = parse_time(since) if since else None
+            window = (start if start is not None else float("-inf"), float("inf"))
+            paths = local_paths([source], *window, Path(cache))
+            done, counts, blank = run(paths, sample_dir, out, labels, start, fetch)
+    except (CollectError, TrafficError, ShardError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     except OSError as exc:  # e.g. --out names a file, or a read-only disk

@@ -144,8 +144,13 @@ def test_drift_workflow_reports_daily_and_files_one_issue() -> None:
     assert issue["if"] == "needs.report.outputs.drift == 'true'"
     runs = step_running(report["steps"], "imgclf drift-report")
     assert 'drift-report.md >> "$GITHUB_STEP_SUMMARY"' in report["steps"][runs]["run"]
-    fetch = step_running(report["steps"], "dvc get-url")
-    assert fetch < runs and "GCP_READER_KEY" in str(report["steps"][fetch]["env"])
+    # Issue 24: the report reads the fleet's shards from the bucket with the read-only
+    # key, in that step only, on main only, in an environment restricted to main.
+    assert '--db "$MONITOR_URL"' in report["steps"][runs]["run"]
+    assert "GCP_READER_KEY" in str(report["steps"][runs]["env"])
+    assert [i for i, s in enumerate(report["steps"]) if "GCP_READER_KEY" in str(s)] == [runs]
+    assert report["if"] == "github.ref == 'refs/heads/main'"
+    assert report["environment"] == "production-read"
     script = "\n".join(s.get("run", "") for s in issue["steps"])
     assert "gh issue comment" in script and "gh issue create" in script  # one issue, updated
     # The drift report installs no torch: only the monitoring requirements and DVC.
