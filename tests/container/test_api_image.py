@@ -153,8 +153,8 @@ def test_image_runs_as_non_root_with_healthcheck(container: tuple[list[str], str
     if engine[0].endswith("podman"):
         _run([*engine, "healthcheck", "run", cid], timeout=60)
     files = _run([*engine, "exec", cid, "ls", "/app/models"]).split()
-    assert sorted(files) == ["evaluate.json", "model.json", "model.onnx", "ood.json",
-                             "reference.json"]  # fmt: skip
+    assert sorted(files) == ["evaluate.json", "golden.json", "model.json", "model.onnx",
+                             "ood.json", "reference.json"]  # fmt: skip
     # The venv's own distributions (it has no pip: the base image's pip installed into it).
     listing = "import importlib.metadata as m; print(*(d.name for d in m.distributions()))"
     pip = _run([*engine, "exec", cid, "python", "-c", listing]).lower()
