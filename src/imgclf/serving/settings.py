@@ -154,29 +154,25 @@ class Settings:
                 raise SettingsError(f"{name}={value} must be >= {minimum}")
             return value
 
-        def seconds(name: str, default: float) -> float:
+        def number(name: str, default: float, what: str, zero_ok: bool) -> float:
+            """A finite float from ``name``: > 0, or >= 0 where 0 means off."""
             raw = env.get(name)
             if raw is None or raw.strip() == "":
                 return default
             try:
                 value = float(raw)
             except ValueError:
-                raise SettingsError(f"{name}={raw!r} is not a number of seconds") from None
-            if not value > 0 or value == float("inf"):
-                raise SettingsError(f"{name}={value} must be a positive number of seconds")
+                raise SettingsError(f"{name}={raw!r} is not a number {what}") from None
+            if value == float("inf") or not (value >= 0 if zero_ok else value > 0):
+                need = ">= 0 (0: off)" if zero_ok else f"a positive number {what}"
+                raise SettingsError(f"{name}={value} must be {need}")
             return value
 
+        def seconds(name: str, default: float) -> float:
+            return number(name, default, "of seconds", zero_ok=False)
+
         def rate(name: str, default: float) -> float:
-            raw = env.get(name)
-            if raw is None or raw.strip() == "":
-                return default
-            try:
-                value = float(raw)
-            except ValueError:
-                raise SettingsError(f"{name}={raw!r} is not a number per second") from None
-            if not 0 <= value < float("inf"):
-                raise SettingsError(f"{name}={value} must be >= 0 (0: off)")
-            return value
+            return number(name, default, "per second", zero_ok=True)
 
         raw_active = (env.get("IMGCLF_CLIENT_MAX_ACTIVE") or "").strip()
         client_max_active = (
