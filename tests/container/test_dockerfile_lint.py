@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support import ROOT
+
 DOCKERFILES = [ROOT / "dockerfiles" / "api.dockerfile", ROOT / "dockerfiles" / "train.dockerfile"]
 # python:3.11-slim by digest (docs/pull-requests.md, "Base images"; `make pin-images` refreshes it).
 PINNED_BASE = re.compile(r"python:3\.11-slim@sha256:[0-9a-f]{64}")

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support import ROOT, git, run
+from tests.support import ROOT, git, init_dvc_repo
 
 WORKFLOWS = sorted((ROOT / ".github/workflows").glob("*.y*ml"))
 IDS = [p.name for p in WORKFLOWS]
@@ -307,10 +307,7 @@ def test_report_step_builds_the_report_without_any_token(tmp_path: Path) -> None
     `built` output; the fork-notice step prints its notice."""
     from tests.report.test_report_notes import DVC_YAML, write_metrics
 
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    run(["git", "init", "-q", "-b", "main"], repo)
-    run(["dvc", "init", "-q"], repo)
+    repo = init_dvc_repo(tmp_path / "repo")
     (repo / "params.yaml").write_text("lr: 0.1\n")
     (repo / "dvc.yaml").write_text(DVC_YAML)
     write_metrics(repo, ["a/1.png", "b/1.png"], [True, True])
