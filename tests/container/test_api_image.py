@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from imgclf.artifact.predictor import Predictor
-from tests.api.modelfactory import ProjectTree, project_tree
+from tests.api.modelfactory import ProjectTree, project_for
 from tests.support import ROOT, free_port, http_ok, missing_tool, wait_until
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]
@@ -66,8 +66,8 @@ def _build_cmd(engine: list[str], context: Path, tag: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def tree(tmp_path_factory: pytest.TempPathFactory) -> ProjectTree:
-    return project_tree(tmp_path_factory.mktemp("project"))
+def tree(request: pytest.FixtureRequest) -> ProjectTree:
+    return project_for(request)
 
 
 @pytest.fixture(scope="module")

@@ -9,26 +9,20 @@ from pathlib import Path
 import pytest
 
 from imgclf.report.markdown import fmt, fmt_change
-from tests.support import copy_repo, git, imgclf, run
+from tests.support import git, imgclf, run
 
 pytestmark = pytest.mark.slow
 
-SHRINK = {"epochs": 2}
 
-
-@pytest.fixture(scope="module")
-def baseline(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy on main whose committed dvc.lock/metrics come from `dvc repro` of shrunk params.
+@pytest.fixture
+def baseline(reproduced_repo: Path) -> Path:
+    """The session's shrunk repo on main, its `dvc repro` outputs committed (read-only).
 
     The gs:// default remote of .dvc/config is left in place with no credentials:
-    `dvc repro` must not need any remote access.
+    `dvc repro` must not have needed any remote access.
     """
-    repo = copy_repo(tmp_path_factory.mktemp("pr") / "repo", SHRINK)
-    assert "url = gs://" in (repo / ".dvc/config").read_text()
-    run(["dvc", "repro"], repo)
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "baseline")
-    return repo
+    assert "url = gs://" in (reproduced_repo / ".dvc/config").read_text()
+    return reproduced_repo
 
 
 def test_identical_revisions_say_nothing_changed(baseline: Path) -> None:
@@ -38,8 +32,8 @@ def test_identical_revisions_say_nothing_changed(baseline: Path) -> None:
     assert "No cell of the confusion matrix changed." in out
 
 
-def test_pr_flow_report(baseline: Path) -> None:
-    repo = baseline
+def test_pr_flow_report(baseline: Path, repro_clone: Path) -> None:
+    repo = repro_clone  # branches, commits and an experiment: not in the shared repo
     base_eval = json.loads((repo / "metrics/evaluate.json").read_text())
     git(repo, "checkout", "-qb", "better-lr")
     run(["dvc", "exp", "run", "-S", "lr=0.05"], repo)
