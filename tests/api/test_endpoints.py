@@ -23,7 +23,9 @@ def test_health_and_ready(client: httpx.Client, project: ProjectTree) -> None:
     assert client.get("/health").json() == {"status": "ok"}
     card = json.loads((project.model_dir / "model.json").read_text())
     ready = client.get("/ready").json()
-    assert ready == {"ready": True, "model_version": card["model_sha256"][:12]}
+    # The onnxruntime session it serves is reported too (tests/api/test_session.py).
+    assert set(ready) == {"ready", "model_version", "session"}, ready
+    assert (ready["ready"], ready["model_version"]) == (True, card["model_sha256"][:12])
 
 
 def test_model_card_has_metrics_and_provenance(client: httpx.Client, project: ProjectTree) -> None:

@@ -149,8 +149,8 @@ def test_image_runs_as_non_root_with_healthcheck(container: tuple[list[str], str
     if engine[0].endswith("podman"):
         _run([*engine, "healthcheck", "run", cid], timeout=60)
     files = _run([*engine, "exec", cid, "ls", "/app/models"]).split()
-    assert sorted(files) == ["evaluate.json", "model.json", "model.onnx", "ood.json",
-                             "reference.json"]  # fmt: skip
+    assert sorted(files) == ["evaluate.json", "golden.json", "model.json", "model.onnx",
+                             "ood.json", "reference.json"]  # fmt: skip
     pip = _run([*engine, "exec", cid, "pip", "list", "--format", "freeze"]).lower()
     assert "torch" not in pip and "dvc" not in pip
     assert "evidently" not in pip and "pandas" not in pip  # the drift report is dev-only
