@@ -35,7 +35,7 @@ install-dev: $(VENV)/.installed-dev  ## Also install test and lint tools
 ENGINE_SCRIPT := ../shared/tools/container-engine.sh
 system-deps:  ## Optional, as root: Chromium (browser test), qemu-user (cross-CPU test), podman (container test)
 	@if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
-	  echo "system-deps: needs root and apt-get; the browser/cross-CPU/container tests will skip"; exit 0; fi; \
+	  echo "system-deps: needs root and apt-get; the browser/cross-CPU/container tests will skip (fail under CI=true)"; exit 0; fi; \
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v qemu-x86_64 >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver qemu-user >/dev/null; }; \
 	if [ -f $(ENGINE_SCRIPT) ]; then bash $(ENGINE_SCRIPT) setup; fi

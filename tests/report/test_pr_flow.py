@@ -11,27 +11,22 @@ import pytest
 from markdown_it import MarkdownIt
 
 from imgclf.report.markdown import fmt, fmt_change
-from tests.support import copy_repo, git, imgclf, run
+from tests.support import git, imgclf, run
 
 pytestmark = pytest.mark.slow
 
-SHRINK = {"epochs": 2}
 PARSER = MarkdownIt("commonmark").enable("table")
 
 
-@pytest.fixture(scope="module")
-def baseline(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy on main whose committed dvc.lock/metrics come from `dvc repro` of shrunk params.
+@pytest.fixture
+def baseline(reproduced_repo: Path) -> Path:
+    """The session's shrunk repo on main, its `dvc repro` outputs committed (read-only).
 
     The gs:// default remote of .dvc/config is left in place with no credentials:
-    `dvc repro` must not need any remote access.
+    `dvc repro` must not have needed any remote access.
     """
-    repo = copy_repo(tmp_path_factory.mktemp("pr") / "repo", SHRINK)
-    assert "url = gs://" in (repo / ".dvc/config").read_text()
-    run(["dvc", "repro"], repo)
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "baseline")
-    return repo
+    assert "url = gs://" in (reproduced_repo / ".dvc/config").read_text()
+    return reproduced_repo
 
 
 def test_identical_revisions_say_nothing_changed(baseline: Path) -> None:
@@ -41,13 +36,18 @@ def test_identical_revisions_say_nothing_changed(baseline: Path) -> None:
     assert "No cell of the confusion matrix changed." in out
 
 
-def test_pr_flow_report(baseline: Path) -> None:
-    repo = baseline
-    base_eval = json.loads((repo / "metrics/evaluate.json").read_text())
+def _lr_commit(repo: Path) -> None:
+    """A branch `better-lr` whose commit trains with lr=0.05 (it breaks some test images)."""
     git(repo, "checkout", "-qb", "better-lr")
     run(["dvc", "exp", "run", "-S", "lr=0.05"], repo)
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "lr=0.05")
+
+
+def test_pr_flow_report(baseline: Path, repro_clone: Path) -> None:
+    repo = repro_clone  # branches, commits and an experiment: not in the shared repo
+    base_eval = json.loads((repo / "metrics/evaluate.json").read_text())
+    _lr_commit(repo)
     head_eval = json.loads((repo / "metrics/evaluate.json").read_text())
     assert head_eval["accuracy"] != base_eval["accuracy"], "the experiment should move accuracy"
 
@@ -83,7 +83,7 @@ def test_pr_flow_report(baseline: Path) -> None:
     assert "No `.dvc` file changed." in data
 
 
-def test_pr_report_pictures(baseline: Path) -> None:
+def test_pr_report_pictures(repro_clone: Path) -> None:
     """The report of a change that breaks test images shows those images: the contact
     sheets hold exactly the paired comparison's flipped samples (read back from the JSON
     manifests and from the pixels), the markdown links only allow-listed files, the
@@ -94,9 +94,8 @@ def test_pr_report_pictures(baseline: Path) -> None:
     from imgclf.report.markdown import COMMENT_LIMIT
     from imgclf.report.pictures import MAX_TILES, MODEL_IMAGES
 
-    repo = baseline
-    if git(repo, "branch", "--show-current").stdout.strip() != "better-lr":
-        test_pr_flow_report(repo)  # run alone: make the lr=0.05 commit first
+    repo = repro_clone  # its own clone: the result does not depend on test order
+    _lr_commit(repo)
     imgclf(repo, "report", "--base", "main", "--out", "out/report.md", "--images", "out/images")
     out = (repo / "out/report.md").read_text()
     assert len(out) < COMMENT_LIMIT

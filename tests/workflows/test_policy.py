@@ -30,13 +30,21 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support import ROOT, git, run
+from tests.support import ROOT, git, init_dvc_repo
 
 WORKFLOWS = sorted((ROOT / ".github/workflows").glob("*.y*ml"))
 IDS = [p.name for p in WORKFLOWS]
 SECRET = re.compile(r"secrets\.([A-Za-z_][A-Za-z0-9_]*)")
 READ_ONLY_SECRETS = {"GCP_READER_KEY", "GITHUB_TOKEN"}
 FORK_GUARD = "github.event.pull_request.head.repo.full_name == github.repository"
+# What the rules below must find. They loop over matched jobs and steps, so renaming the
+# matched thing (a secret, a command, a step) would otherwise let them pass vacuously.
+COMMENT_JOBS = {"cml.yaml/comment", "data.yaml/comment"}
+KEY_FILE_STEPS = {"cml.yaml": 1, "data.yaml": 1, "docker.yaml": 1, "drift.yaml": 1,
+                  "dvc-push.yaml": 2, "release.yaml": 1}  # fmt: skip
+WRITER_JOBS = {"cml.yaml/comment", "cml.yaml/images", "data.yaml/comment", "data.yaml/images",
+               "docker.yaml/push", "drift.yaml/issue", "live.yaml/issue", "release.yaml/push",
+               "release.yaml/deploy", "release.yaml/refuse", "release.yaml/rollout"}  # fmt: skip
 PINNED = re.compile(r"^\s*(?:-\s*)?uses:\s*([\w.-]+/[\w./-]+)@([0-9a-f]{40}) # v\d+\.\d+\.\d+$")
 CREDENTIAL_WORDS = re.compile(r"KEY|TOKEN|PASSWORD|SECRET|CREDENTIAL", re.IGNORECASE)
 # A command that would run the checked-out project's code (first word of a command).
@@ -81,6 +89,13 @@ def all_steps(wf: dict[str, Any]) -> list[dict[str, Any]]:
     return [s for _, job in jobs(wf) for s in job.get("steps", [])]
 
 
+def count_outside_comments(path: Path, text: str) -> int:
+    """Lines of the file (YAML comments aside) that mention ``text``: what a rule that
+    loops over parsed steps must have seen, so that it cannot pass by matching nothing."""
+    lines = path.read_text().splitlines()
+    return sum(text in ln for ln in lines if not ln.lstrip().startswith("#"))
+
+
 def secrets_in(value: Any) -> set[str]:
     """Names of the secrets an (arbitrarily nested) YAML value refers to."""
     return set(SECRET.findall(yaml.safe_dump(value))) if value is not None else set()
@@ -117,15 +132,18 @@ def test_secrets_only_in_the_env_of_one_step(workflow: tuple[Path, dict[str, Any
 
 def test_key_files_live_and_die_inside_their_step(workflow: tuple[Path, dict[str, Any]]) -> None:
     """Written to a fresh temp file, used inline, deleted by an EXIT trap; never exported."""
-    _, wf = workflow
+    path, wf = workflow
+    checked = 0
     for step in all_steps(wf):
         keys = [k for k, v in (step.get("env") or {}).items() if "secrets.GCP_" in str(v)]
+        checked += bool(keys)
         for key in keys:
             script = step["run"]
             assert 'key="$(mktemp "$RUNNER_TEMP/gcp-key.XXXXXX")"' in script
             assert script.index("trap 'rm -f \"$key\"' EXIT") < script.index(f'"${key}" >')
             assert 'GOOGLE_APPLICATION_CREDENTIALS="$key" imgclf' in script
             assert "export GOOGLE_APPLICATION_CREDENTIALS" not in script
+    assert checked == KEY_FILE_STEPS.get(path.name, 0), "steps with a key file"
 
 
 def test_nothing_is_exported_through_github_env(workflow: tuple[Path, dict[str, Any]]) -> None:
@@ -215,6 +233,9 @@ def test_least_permissions(workflow: tuple[Path, dict[str, Any]]) -> None:
 def test_jobs_that_can_write_run_no_pr_code(workflow: tuple[Path, dict[str, Any]]) -> None:
     """The write token's job checks nothing out and runs none of the project's code."""
     path, wf = workflow
+    writers = {f"{path.name}/{n}" for n, j in jobs(wf)
+               if "write" in j.get("permissions", {}).values()}  # fmt: skip
+    assert writers == {j for j in WRITER_JOBS if j.startswith(f"{path.name}/")}
     for name, job in jobs(wf):
         if "write" not in job.get("permissions", {}).values():
             continue
@@ -224,13 +245,19 @@ def test_jobs_that_can_write_run_no_pr_code(workflow: tuple[Path, dict[str, Any]
 
 
 def test_comment_jobs_are_skipped_for_forks_and_forks_still_get_the_report() -> None:
+    guarded = set()
     for path in WORKFLOWS:
         wf = load(path)
+        if "pull_request" not in triggers(wf):
+            continue  # tag pushes, schedules: no fork's code can reach them
         for name, job in jobs(wf):
             comments = [s for s in job.get("steps", []) if "cml comment" in s.get("run", "")]
-            if not comments:
+            # By what it can do, not by how its step is spelled: a job that may write to
+            # pull requests is a comment job, whatever command it posts with.
+            if not comments and job.get("permissions", {}).get("pull-requests") != "write":
                 continue
-            assert FORK_GUARD in job["if"], f"{path.name}/{name}: comment without fork guard"
+            guarded.add(f"{path.name}/{name}")
+            assert FORK_GUARD in job.get("if", ""), f"{path.name}/{name}: no fork guard"
             assert "!cancelled()" in job["if"], "a stale-lock failure still gets its comment"
             needs = job["needs"] if isinstance(job["needs"], str) else job["needs"][0]
             report = wf["jobs"][needs]
@@ -243,6 +270,7 @@ def test_comment_jobs_are_skipped_for_forks_and_forks_still_get_the_report() -> 
             assert report["env"]["FROM_FORK"].replace(" ", "") == (
                 "${{github.event.pull_request.head.repo.full_name!=github.repository}}"
             )
+    assert guarded == COMMENT_JOBS, "the loop above checked what it should (not vacuously)"
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=IDS)
@@ -255,10 +283,11 @@ def test_every_action_is_pinned_to_a_commit_sha(path: Path) -> None:
 
 
 def test_checkouts_do_not_persist_credentials(workflow: tuple[Path, dict[str, Any]]) -> None:
-    _, wf = workflow
-    for step in all_steps(wf):
-        if step.get("uses", "").startswith("actions/checkout@"):
-            assert step.get("with", {}).get("persist-credentials") is False
+    path, wf = workflow
+    checkouts = [s for s in all_steps(wf) if s.get("uses", "").startswith("actions/checkout@")]
+    assert len(checkouts) == count_outside_comments(path, "actions/checkout@"), "all checked"
+    for step in checkouts:
+        assert step.get("with", {}).get("persist-credentials") is False
 
 
 def test_no_expressions_inside_scripts(workflow: tuple[Path, dict[str, Any]]) -> None:
@@ -272,10 +301,10 @@ def test_no_expressions_inside_scripts(workflow: tuple[Path, dict[str, Any]]) ->
 def test_cml_is_a_pinned_version_not_a_floating_action(
     workflow: tuple[Path, dict[str, Any]],
 ) -> None:
-    _, wf = workflow
+    path, wf = workflow
     for name, job in jobs(wf):
         runs = "\n".join(s.get("run", "") for s in job.get("steps", []))
-        if "cml comment" in runs:
+        if "cml comment" in runs or f"{path.name}/{name}" in COMMENT_JOBS:
             assert re.fullmatch(r"\d+\.\d+\.\d+", job["env"]["CML_VERSION"]), name
             assert "releases/download/v$CML_VERSION/cml-linux-x64" in runs
             assert "sha256sum --check" in runs
@@ -284,22 +313,22 @@ def test_cml_is_a_pinned_version_not_a_floating_action(
 
 def test_pip_installs_are_pinned(workflow: tuple[Path, dict[str, Any]]) -> None:
     """Only the project's pinned files, the project itself, or `==` lines taken from them."""
-    _, wf = workflow
+    path, wf = workflow
     from_requirements = re.compile(r"\$\(grep -E '\^\S+==' requirements(-\w+)?\.txt\)")
-    for step in all_steps(wf):
-        for line in step.get("run", "").splitlines():
-            if "pip install" not in line:
-                continue
-            args = shlex.split(line.split("pip install", 1)[1])
-            skip_next = False
-            for arg in args:
-                if skip_next:
-                    skip_next = False
-                elif arg in ("-r", "--requirement", "-e", "--editable"):
-                    skip_next = True
-                else:
-                    ok = arg.startswith("-") or "==" in arg or from_requirements.fullmatch(arg)
-                    assert ok, f"unpinned pip install argument {arg!r} in: {line.strip()}"
+    lines = [ln for s in all_steps(wf) for ln in s.get("run", "").splitlines()]
+    installs = [ln for ln in lines if "pip install" in ln]
+    assert len(installs) == count_outside_comments(path, "pip install"), "every one is checked"
+    for line in installs:
+        args = shlex.split(line.split("pip install", 1)[1])
+        skip_next = False
+        for arg in args:
+            if skip_next:
+                skip_next = False
+            elif arg in ("-r", "--requirement", "-e", "--editable"):
+                skip_next = True
+            else:
+                ok = arg.startswith("-") or "==" in arg or from_requirements.fullmatch(arg)
+                assert ok, f"unpinned pip install argument {arg!r} in: {line.strip()}"
 
 
 def test_report_step_builds_the_report_without_any_token(tmp_path: Path) -> None:
@@ -308,10 +337,7 @@ def test_report_step_builds_the_report_without_any_token(tmp_path: Path) -> None
     `built` output; the fork-notice step prints its notice."""
     from tests.report.test_report_notes import DVC_YAML, write_metrics
 
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    run(["git", "init", "-q", "-b", "main"], repo)
-    run(["dvc", "init", "-q"], repo)
+    repo = init_dvc_repo(tmp_path / "repo")
     (repo / "params.yaml").write_text("lr: 0.1\n")
     (repo / "dvc.yaml").write_text(DVC_YAML)
     write_metrics(repo, ["a/1.png", "b/1.png"], [True, True])
@@ -621,3 +647,36 @@ def test_publish_step_commits_the_picked_files_to_one_branch(
     proc, _ = run_step(publish, job, tmp_path, **{**env, "HEAD_SHA": "main; rm -rf /"})
     assert proc.returncode != 0
     assert json.loads(state.read_text())["calls"] == []
+
+
+# The tests whose system tools ci.yaml installs, and the tool each one needs.
+TOOL_TESTS = {"tests/pipeline/test_cross_cpu.py": "qemu-x86_64",
+              "tests/api/test_page_browser.py": "chromedriver"}  # fmt: skip
+
+
+def test_ci_installs_the_tools_the_tests_would_otherwise_skip_without() -> None:
+    """Issue 25: the cross-CPU and browser tests skip where their tool is missing, so CI
+    installs qemu-user and checks Chrome + its driver before `make test`, keeps GitHub's
+    CI=true (under which a missing tool fails those tests), and the tests honour it."""
+    wf = load(ROOT / ".github/workflows/ci.yaml")
+    (job,) = [j for _, j in jobs(wf) if any(s.get("run", "").strip() == "make test"
+                                           for s in j["steps"])]  # fmt: skip
+    scripts = [s.get("run", "") for s in job["steps"]]
+    before = "\n".join(scripts[: [r.strip() for r in scripts].index("make test")])
+    system_deps = re.search(r"^\s*sudo\b.*\bmake system-deps\b", before, re.M)
+    apt = re.search(r"^\s*sudo\b.*apt-get install\b.*\bqemu-user\b", before, re.M)
+    assert system_deps or apt, "qemu-user is installed before make test"
+    assert re.search(r"^\s*qemu-x86_64 -cpu help \| grep -q EPYC-Milan$", before, re.M)
+    env = {**(wf.get("env") or {}), **(job.get("env") or {})}
+    for var, default in (("IMGCLF_CHROMIUM", "/usr/bin/chromium"),
+                         ("IMGCLF_CHROMEDRIVER", "/usr/bin/chromedriver")):  # fmt: skip
+        checked = f'test -x "${var}"' in before and var in env
+        installed = system_deps or re.search(r"apt-get install\b.*\bchromium-driver\b", before)
+        assert checked or (installed and var not in env), f"{var} ({default}) before make test"
+    for scope in (wf, job, *job["steps"]):
+        assert "CI" not in (scope.get("env") or {}), "GitHub's CI=true must reach the tests"
+    assert not re.search(r"\bCI=", "\n".join(scripts)), "GitHub's CI=true must reach the tests"
+    for rel, tool in TOOL_TESTS.items():
+        source = (ROOT / rel).read_text()
+        assert "missing_tool(" in source and tool in source, rel
+        assert "pytest.skip(" not in source and "importorskip" not in source, rel

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support import ROOT
+from tests.support import ROOT, missing_tool
 
 WORKFLOWS = sorted((ROOT / ".github/workflows").glob("*.yaml"))
 
@@ -50,7 +50,7 @@ def test_the_workflows_exist() -> None:
 def test_actionlint(path: Path) -> None:
     binary = actionlint()
     if binary is None:
-        pytest.skip("actionlint not installed: pip install -r requirements-dev.txt")
+        missing_tool("actionlint not installed: pip install -r requirements-dev.txt")
     proc = subprocess.run(
         [binary, "-no-color", "-oneline", str(path)],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
