@@ -443,7 +443,7 @@ def test_model_file_not_matching_the_card_is_refused(project: ProjectTree, tmp_p
 # The server's peak resident memory under the mixed load below. With 2 workers and the
 # default 128 MiB decode budget the decode peak is ~2 x 2 x 128 MiB over ~150 MiB at rest.
 LOAD_RSS_BOUND = 700 * MiB
-HEALTH_P99_MS = 50
+HEALTH_P99_MS = 250
 
 
 @pytest.mark.slow
@@ -534,8 +534,9 @@ def test_mixed_hostile_load_keeps_normal_requests_and_health_answered(
     print(f"mixed load: /health p99 {p99:.1f} ms (idle {idle_p99:.1f} ms), "
           f"peak RSS {peak // MiB} MiB, {dict(statuses)}")  # fmt: skip
     # A behaviour guard, not a benchmark: /health must not queue behind decodes (before the
-    # work pool it took seconds). 50 ms on a quiet machine; on a busy shared one, at most
-    # 50 ms over what the same machine gives an idle server.
+    # work pool it took seconds; a 16-bit decode here takes ~1 s). 250 ms over what the same
+    # machine gives an idle server leaves room for a busy shared machine (58 ms seen) and
+    # still fails at once if probes wait for the work pool.
     assert p99 < HEALTH_P99_MS + max(0.0, idle_p99 - 5), (
         f"/health p99 {p99:.1f} (idle {idle_p99:.1f}) ms"
     )

@@ -274,11 +274,20 @@ def run_quick(script: str, args: list[str], tmp_path: Path, scenario: str) -> st
     [
         ("bench_train.py", "train", "ratio vs baseline"),
         ("bench_gpu.py", "gpu", "ceiling: random tensors"),
-        ("bench_numerics.py", "numerics", "| digits default (small_cnn, 8 px, early stop) |"),
+        # Two trainings per numerics setting (~35 s on 2 cores): `make test-all` runs it.
+        pytest.param(
+            "bench_numerics.py",
+            "numerics",
+            "| digits default (small_cnn, 8 px, early stop) |",
+            marks=pytest.mark.heavy,
+        ),
         pytest.param(
             "bench_pipeline.py", "pipeline", "`dvc repro` up to date", marks=pytest.mark.heavy
         ),
-        ("bench_selection.py", "selection", "| after | 42 | 2/2 |"),
+        # Trains the selection rule's before/after pair (~35 s on 2 cores): `make test-all`.
+        pytest.param(
+            "bench_selection.py", "selection", "| after | 42 | 2/2 |", marks=pytest.mark.heavy
+        ),
         ("bench_datasets.py", "datasets", "| digits_few | default |"),
         # dvc add + repro + a queued two-value sweep in a temp git copy: ~1 min idle.
         pytest.param("bench_sweep.py", "sweep", "2 ok, 0 failed", marks=pytest.mark.heavy),
@@ -306,6 +315,7 @@ def test_photo_scenario_quick_prints_the_table_both_ratios_and_the_verdicts(
     lines = out.splitlines()
     header = [c.strip() for c in next(ln for ln in lines if ln.startswith("| model |")).split("|")]
     rows = [[c.strip() for c in ln.split("|")] for ln in lines if ln.startswith("| small_cnn |")]
+    rows = [r for r in rows if len(r) == len(header)]  # not the model-only table's rows
     assert {r[header.index("input")] for r in rows} == {
         "jpeg_600x400", "jpeg_1920x1080", "jpeg_4000x3000", "png_512x512"
     }  # fmt: skip

@@ -62,6 +62,7 @@ def test_stage_outputs_and_git_tracked_folders_count_as_tracked(tmp_path: Path) 
         check_dataset_tracked("weights/w.pt", repo, key="model.weights")
 
 
+@pytest.mark.heavy  # a real `dvc queue` run: ~90 s on 2 cores (`make test-all`)
 def test_missing_dataset_in_a_queued_experiment_is_explained(
     repo_factory: Callable[..., Path],
 ) -> None:

@@ -17,6 +17,7 @@ def accuracy(repo: Path) -> float:
     return json.loads((repo / "metrics" / "evaluate.json").read_text())["accuracy"]
 
 
+@pytest.mark.heavy  # two torchrun processes under `dvc exp run`: ~55 s (`make test-all`)
 def test_two_process_ddp_trains_from_dvc_exp_run(repo_factory: Callable[..., Path]) -> None:
     repo = repo_factory({"epochs": 3})
     run(["dvc", "repro"], repo)
