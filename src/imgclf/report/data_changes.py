@@ -52,8 +52,53 @@ def _dvc_files_changed(root: Path, commit: str) -> list[list[str]]:
     return rows
 
 
-def data_report(root: Path, base: str, label: str = "workspace") -> str:
-    """The dataset report: class counts, image sizes, skipped files, changes against base."""
+def _near_duplicates(head: dict[str, Any], t: str) -> list[str]:
+    """Near-duplicate groups (kept in one split) and label conflicts, from prepare.json."""
+    near = head.get("near_duplicates")
+    if not isinstance(near, dict):
+        return []
+    groups, conflicts = near.get("groups", []), near.get("label_conflicts", [])
+    lines = ["### Near-duplicates and label conflicts", ""]
+    lines += [
+        f"{len(groups)} groups of near-identical images ({near.get('images_in_groups', 0)} "
+        f"images; hashes within {near.get('distance')} bits), each kept in one split; "
+        f"{len(conflicts)} spread over two or more classes.",
+        "",
+    ]
+    if conflicts:
+        rows = [
+            [", ".join(f"{code(c)}: {n}" for c, n in g["classes"].items()), g["split"],
+             "<br>".join(code(f) for f in g["files"][:10])]
+            for g in conflicts[:50]
+        ]  # fmt: skip
+        lines += ["**Label conflicts** (the same picture under two labels):", ""]
+        lines += [*table(["classes (images)", "split", "files"], rows), ""]
+    if groups:
+        lines += [f"<details><summary>Near-duplicate groups in {code(t)} ({len(groups)})"
+                  "</summary>", ""]  # fmt: skip
+        for g in groups[:100]:
+            lines.append(f"- {g['split']}: " + ", ".join(code(f) for f in g["files"][:10]))
+        lines += ["", "</details>", ""]
+    return lines
+
+
+def _label_issues(root: Path) -> list[str]:
+    """Likely label errors of the workspace's prepared training split."""
+    from imgclf.evaluation.label_issues import find_issues, markdown
+
+    prepared = root / "data/prepared"
+    lines = ["### Likely label errors", ""]
+    if not (prepared / "train.npy").is_file():
+        return [*lines, f"No {code('data/prepared')} in the workspace (`dvc pull`).", ""]
+    issues = find_issues(prepared)
+    n_train = sum(1 for row in (prepared / "index.csv").open() if row.startswith("train,"))
+    return [*lines, *markdown(issues, n_train, top=30)]
+
+
+def data_report(root: Path, base: str, label: str = "workspace", label_issues: bool = False) -> str:
+    """The dataset report: class counts, image sizes, skipped files, near-duplicate groups
+    and label conflicts, changes against base; with ``label_issues``, the likely label
+    errors of the workspace's prepared training split."""
     root = root.resolve()
     commit = resolve_revision(root, base)
     head = workspace_json(root, PREPARE, "prepare")
@@ -106,6 +151,10 @@ def data_report(root: Path, base: str, label: str = "workspace") -> str:
                 else:
                     lines.append(f"- {code(str(item))}")
             lines += ["", "</details>", ""]
+
+    lines += _near_duplicates(head, t)
+    if label_issues:
+        lines += _label_issues(root)
 
     lines += ["### Tracked data that changed", ""]
     rows = _dvc_files_changed(root, commit)
