@@ -125,44 +125,59 @@ if __name__ == "__main__":
 
 def variants(img: Image.Image, seed: int) -> dict[str, Image.Image]:
     """Near-identical copies of ``img``, as a camera roll or a scraper makes them:
-    re-encoded harder, resized to half, cropped 2 % and 5 % a side, brightened 15 %, and a
-    "burst" neighbour (shifted 3 % with fresh sensor noise). Deterministic per seed."""
+    re-encoded harder, resized to half, cropped 2 % and 5 % a side, brightened 15 %, and
+    a burst: three more frames, each shifted 1 % of the side further (3 % in all) with
+    fresh sensor noise. Deterministic per seed."""
     from PIL import ImageEnhance
 
     w, h = img.size
     rng = np.random.default_rng(seed)
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=55)
-    dx, dy = round(0.03 * w), round(0.03 * h)
-    shifted = img.crop((dx, dy, w, h)).resize((w, h), Image.Resampling.BILINEAR)
-    noisy = np.asarray(shifted, np.float32) + rng.normal(0, 4, (h, w, 3)).astype(np.float32)
-    return {
+    out = {
         "reencoded": Image.open(io.BytesIO(buf.getvalue())).convert("RGB"),
         "half": img.resize((w // 2, h // 2), Image.Resampling.LANCZOS),
         "crop2": img.crop((round(0.02 * w), round(0.02 * h), round(0.98 * w), round(0.98 * h))),
         "crop5": img.crop((round(0.05 * w), round(0.05 * h), round(0.95 * w), round(0.95 * h))),
         "bright15": ImageEnhance.Brightness(img).enhance(1.15),
-        "burst": Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "RGB"),
     }
+    for step in (1, 2, 3):
+        dx, dy = round(0.01 * step * w), round(0.01 * step * h)
+        frame = img.crop((dx, dy, w, h)).resize((w, h), Image.Resampling.BILINEAR)
+        noisy = np.asarray(frame, np.float32) + rng.normal(0, 4, (h, w, 3)).astype(np.float32)
+        out[f"burst{step}"] = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "RGB")
+    return out
+
+
+# The copies the near-duplicate split is checked on (bench/bench_near_dups.py): the crops
+# are measured there too, but a global 64-bit hash finds them only in part (its table).
+SPLIT_KINDS = ("reencoded", "half", "bright15", "burst1", "burst2", "burst3")
 
 
 def make_bursts(
-    out: Path, sources: int = 100, distinct: int = 200, classes: int = 4, conflicts: int = 0
+    out: Path,
+    sources: int = 100,
+    distinct: int = 200,
+    classes: int = 4,
+    conflicts: int = 0,
+    kinds: tuple[str, ...] | None = None,
 ) -> tuple[Path, dict[str, list[str]]]:
     """An ImageFolder of near-duplicate groups plus distinct photos (640×480 JPEGs).
 
-    Each of ``sources`` photos is written with its :func:`variants` in its class; the
-    first ``conflicts`` sources have their "burst" copy filed under the next class (the
-    same photo with two labels). Returns the folder and source name → relative paths.
+    Each of ``sources`` photos is written with its :func:`variants` (only ``kinds`` if
+    given) in its class; the first ``conflicts`` sources have their last burst frame
+    filed under the next class (the same scene with two labels). Returns the folder and
+    source name → relative paths (the original first).
     """
     groups: dict[str, list[str]] = {}
     for i in range(sources + distinct):
         label = i % classes
         base = photo(label, 500_000 + i, classes, (640, 480))
-        copies = {"orig": base, **(variants(base, i) if i < sources else {})}
+        more = variants(base, i) if i < sources else {}
+        copies = {"orig": base, **{k: v for k, v in more.items() if kinds is None or k in kinds}}
         paths = []
         for kind, img in copies.items():
-            cls = (label + 1) % classes if kind == "burst" and i < conflicts else label
+            cls = (label + 1) % classes if kind == "burst3" and i < conflicts else label
             rel = f"class_{cls}/{i:05d}_{kind}.jpg"
             (out / rel).parent.mkdir(parents=True, exist_ok=True)
             img.save(out / rel, quality=88)

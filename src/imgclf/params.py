@@ -29,7 +29,7 @@ class _Section(BaseModel):
 
 
 # Bits (of 64) two perceptual hashes may differ by for one group: bench/bench_near_dups.py.
-NEAR_DUP_DISTANCE = 10
+NEAR_DUP_DISTANCE = 8
 
 
 class DataParams(_Section):

@@ -62,13 +62,14 @@ def hamming(a: int, b: int) -> int:
     return (a ^ b).bit_count()
 
 
-def group(hashes: list[int | None], distance: int, block: int = 1024) -> np.ndarray:
+def group(hashes: list[int | None], distance: int, cells: int = 1 << 22) -> np.ndarray:
     """Group id per item: items within ``distance`` bits are joined (transitively).
 
     An item without a hash (``None``: too small, or grouping off) is its own group. The
     id is the position of the group's first item, so it does not depend on the order in
-    which pairs are found. All pairs are compared (XOR + popcount in blocks of numpy
-    arrays): ~1 s for 32,000 images, memory ``block × n`` bytes.
+    which pairs are found. All pairs are compared, XOR + popcount over blocks of rows into
+    reused buffers of ``cells`` entries (~50 MB, whatever the number of images): ~0.1 s
+    for 8,000 images, ~2 s for 32,000.
     """
     n = len(hashes)
     parent = np.arange(n)
@@ -76,6 +77,11 @@ def group(hashes: list[int | None], distance: int, block: int = 1024) -> np.ndar
     if distance < 0 or len(present) < 2:
         return parent
     values = np.array([hashes[i] for i in present], dtype=np.uint64)
+    m = len(values)
+    rows = max(1, min(m, cells // m))
+    xor = np.empty(rows * m, dtype=np.uint64)
+    bits = np.empty(rows * m, dtype=np.uint8)
+    near = np.empty(rows * m, dtype=bool)
 
     def root(i: int) -> int:
         while parent[i] != i:
@@ -83,12 +89,19 @@ def group(hashes: list[int | None], distance: int, block: int = 1024) -> np.ndar
             i = int(parent[i])
         return i
 
-    for start in range(0, len(values), block):
-        head = values[start : start + block]
-        near = np.bitwise_count(head[:, None] ^ values[None, start:]) <= distance
-        for a, b in zip(*np.nonzero(near), strict=True):
-            if b > a:
-                ra, rb = root(int(present[start + a])), root(int(present[start + b]))
+    for start in range(0, m, rows):
+        head = values[start : start + rows]
+        width = m - start  # compare with this row and everything after it
+        shape = (len(head), width)
+        x = xor[: shape[0] * width].reshape(shape)
+        np.bitwise_xor(head[:, None], values[None, start:], out=x)
+        b = bits[: x.size].reshape(shape)
+        np.bitwise_count(x, out=b)
+        hit = near[: x.size].reshape(shape)
+        np.less_equal(b, distance, out=hit)
+        for a, off in zip(*np.nonzero(hit), strict=True):
+            if off > a:  # pairs (row, later column) only; the diagonal is the row itself
+                ra, rb = root(int(present[start + a])), root(int(present[start + off]))
                 if ra != rb:
                     parent[max(ra, rb)] = min(ra, rb)  # the smaller position is the id
     return np.array([root(i) for i in range(n)])
