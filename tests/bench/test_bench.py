@@ -291,8 +291,9 @@ def run_quick(script: str, args: list[str], tmp_path: Path, scenario: str) -> st
         ("bench_near_dups.py", "near_dups", "sources whole in one split"),
         ("bench_label_issues.py", "label_issues", "| digits_few (300 × 8×8) | 10% |"),
         # 8 dvc commands against the gs emulator in two temp repos: ~1 min on a busy machine.
-        pytest.param("bench_dvc_files.py", "dvc_files", "| 120 loose JPEGs |",
-                     marks=pytest.mark.heavy),
+        pytest.param(
+            "bench_dvc_files.py", "dvc_files", "| 120 loose JPEGs |", marks=pytest.mark.heavy
+        ),
     ],
 )
 def test_bench_script_quick_mode(script: str, scenario: str, expected: str, tmp_path) -> None:
