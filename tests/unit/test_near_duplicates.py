@@ -128,3 +128,19 @@ def test_prepare_keeps_bursts_in_one_split_and_reports_label_conflicts(tmp_path:
     conflict = {f for g in near["label_conflicts"] for f in g["files"]}
     assert "c1/000_4.jpg" in conflict and "c2/001_4.jpg" in conflict
     assert [sorted(g["classes"].values()) for g in near["label_conflicts"]] == [[1, 4], [1, 4]]
+
+
+def test_data_report_lists_groups_and_label_conflicts() -> None:
+    from imgclf.report.data_changes import _near_duplicates
+
+    conflict = {"split": "train", "classes": {"cat": 2, "dog": 1}, "files": ["cat/a.jpg",
+                "cat/b.jpg", "dog/a2.jpg"]}  # fmt: skip
+    head = {"near_duplicates": {"distance": 8, "images_in_groups": 5, "groups": [
+        conflict, {"split": "test", "classes": {"cat": 2}, "files": ["cat/c.jpg", "cat/d.jpg"]}
+    ], "label_conflicts": [conflict]}}  # fmt: skip
+    text = "\n".join(_near_duplicates(head, "workspace"))
+    assert "2 groups of near-identical images (5 images; hashes within 8 bits)" in text
+    assert "1 spread over two or more classes" in text
+    assert "`cat`: 2, `dog`: 1" in text and "`dog/a2.jpg`" in text
+    assert "- test: `cat/c.jpg`, `cat/d.jpg`" in text
+    assert _near_duplicates({}, "workspace") == []  # an old prepare.json: no section
