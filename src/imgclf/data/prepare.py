@@ -23,7 +23,7 @@ import os
 import shutil
 from collections import Counter
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -242,7 +242,7 @@ def stratified_split(
     for i, g in enumerate(groups.tolist()):
         members.setdefault(g, []).append(i)
     for label in np.unique(labels):
-        owned = np.array([r for r in roots.tolist() if labels[r] == label], dtype=np.int64)
+        owned = roots[labels[roots] == label].astype(np.int64)  # ascending: file order
         if not len(owned):  # every image of this class sits in another class's group
             continue
         rng.shuffle(owned)
@@ -484,9 +484,18 @@ def prepare(raw: Path, out_dir: Path, report_path: Path, params: Params) -> dict
         with (tmp / INDEX_FILE).open("w", newline="") as fh:
             writer = csv.writer(fh, lineterminator="\n")
             writer.writerow(INDEX_FIELDS)
+            # The three copies run at once (the kernel copies; threads only wait on it).
+            with ThreadPoolExecutor(len(SPLITS)) as copier:
+                copies = [
+                    copier.submit(
+                        write_split, tmp / f"{n}.npy", scratch, slots[split_of == n], row_shape
+                    )
+                    for n in SPLITS
+                ]
+                for done in copies:
+                    done.result()
             for name in SPLITS:
                 members = [d for d, s in zip(used, split_of, strict=True) if s == name]
-                write_split(tmp / f"{name}.npy", scratch, slots[split_of == name], row_shape)
                 np.save(tmp / f"{name}_labels.npy", np.array([d.label for d in members], np.int64))
                 for pos, d in enumerate(members):
                     row = (
