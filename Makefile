@@ -35,7 +35,7 @@ install-dev: $(VENV)/.installed-dev  ## Also install test and lint tools
 ENGINE_SCRIPT := ../shared/tools/container-engine.sh
 system-deps:  ## Optional, as root: Chromium (browser test), qemu-user (cross-CPU test), podman (container test)
 	@if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
-	  echo "system-deps: needs root and apt-get; the browser/cross-CPU/container tests will skip"; exit 0; fi; \
+	  echo "system-deps: needs root and apt-get; the browser/cross-CPU/container tests will skip (fail under CI=true)"; exit 0; fi; \
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v qemu-x86_64 >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver qemu-user >/dev/null; }; \
 	if [ -f $(ENGINE_SCRIPT) ]; then bash $(ENGINE_SCRIPT) setup; fi
@@ -64,8 +64,8 @@ format: install-dev  ## Apply ruff's fixes and formatting
 	$(BIN)/ruff format .
 
 BASE ?= main
-report: install  ## Compare the workspace's model with BASE (default main) → report.md
-	$(PY) -m imgclf.cli report --base $(BASE) --out report.md
+report: install  ## Compare the workspace's model with BASE (default main) → report.md + report-images/
+	$(PY) -m imgclf.cli report --base $(BASE) --out report.md --images report-images
 
 remote-check: install  ## Is the DVC remote usable? (says: down, missing bucket or credentials)
 	$(PY) -m imgclf.cli remote-check

@@ -330,7 +330,8 @@ def run(args: argparse.Namespace) -> int:
     for model in models:
         model_dir = build(work, model, images=args.train_images)
         model_rows.append([model, *model_only(model_dir, 0.5 if args.quick else 5.0)])
-        print("| " + " | ".join(model_rows[-1]) + " |", flush=True)
+        print(f"model only, batch 1, one thread: {model}: portable {model_rows[-1][1]} img/s, "
+              f"fast {model_rows[-1][2]} img/s ({model_rows[-1][3]})", flush=True)  # fmt: skip
         ceiling = Ceiling(model_dir, cores)
         env = common.server_env(model_dir, args.src)
         ports = common.free_port(), common.free_port()

@@ -15,6 +15,10 @@ ARG PYTHON_IMAGE=python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352
 FROM ${PYTHON_IMAGE}
 
 ARG GIT_REVISION=""
+# The registry version and stage this image is built for (the release workflow sets them;
+# GET /model reports them, and the live check compares them with the registry).
+ARG MODEL_VERSION=""
+ARG MODEL_STAGE=""
 LABEL org.opencontainers.image.title="imgclf-api" \
       org.opencontainers.image.description="imgclf image classifier API (FastAPI + onnxruntime)" \
       org.opencontainers.image.revision="${GIT_REVISION}"
@@ -27,12 +31,16 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/app \
     IMGCLF_MODEL_DIR=/app/models \
-    IMGCLF_GIT_REVISION=${GIT_REVISION}
+    IMGCLF_GIT_REVISION=${GIT_REVISION} \
+    IMGCLF_MODEL_VERSION=${MODEL_VERSION} \
+    IMGCLF_MODEL_STAGE=${MODEL_STAGE}
 
-# Dependencies first: this layer is reused until requirements-serve.txt changes.
+# Dependencies first: this layer is reused until requirements-serve.txt changes. The venv
+# gets no pip/setuptools of its own (the base image's pip installs into it): 24 MB less,
+# which keeps /opt/venv under 300 MB with gcsfs (fleet monitoring, docs/monitoring.md).
 COPY requirements-serve.txt /tmp/requirements-serve.txt
-RUN python -m venv /opt/venv \
- && pip install --no-cache-dir -r /tmp/requirements-serve.txt \
+RUN python -m venv --without-pip /opt/venv \
+ && pip --python /opt/venv/bin/python install --no-cache-dir -r /tmp/requirements-serve.txt \
  && rm /tmp/requirements-serve.txt \
  && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin imgclf \
  && install -d -o 10001 -m 0750 /var/lib/imgclf

@@ -116,6 +116,22 @@ MEANINGS = {
     "IMGCLF_SAMPLE_RATE": "share of uploads kept (needs `IMGCLF_SAMPLE_DIR`)",
     "IMGCLF_SAMPLE_MAX_BYTES": "total bytes of samples; past it no more are kept (counted), "
     "nothing is deleted (needs `IMGCLF_SAMPLE_DIR`)",
+    "IMGCLF_MODEL_VERSION": "the registry version the image was built for, shown by `/model` "
+    "(the image sets it from a build arg; [releases](releases.md))",
+    "IMGCLF_MODEL_STAGE": "the registry stage the image was built for (`staging`, `prod`), "
+    "shown by `/model`; the live check compares both with the registry",
+    "IMGCLF_MONITOR_URL": "ship the records off the replica (autoscaling, Cloud Run): "
+    "`gs://BUCKET/PREFIX` or a folder; records go to immutable SQLite shards uploaded there "
+    "instead of `IMGCLF_MONITOR_DB` (samples too, to its `samples/`); unset: local file only",
+    "IMGCLF_MONITOR_SHARD_S": "a shard closes (and is uploaded) after this many seconds: "
+    "the most a crash (SIGKILL, OOM) can lose, plus 1 s; at most 86400",
+    "IMGCLF_MONITOR_SHARD_ROWS": "… or after this many records, whichever comes first",
+    "IMGCLF_MONITOR_DRAIN_S": "at shutdown (SIGTERM), seconds to close the open shard and "
+    "upload what waits; keep it under the platform's grace period (Cloud Run: 10 s)",
+    "IMGCLF_MONITOR_SPOOL": "local folder for the open and not yet uploaded shards; unset: "
+    "`spool/` beside `IMGCLF_MONITOR_DB`, else the temp folder",
+    "IMGCLF_MONITOR_REPLICA": "the replica's name in shard names (e.g. the pod name); "
+    "unset: `K_REVISION` or the host name; the process id and random bits are added",
 }
 
 

@@ -46,16 +46,20 @@ def write_shapes_dataset(root: Path, per_class: int = 20, classes: int = 3) -> P
     return root
 
 
-def png_bomb(width: int = 30000, height: int = 30000) -> bytes:
-    """A tiny PNG whose header declares a huge image (a decompression bomb)."""
+def png_bomb(width: int = 30000, height: int = 30000, rows: int = 4) -> bytes:
+    """A few hundred bytes declaring ``width``×``height`` grayscale pixels (900 MB decoded).
+
+    Only ``rows`` rows of data follow the header; ``rows=height`` makes a complete file,
+    so a decoder that does not refuse it really writes (and keeps resident) every pixel.
+    """
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         body = kind + data
         return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * 1024)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    data = zlib.compress(b"\x00" * (width + 1) * rows, 9)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
 
 
 def exif_rotated_jpeg(img: Image.Image, orientation: int = 6) -> bytes:

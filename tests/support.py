@@ -11,9 +11,12 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,3 +110,77 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def in_ci() -> bool:
+    """True where ``CI`` says so (GitHub Actions sets ``CI=true``; docs/testing.md)."""
+    return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
+
+
+def missing_tool(reason: str) -> NoReturn:
+    """A system tool a test needs is not here: skip locally, **fail** under ``CI=true``.
+
+    CI installs every tool (``.github/workflows/ci.yaml``), so there a missing one is a
+    broken runner, not a reason to report green without running the test.
+    """
+    if in_ci():
+        pytest.fail(f"CI=true and {reason} (CI must install it: docs/testing.md)", pytrace=False)
+    pytest.skip(reason)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str,
+               every: float = 0.1) -> None:  # fmt: skip
+    """Poll an observable ``condition`` until it holds; fail saying ``what`` at the deadline.
+
+    The replacement for ``sleep(n)`` as synchronisation: on 2 shared cores any fixed
+    sleep is either too short (flaky) or too long (slow).
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not {what} after {timeout:.0f} s")
+        time.sleep(every)
+
+
+def http_ok(url: str, timeout: float = 2) -> bool:
+    """``GET url`` answers 200 (a refused or reset connection is just 'not yet')."""
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=timeout).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def init_dvc_repo(repo: Path) -> Path:
+    """An empty git repo (branch main) with ``dvc init`` done: the hand-made fixtures' base."""
+    repo.mkdir(parents=True, exist_ok=True)
+    run(["git", "init", "-q", "-b", "main"], repo)
+    run(["dvc", "init", "-q"], repo)
+    return repo
+
+
+def reproduce(dest: Path) -> Path:
+    """A shrunk copy of the checkout after a real ``dvc repro``, its outputs committed on main.
+
+    Built once per session (the ``reproduced_repo`` fixture and the API tests' model);
+    tests that change a repo work in a :func:`clone_of` it.
+    """
+    copy_repo(dest, SHRINK)
+    run(["dvc", "repro", "--quiet"], dest)
+    git(dest, "add", "-A")
+    git(dest, "commit", "-qm", "shrunk dvc repro")
+    return dest
+
+
+def clone_of(repo: Path, dest: Path) -> Path:
+    """A private copy of a repo — git history, DVC cache, workspace — for a test to change.
+
+    DVC's state database (``.dvc/tmp``) holds absolute paths; the clone rebuilds its own.
+    """
+
+    def state(folder: str, names: list[str]) -> set[str]:
+        return {"tmp"} & set(names) if Path(folder).name == ".dvc" else set()
+
+    shutil.copytree(repo, dest, symlinks=True, ignore=state)
+    return dest

@@ -9,8 +9,9 @@ names alone say where a thing lives (docs/architecture.md draws the map):
 - ``evaluation``: ``evaluate``, baselines, the paired test, the reference profile
 - ``ood``: the out-of-distribution flag (detector, fit, synthetic sets)
 - ``serving``: the API (no torch, no training, no pipeline code)
-- ``monitoring``: recording served traffic and the drift report
+- ``monitoring``: recording served traffic (shipped to the bucket) and the drift report
 - ``report``: the pull-request and dataset reports
+- ``release``: the model registry in git tags (GTO), the promotion gate, what is live
 - ``pipeline``: DVC and git plumbing (stage runner, stage deps, lock check, remote)
 
 The ``__init__`` files hold only docstrings: importing a module runs them, and a

@@ -186,6 +186,18 @@ def check_lock(
         raise typer.Exit(1)
 
 
+IMAGES_HELP = (
+    "Also draw the report's pictures (PNG + JSON manifests) into this folder and link them "
+    "from the markdown, relative to --out (docs/pull-requests.md, Pictures)."
+)
+
+
+def _link(images: Path, out: Path | None) -> str:
+    """The images folder as the markdown file sees it (relative to --out, or the cwd)."""
+    start = (out.parent if out is not None else Path()).resolve()
+    return Path(os.path.relpath(images.resolve(), start)).as_posix()
+
+
 @app.command()
 def report(
     base: Annotated[str, typer.Option(help="Git revision to compare with (e.g. main).")] = "main",
@@ -193,17 +205,17 @@ def report(
         None
     ),
     label: Annotated[str, typer.Option(help="Column name for this revision.")] = "workspace",
-    images: Annotated[
-        bool, typer.Option(help="Link PNG plots (only where image publishing is enabled).")
-    ] = False,
+    images: Annotated[Path | None, typer.Option(help=IMAGES_HELP)] = None,
     repo: Annotated[Path, typer.Option(help="Repository root.")] = Path(),
 ) -> None:
-    """Markdown comparing the workspace's model with BASE: metrics, params, noise test."""
+    """Markdown comparing the workspace's model with BASE: metrics, params, noise test, and
+    with --images the flipped test images, training curves and confusion change."""
     from imgclf.report.pr_report import model_report
     from imgclf.report.revisions import ReportError
 
     try:
-        text = model_report(repo, base, label=label, images=images)
+        link = _link(images, out) if images is not None else "images"
+        text = model_report(repo, base, label=label, images=images, link=link)
     except ReportError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -217,6 +229,7 @@ def data_report(
         None
     ),
     label: Annotated[str, typer.Option(help="Column name for this revision.")] = "workspace",
+    images: Annotated[Path | None, typer.Option(help=IMAGES_HELP)] = None,
     repo: Annotated[Path, typer.Option(help="Repository root.")] = Path(),
     label_issues: Annotated[
         bool,
@@ -226,12 +239,14 @@ def data_report(
         ),
     ] = False,
 ) -> None:
-    """Markdown dataset report (class counts, image sizes, skipped files) against BASE."""
+    """Markdown dataset report (class counts, image sizes, skipped files) against BASE; with
+    --images, example images of added classes and the skipped files."""
     from imgclf.report.data_changes import data_report as build
     from imgclf.report.revisions import ReportError
 
     try:
-        text = build(repo, base, label=label, label_issues=label_issues)
+        link = _link(images, out) if images is not None else "images"
+        text = build(repo, base, label=label, images=images, link=link, label_issues=label_issues)
     except ReportError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -351,21 +366,22 @@ def serve(
 # The monitoring loop (docs/monitoring.md): served traffic vs the reference, and back to data.
 
 
-if __name__ == "__main__":  # pragma: no cover
-    app()
-
-
 DEFAULT_DB = Path("monitoring/requests.db")
 DEFAULT_SAMPLES = Path("monitoring/samples")
 
 
-def _db(db: Path | None) -> Path:
-    return db or Path(os.environ.get("IMGCLF_MONITOR_DB") or DEFAULT_DB)
+def _db(db: str | None) -> str:
+    return db or os.environ.get("IMGCLF_MONITOR_DB") or str(DEFAULT_DB)
 
 
 DbOpt = Annotated[
-    Path | None,
-    typer.Option(help=f"Monitoring database [default: $IMGCLF_MONITOR_DB or {DEFAULT_DB}]."),
+    str | None,
+    typer.Option(
+        "--db",
+        "--source",
+        help="Monitoring database, or the fleet's shards: gs://BUCKET/PREFIX or a folder "
+        f"(IMGCLF_MONITOR_URL) [default: $IMGCLF_MONITOR_DB or {DEFAULT_DB}].",
+    ),
 ]
 
 
@@ -374,10 +390,13 @@ def drift_report(
     since: Annotated[str, typer.Option(help="Window start: 1h, 30m, 2d … or ISO-8601.")] = "1d",
     until: Annotated[str | None, typer.Option(help="Window end (default: now).")] = None,
     db: Annotated[
-        list[Path] | None,
+        list[str] | None,
         typer.Option(
-            help=f"Monitoring database, repeatable: one per replica [default: "
-            f"$IMGCLF_MONITOR_DB or {DEFAULT_DB}]."
+            "--db",
+            "--source",
+            help="Monitoring database, repeatable: one per replica; or the fleet's shards, "
+            "gs://BUCKET/PREFIX or a folder (IMGCLF_MONITOR_URL): only the shards that overlap "
+            f"the window are read [default: $IMGCLF_MONITOR_DB or {DEFAULT_DB}].",
         ),
     ] = None,
     reference: Annotated[Path, typer.Option(help="Reference profile written by evaluate.")] = Path(
@@ -392,13 +411,16 @@ def drift_report(
     fail_on_drift: Annotated[bool, typer.Option(help="Exit 1 when drift is found.")] = False,
 ) -> None:
     """Compare served traffic in a window with the reference profile: HTML + markdown + JSON."""
+    import tempfile
     import time
 
     _require_extra("monitor", "evidently", "pandas")
     from imgclf.evaluation.reference_profile import load_reference
     from imgclf.monitoring.drift_report import build_report, write_outputs
+    from imgclf.monitoring.shards import ShardError, is_fleet_source, local_paths
     from imgclf.monitoring.traffic import TrafficError, load_traffic, parse_time
 
+    cache = tempfile.TemporaryDirectory(prefix="imgclf-shards-")
     try:
         now = time.time()
         start = parse_time(since, now)
@@ -409,10 +431,15 @@ def drift_report(
             )
         ref = load_reference(reference)
         version = None if all_versions else ref.model_sha256[:12]
-        traffic = load_traffic(db or [_db(None)], start, end, version)
-    except (TrafficError, FileNotFoundError, ValueError) as exc:
+        paths = local_paths(db or [_db(None)], start, end, Path(cache.name))
+        traffic = load_traffic(paths, start, end, version)
+    except (TrafficError, ShardError, OSError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    finally:
+        cache.cleanup()
+    if any(is_fleet_source(s) for s in db or []):
+        typer.echo(f"read {len(paths)} shards/files overlapping the window")
     result, snapshot = build_report(ref, traffic)
     paths = write_outputs(result, snapshot, out)
     for s in result.sections:
@@ -440,16 +467,37 @@ def collect(
     ] = None,
     since: Annotated[str | None, typer.Option(help="Only samples from: 7d, ISO-8601 …")] = None,
 ) -> None:
-    """Sampled uploads → a labelling sheet, then (--labels) an ImageFolder for `dvc add`."""
+    """Sampled uploads → a labelling sheet, then (--labels) an ImageFolder for `dvc add`.
+
+    With a bucket (--db gs://…), the samples come from the bucket too (its samples/).
+    """
+    import tempfile
+    from functools import partial
+
     from imgclf.monitoring.collect import CollectError
     from imgclf.monitoring.collect import collect as run
+    from imgclf.monitoring.shards import (
+        SAMPLES,
+        ShardError,
+        fetch_samples,
+        is_fleet_source,
+        local_paths,
+    )
     from imgclf.monitoring.traffic import TrafficError, parse_time
 
+    source = _db(db)
     sample_dir = samples or Path(os.environ.get("IMGCLF_SAMPLE_DIR") or DEFAULT_SAMPLES)
+    remote = is_fleet_source(source) and samples is None
+    if remote and not source.startswith("gs://"):  # a folder: its samples/ are local files
+        sample_dir, remote = Path(source.removeprefix("file://")) / SAMPLES, False
     try:
-        start = parse_time(since) if since else None
-        done, counts, blank = run(_db(db), sample_dir, out, labels, start)
-    except (CollectError, TrafficError) as exc:
+        with tempfile.TemporaryDirectory(prefix="imgclf-shards-") as cache:
+            fetch = partial(fetch_samples, source, dest=Path(cache) / "dl") if remote else None
+            start = parse_time(since) if since else None
+            window = (start if start is not None else float("-inf"), float("inf"))
+            paths = local_paths([source], *window, Path(cache))
+            done, counts, blank = run(paths, sample_dir, out, labels, start, fetch)
+    except (CollectError, TrafficError, ShardError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     except OSError as exc:  # e.g. --out names a file, or a read-only disk
@@ -464,3 +512,153 @@ def collect(
     else:
         typer.echo(f"next: fill in the label column, then: imgclf collect --out {out} "
                    f"--labels {out}.labels.csv")  # fmt: skip
+
+
+# ---- releases: the model registry in git tags (docs/releases.md) -------------------------
+release_app = typer.Typer(
+    help="The model registry (GTO git tags): register, promote, gate, roll back, check live.",
+    no_args_is_help=True,
+)
+app.add_typer(release_app, name="release")
+RepoOpt = Annotated[Path, typer.Option(help="Repository root.")]
+PushOpt = Annotated[bool, typer.Option(help="Push the new tag to origin (CI gates it).")]
+
+
+def _release_error(exc: Exception) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(2) from None
+
+
+@release_app.command("register")
+def release_register(
+    rev: Annotated[str, typer.Argument(help="Commit to register (its lock names the model).")] = (
+        "HEAD"
+    ),
+    version: Annotated[str | None, typer.Option(help="Explicit version, e.g. v1.0.0.")] = None,
+    bump: Annotated[str, typer.Option(help="major | minor | patch of the latest version.")] = (
+        "minor"
+    ),
+    push: PushOpt = False,
+    repo: RepoOpt = Path(),
+) -> None:
+    """Register a commit as a new model version (tag NAME@vX.Y.Z)."""
+    from imgclf.release.registry import ReleaseError, register
+
+    if bump not in ("major", "minor", "patch"):
+        _release_error(ValueError(f"--bump {bump!r}: one of major, minor, patch"))
+    try:
+        v = register(repo, rev, version=version, bump=bump, push=push)
+    except ReleaseError as exc:
+        _release_error(exc)
+    typer.echo(f"registered {v.version} at {v.commit[:12]} (tag {v.tag})")
+
+
+@release_app.command("promote")
+def release_promote(
+    version: Annotated[str, typer.Argument(help="A registered version, e.g. v1.2.0.")],
+    stage: Annotated[str, typer.Argument(help="staging | prod (in that order).")],
+    push: PushOpt = False,
+    repo: RepoOpt = Path(),
+) -> None:
+    """Promote a version to a stage (tag NAME#STAGE#N); CI's gate decides if it stands."""
+    from imgclf.release.registry import ReleaseError, promote
+
+    try:
+        p = promote(repo, version, stage, push=push)
+    except ReleaseError as exc:
+        _release_error(exc)
+    typer.echo(f"promoted {p.version} to {p.stage} (tag {p.tag})")
+
+
+@release_app.command("rollback")
+def release_rollback(
+    stage: Annotated[str, typer.Argument(help="The stage to roll back.")] = "prod",
+    push: PushOpt = False,
+    repo: RepoOpt = Path(),
+) -> None:
+    """Put the version that held the stage before the current one back in it."""
+    from imgclf.release.registry import ReleaseError, rollback
+
+    try:
+        p = rollback(repo, stage, push=push)
+    except ReleaseError as exc:
+        _release_error(exc)
+    typer.echo(f"rolled {stage} back to {p.version} (tag {p.tag})")
+
+
+@release_app.command("show")
+def release_show(repo: RepoOpt = Path()) -> None:
+    """Each stage's version, and every version with its headline metrics."""
+    from imgclf.release.registry import ReleaseError
+    from imgclf.release.show import render
+
+    try:
+        typer.echo(render(repo), nl=False)
+    except ReleaseError as exc:
+        _release_error(exc)
+
+
+@release_app.command("gate")
+def release_gate(
+    tag: Annotated[str, typer.Argument(help="The pushed registry tag, e.g. imgclf#prod#7.")],
+    main: Annotated[str, typer.Option(help="The branch a release must be on.")] = "origin/main",
+    allow_data_change: Annotated[
+        bool, typer.Option(help="Pass a promotion whose test split differs (not comparable).")
+    ] = False,
+    summary: Annotated[Path | None, typer.Option(help="Append the verdict (markdown).")] = None,
+    output: Annotated[Path | None, typer.Option(help="Append key=value ($GITHUB_OUTPUT).")] = None,
+    repo: RepoOpt = Path(),
+) -> None:
+    """The promotion gate: exit 1 (with the reason) for a tag that must not stand."""
+    from imgclf.release.gate import check
+    from imgclf.release.registry import ReleaseError
+
+    try:
+        result = check(repo, tag, main=main, allow_data_change=allow_data_change)
+    except ReleaseError as exc:
+        _release_error(exc)
+    text = result.markdown()
+    typer.echo(text, nl=False)
+    if summary is not None:
+        with summary.open("a") as f:
+            f.write(text)
+    if output is not None:
+        with output.open("a") as f:
+            f.write(f"verdict={result.verdict}\nversion={result.version}\n"
+                    f"stage={result.stage}\ncommit={result.commit}\n")  # fmt: skip
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@release_app.command("check-live")
+def release_check_live(
+    endpoint: Annotated[
+        list[str], typer.Option(help="STAGE=URL of a deployed API (repeat per stage).")
+    ],
+    out: Annotated[Path | None, typer.Option(help="Markdown file to write.")] = None,
+    repo: RepoOpt = Path(),
+) -> None:
+    """Exit 1 when an endpoint does not serve its stage's registered version."""
+    from imgclf.release.live import check, render
+    from imgclf.release.registry import ReleaseError
+
+    endpoints = {}
+    for item in endpoint:
+        stage, sep, url = item.partition("=")
+        if not sep or not url:
+            _release_error(ValueError(f"--endpoint {item!r}: expected STAGE=URL"))
+        endpoints[stage.strip()] = url.strip()
+    try:
+        findings = check(repo, endpoints)
+    except ReleaseError as exc:
+        _release_error(exc)
+    text = render(findings)
+    _write(text, out)
+    for f in findings:
+        typer.echo(f"{f.stage}: {'ok' if f.ok else 'MISMATCH'}: {f.detail}")
+    if not all(f.ok for f in findings):
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

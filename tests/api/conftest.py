@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.api.modelfactory import ProjectTree, project_tree
+from tests.api.modelfactory import ProjectTree, project_for
 from tests.api.server import ServerProcess, uvicorn_server
 
 # Small limits keep the "too large" tests fast; the huge-JPEG test still fits.
@@ -29,9 +29,10 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture(scope="session")
-def project(tmp_path_factory: pytest.TempPathFactory) -> ProjectTree:
-    """models/, metrics/ and data/ from the checkout, or from a shrunk ``dvc repro`` copy."""
-    return project_tree(tmp_path_factory.mktemp("project"))
+def project(request: pytest.FixtureRequest) -> ProjectTree:
+    """models/, metrics/ and data/ of the session's shrunk ``dvc repro`` (or, with
+    ``IMGCLF_TEST_MODEL=checkout``, of the checkout): see tests/api/modelfactory.py."""
+    return project_for(request)
 
 
 @pytest.fixture(scope="session")

@@ -1,10 +1,11 @@
-"""A real model for the API tests: the checkout's own, or a shrunk pipeline run in a temp copy.
+"""The model the API and container tests serve, and which one it is (said in pytest's header).
 
-CI starts from a fresh clone where ``models/`` (a DVC output) does not exist,
-so the fallback runs the *real* stages (``dvc repro``) in a temporary git copy
-of the repository with ``epochs`` shrunk to 2: a few seconds of training, and
-exactly the files ``make repro`` would give (model, card, metrics, per-sample
-predictions, prepared test split).
+One behaviour everywhere, locally and in CI: the session's shrunk reproduction — the
+*real* stages (``dvc repro``, ``epochs: 2``) in a temporary git copy of the checkout,
+built once per session and shared with the pipeline and report tests (the
+``reproduced_repo`` fixture). ``IMGCLF_TEST_MODEL=checkout`` opts into the checkout's own
+``models/`` instead (quicker when only the API tests run; it must match ``metrics/``,
+else the tests fail rather than fall back). docs/testing.md.
 """
 
 from __future__ import annotations
@@ -14,11 +15,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from imgclf.jsonio import expand
-from tests.support import ROOT, SHRINK, copy_repo, run
+import pytest
 
-# IMGCLF_TEST_MODEL=fresh forces the temp-copy run even when the checkout has a model.
+from imgclf.jsonio import expand
+from tests.support import ROOT
+
 MODE_VAR = "IMGCLF_TEST_MODEL"
+MODES = {"reproduced": "the session's shrunk `dvc repro` (epochs: 2)",
+         "fresh": "the session's shrunk `dvc repro` (epochs: 2)",  # the old name
+         "checkout": "the checkout's own models/ and metrics/"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -64,25 +69,28 @@ class ProjectTree:
         return card.get("model_sha256") == metrics.get("model_sha256")
 
 
-def build_in_copy(dest: Path) -> ProjectTree:
-    """A shrunk temp copy of the checkout after a real ``dvc repro``."""
-    copy_repo(dest, SHRINK)
-    run(["dvc", "repro", "--quiet"], dest)
-    tree = ProjectTree(dest)
-    if not tree.is_complete():
-        raise RuntimeError(f"dvc repro in {dest} did not produce a complete model")
-    return tree
+def model_mode() -> str:
+    """``IMGCLF_TEST_MODEL``: ``reproduced`` (the default; ``fresh`` is the old name) or
+    ``checkout``."""
+    mode = os.environ.get(MODE_VAR, "reproduced") or "reproduced"
+    if mode not in MODES:
+        raise pytest.UsageError(f"{MODE_VAR}={mode!r}: use one of {', '.join(MODES)}")
+    return mode
 
 
-_built: list[ProjectTree] = []  # one shrunk run per test session, shared by all test groups
+def describe_model() -> str:
+    """One line for pytest's header: which model the API tests serve."""
+    mode = model_mode()
+    return f"API tests' model: {MODES[mode]} ({MODE_VAR}={mode})"
 
 
-def project_tree(scratch: Path) -> ProjectTree:
-    """The checkout itself when it holds a consistent model, else a fresh shrunk run."""
-    here = ProjectTree(ROOT)
-    if os.environ.get(MODE_VAR, "auto") != "fresh" and here.is_complete():
+def project_for(request: pytest.FixtureRequest) -> ProjectTree:
+    """The tree the API tests serve: the shared reproduction, or the checkout on request."""
+    if model_mode() == "checkout":
+        here = ProjectTree(ROOT)
+        if not here.is_complete():
+            pytest.fail(f"{MODE_VAR}=checkout, but models/ and metrics/ do not match (make repro)")
         return here
-    if not _built:
-        scratch.mkdir(parents=True, exist_ok=True)
-        _built.append(build_in_copy(scratch))
-    return _built[0]
+    tree = ProjectTree(request.getfixturevalue("reproduced_repo"))
+    assert tree.is_complete(), f"dvc repro in {tree.root} did not produce a complete model"
+    return tree

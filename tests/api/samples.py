@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import io
 import struct
 import zlib
 
 import numpy as np
 from PIL import Image
 
-
-def encode(img: Image.Image, fmt: str, **kwargs: object) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, fmt, **kwargs)
-    return buf.getvalue()
+# One definition of each, shared with the unit tests (re-exported for the API tests).
+from tests.images import encode, png_bomb  # noqa: F401
 
 
 def _exif_rotated_png(img: Image.Image) -> bytes:
@@ -61,18 +57,6 @@ def lossy_variants(digit: Image.Image) -> dict[str, bytes]:
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
     crc = zlib.crc32(kind + data) & 0xFFFFFFFF
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
-
-def png_bomb(width: int = 30000, height: int = 30000) -> bytes:
-    """A few hundred bytes declaring ``width``×``height`` grayscale pixels (900 MB decoded)."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    rows = zlib.compress(b"\x00" * (width + 1) * 4, 9)  # only 4 rows of data
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _png_chunk(b"IHDR", ihdr)
-        + _png_chunk(b"IDAT", rows)
-        + (_png_chunk(b"IEND", b""))
-    )
 
 
 def gif_bomb() -> bytes:

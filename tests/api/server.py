@@ -7,23 +7,15 @@ be alive afterwards.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 
-from tests.support import ROOT, tool_env
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.support import ROOT, free_port, tool_env, wait_until
 
 
 class ServerProcess:
@@ -42,17 +34,18 @@ class ServerProcess:
 
 
 def _wait_ready(server: ServerProcess, path: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def answers() -> bool:
         if not server.alive():
             raise RuntimeError(f"server exited early:\n{server.log_tail()}")
         try:
-            if httpx.get(server.url + path, timeout=1).status_code < 500:
-                return
+            return httpx.get(server.url + path, timeout=1).status_code < 500
         except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"server not answering {path} after {timeout}s:\n{server.log_tail()}")
+            return False
+
+    try:
+        wait_until(answers, timeout, f"answering {path}")
+    except AssertionError as err:
+        raise RuntimeError(f"server {err}:\n{server.log_tail()}") from None
 
 
 @contextmanager
@@ -65,6 +58,26 @@ def uvicorn_server(
     # not a plain `uvicorn` command that would skip the edge's deadlines and limits.
     args = [sys.executable, "-m", "imgclf.serving", "--host", "127.0.0.1", "--port", str(port),
             "--no-access-log"]  # fmt: skip
+    with _serving(args, port, env, log, wait_path, timeout) as server:
+        yield server
+
+
+@contextmanager
+def cli_server(
+    model_dir: Path, log: Path, env: dict[str, str] | None = None, timeout: float = 60
+) -> Iterator[ServerProcess]:
+    """``imgclf serve --model-dir`` (what ``make serve`` runs), ready on a free port."""
+    port = free_port()
+    args = [sys.executable, "-m", "imgclf.cli", "serve", "--port", str(port),
+            "--model-dir", str(model_dir), "--no-access-log"]  # fmt: skip
+    with _serving(args, port, env or {}, log, "/ready", timeout) as server:
+        yield server
+
+
+@contextmanager
+def _serving(
+    args: list[str], port: int, env: dict[str, str], log: Path, wait_path: str, timeout: float
+) -> Iterator[ServerProcess]:
     with log.open("wb") as out:
         proc = subprocess.Popen(
             args, env={**tool_env(ROOT), **env}, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT

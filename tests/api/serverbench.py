@@ -23,11 +23,8 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
-
 from tests.api.hostile import multipart, read_response
-from tests.api.server import free_port
-from tests.support import ROOT, tool_env
+from tests.support import ROOT, free_port, http_ok, tool_env, wait_until
 
 APP = "imgclf.serving.app:create_app"
 # name → command line (``{port}`` filled in); each runs the app with one worker process.
@@ -86,16 +83,13 @@ def measure(name: str, args: list[str], env: dict[str, str], image: bytes, n: in
     cmd = [sys.executable, *(a.replace("{port}", str(port)) for a in args)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError(f"{name} did not start")
-            time.sleep(0.2)
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited before it was ready")
+            return http_ok(f"http://127.0.0.1:{port}/ready", timeout=1)
+
+        wait_until(ready, 60, f"{name} ready", every=0.2)
         load(port, image, 100, c)  # warm-up
         out = []
         for _ in range(rounds):

@@ -15,7 +15,7 @@ from PIL import Image
 from tests.api import samples
 from tests.api.conftest import TEST_LIMITS
 from tests.api.modelfactory import ProjectTree
-from tests.api.server import uvicorn_server
+from tests.api.server import cli_server, uvicorn_server
 from tests.support import ROOT, tool_env
 
 
@@ -23,7 +23,9 @@ def test_health_and_ready(client: httpx.Client, project: ProjectTree) -> None:
     assert client.get("/health").json() == {"status": "ok"}
     card = json.loads((project.model_dir / "model.json").read_text())
     ready = client.get("/ready").json()
+    session = ready.pop("session")
     assert ready == {"ready": True, "model_version": card["model_sha256"][:12]}
+    assert (session["session"], session["status"]) == ("fast", "agrees")  # test_session.py
 
 
 def test_model_card_has_metrics_and_provenance(client: httpx.Client, project: ProjectTree) -> None:
@@ -54,18 +56,31 @@ def test_predict_answer_shape(client: httpx.Client, project: ProjectTree) -> Non
     assert body["probabilities"][body["label"]] == body["confidence"]
 
 
+def metric(text: str, name: str) -> float:
+    """One sample's value in a Prometheus text page (0 when the series is not there yet)."""
+    m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
 def test_prometheus_metrics(client: httpx.Client, project: ProjectTree) -> None:
+    """Each series *moves* by what one good and one junk upload must add (the session
+    server is shared, so the check is on differences, not on the lines being there)."""
+    ok = 'imgclf_http_requests_total{endpoint="/predict",method="POST",status="200"}'
+    bad = 'imgclf_http_requests_total{endpoint="/predict",method="POST",status="415"}'
+    fast = 'imgclf_http_request_duration_seconds_count{endpoint="/predict"}'
+    rejected = 'imgclf_rejected_inputs_total{reason="not_an_image"}'
+    inferred = "imgclf_inference_duration_seconds_count"
+    series = (ok, bad, fast, rejected, inferred)
+    before = client.get("/metrics").text
     png = next((project.raw / "1").iterdir()).read_bytes()
-    client.post("/predict", files={"file": ("a.png", png)})
+    label = client.post("/predict", files={"file": ("a.png", png)}).json()["label"]
+    predicted = f'imgclf_predictions_total{{label="{label}"}}'
     client.post("/predict", files={"file": ("a.png", b"junk")})
     text = client.get("/metrics").text
-    assert 'imgclf_http_requests_total{endpoint="/predict",method="POST",status="200"}' in text
-    assert 'imgclf_http_requests_total{endpoint="/predict",method="POST",status="415"}' in text
+    moved = {name: metric(text, name) - metric(before, name) for name in (*series, predicted)}
+    assert moved == {ok: 1, bad: 1, fast: 2, rejected: 1, inferred: 1, predicted: 1}, moved
     assert 'imgclf_http_request_duration_seconds_bucket{endpoint="/predict",le="0.005"}' in text
-    assert re.search(r'imgclf_predictions_total\{label="\w+"\} [1-9]', text)
-    assert 'imgclf_rejected_inputs_total{reason="not_an_image"}' in text
     assert re.search(r'imgclf_model_info\{.*version="[0-9a-f]{12}"', text)
-    assert "imgclf_inference_duration_seconds_count" in text
 
 
 def test_unknown_paths_do_not_grow_metric_labels(client: httpx.Client) -> None:
@@ -164,30 +179,8 @@ async def test_uploads_never_touch_disk(
 
 def test_cli_serve_serves_the_model(project: ProjectTree, tmp_path) -> None:
     """``imgclf serve --model-dir`` (what ``make serve`` runs) answers /predict."""
-    import time
-
-    from tests.api.server import free_port
-
-    port = free_port()
-    log = (tmp_path / "serve.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "imgclf.cli", "serve", "--port", str(port),
-         "--model-dir", str(project.model_dir), "--no-access-log"],
-        env=tool_env(ROOT), stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(300):
-            try:
-                if httpx.get(url + "/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
+    with cli_server(project.model_dir, tmp_path / "serve.log") as server:
         image = next(iter(sorted((project.raw / "2").iterdir())))
-        resp = httpx.post(url + "/predict", files={"file": (image.name, image.read_bytes())})
+        resp = httpx.post(server.url + "/predict", files={"file": (image.name, image.read_bytes())})
         assert resp.status_code == 200, resp.text
         assert resp.json()["label"] in {p.name for p in project.raw.iterdir()}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
-        log.close()

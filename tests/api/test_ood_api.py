@@ -110,15 +110,21 @@ def test_the_test_split_passes_at_the_calibrated_rate(
 
 
 def test_metrics_count_ood_answers_by_reason(client: httpx.Client) -> None:
-    def count(reason: str) -> float:
-        text = client.get("/metrics").text
-        m = re.search(rf'^imgclf_ood_inputs_total{{reason="{reason}"}} (\S+)$', text, re.M)
-        return float(m.group(1)) if m else 0.0
+    """Each reason the answer gives moves its counter by exactly one, nothing else moves."""
 
-    before = count("size"), count("features")
-    client.post("/predict", files={"file": ("n.png", _noise())})
-    assert count("size") == before[0] + 1
-    assert count("features") >= before[1]  # the distance may or may not exceed it too
+    def counts() -> dict[str, float]:
+        text = client.get("/metrics").text
+        found = re.findall(r'^imgclf_ood_inputs_total\{reason="(\w+)"\} (\S+)$', text, re.M)
+        return {reason: float(value) for reason, value in found}
+
+    before = counts()
+    answer = client.post("/predict", files={"file": ("n.png", _noise())}).json()
+    after = counts()
+    moved = {r: v - before.get(r, 0.0) for r, v in after.items() if v != before.get(r, 0.0)}
+    assert moved.get("size") == 1, moved  # 256x256 noise: the size check always fires
+    assert set(moved.values()) == {1}, moved
+    # reasons and their codes are parallel lists: one counted code per reason given
+    assert sum(moved.values()) == len(answer["ood_reasons"]), (moved, answer["ood_reasons"])
 
 
 def test_refuse_answers_422_and_off_leaves_the_flag_out(

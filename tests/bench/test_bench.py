@@ -330,6 +330,10 @@ def test_photo_scenario_quick_prints_the_table_both_ratios_and_the_verdicts(
     assert "ours ÷ ceiling on jpeg_600x400 at concurrency 8" in out
     assert "ours ÷ seed on jpeg_4000x3000 at concurrency 8" in out
     assert "p99 ≤ 3 × p50 on every row" in out
+    # Issue 18: model-only speed of both session kinds, the server's and evaluate's.
+    only = re.search(r"model only, batch 1, one thread: small_cnn: portable (\d+) img/s, "
+                     r"fast (\d+) img/s", out)  # fmt: skip
+    assert only and int(only[1]) > 0 and int(only[2]) > 0, out[-2000:]
 
 
 def test_generators_run_from_the_command_line(tmp_path: Path) -> None:

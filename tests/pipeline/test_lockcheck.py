@@ -5,31 +5,26 @@ from __future__ import annotations
 import csv
 import io
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.support import SHRINK, copy_repo, git, imgclf, run
+from tests.support import git, imgclf, run
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def committed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A shrunk repo whose reproduced dvc.lock and metrics/ are committed."""
-    repo = copy_repo(tmp_path_factory.mktemp("lock") / "repo", SHRINK)
-    run(["dvc", "repro"], repo)
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "reproduced")
-    return repo
+@pytest.fixture
+def committed(reproduced_repo: Path) -> Path:
+    """The session's shrunk repo whose reproduced dvc.lock and metrics/ are committed."""
+    return reproduced_repo
 
 
 @pytest.fixture
-def clone(committed: Path, tmp_path: Path) -> Path:
+def clone(repro_clone: Path) -> Path:
     """A private copy (workspace, git history, DVC cache) a test may change."""
-    return Path(shutil.copytree(committed, tmp_path / "repo", symlinks=True))
+    return repro_clone
 
 
 def other_numerics(repo: Path, flips: int) -> None:

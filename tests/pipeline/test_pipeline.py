@@ -19,14 +19,10 @@ def metrics(repo: Path) -> dict:
     return expand(json.loads((repo / "metrics" / "evaluate.json").read_text()))
 
 
-@pytest.fixture(scope="module")
-def reproduced(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One shrunk repo after a real `dvc repro`, shared by the read-only checks."""
-    from tests.support import SHRINK, copy_repo
-
-    repo = copy_repo(tmp_path_factory.mktemp("repro"), SHRINK)
-    run(["dvc", "repro"], repo)
-    return repo
+@pytest.fixture
+def reproduced(reproduced_repo: Path) -> Path:
+    """The session's shrunk repo after a real `dvc repro` (tests/conftest.py): read-only."""
+    return reproduced_repo
 
 
 def test_repro_produces_model_and_sane_metrics(reproduced: Path) -> None:
@@ -47,12 +43,12 @@ def test_repro_produces_model_and_sane_metrics(reproduced: Path) -> None:
     assert curves[:2] == ["step", "accuracy"] and len(curves) == 2 + 2 * 2
 
 
-def test_second_repro_changes_nothing(reproduced: Path) -> None:
-    lock = (reproduced / "dvc.lock").read_bytes()
-    out = run(["dvc", "repro"], reproduced).stdout
+def test_second_repro_changes_nothing(repro_clone: Path) -> None:
+    lock = (repro_clone / "dvc.lock").read_bytes()
+    out = run(["dvc", "repro"], repro_clone).stdout
     assert "didn't change, skipping" in out and "Running stage" not in out
-    assert (reproduced / "dvc.lock").read_bytes() == lock
-    assert "up to date" in run(["dvc", "status"], reproduced).stdout
+    assert (repro_clone / "dvc.lock").read_bytes() == lock
+    assert "up to date" in run(["dvc", "status"], repro_clone).stdout
 
 
 def test_metrics_and_plots_commands_show_results(reproduced: Path) -> None:
@@ -106,11 +102,12 @@ def yaml_epochs() -> int:
     return yaml.safe_load((ROOT / "params.yaml").read_text())["epochs"]
 
 
-def test_experiments_with_top_level_and_nested_params(reproduced: Path) -> None:
+def test_experiments_with_top_level_and_nested_params(repro_clone: Path) -> None:
     run(
-        ["dvc", "exp", "run", "-S", "lr=1e-3", "-S", "model.width=16", "-n", "small-lr"], reproduced
+        ["dvc", "exp", "run", "-S", "lr=1e-3", "-S", "model.width=16", "-n", "small-lr"],
+        repro_clone,
     )
-    shown = json.loads(run(["dvc", "exp", "show", "--json"], reproduced).stdout)
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], repro_clone).stdout)
     text = json.dumps(shown)
     assert "small-lr" in text and '"lr": 0.001' in text
 
@@ -127,11 +124,9 @@ def test_experiments_with_top_level_and_nested_params(reproduced: Path) -> None:
     ],
 )
 def test_bad_params_fail_the_experiment_with_a_clear_message(
-    reproduced: Path, setting: str, expected: str
+    repro_clone: Path, setting: str, expected: str
 ) -> None:
-    params = (reproduced / "params.yaml").read_text()
-    proc = run(["dvc", "exp", "run", "-S", setting], reproduced, check=False)
-    (reproduced / "params.yaml").write_text(params)  # undo the -S edit
+    proc = run(["dvc", "exp", "run", "-S", setting], repro_clone, check=False)
     assert proc.returncode != 0
     assert expected in proc.stdout + proc.stderr
 
@@ -169,13 +164,13 @@ def test_user_jpeg_folder_trains_with_no_code_change(repo_factory: Callable[...,
     assert predicted.startswith("data/raw/shapes/class_0/img_000.jpg: class_")
 
 
-def test_a_failed_experiment_keeps_the_earlier_outputs(reproduced: Path) -> None:
-    params = (reproduced / "params.yaml").read_text()
-    model = (reproduced / "models" / "model.onnx").read_bytes()
-    evaluation = metrics(reproduced)
-    proc = run(["dvc", "exp", "run", "-S", "lr=-1"], reproduced, check=False)
+def test_a_failed_experiment_keeps_the_earlier_outputs(repro_clone: Path) -> None:
+    params = (repro_clone / "params.yaml").read_text()
+    model = (repro_clone / "models" / "model.onnx").read_bytes()
+    evaluation = metrics(repro_clone)
+    proc = run(["dvc", "exp", "run", "-S", "lr=-1"], repro_clone, check=False)
     assert proc.returncode != 0
-    assert (reproduced / "models" / "model.onnx").read_bytes() == model
-    assert metrics(reproduced) == evaluation
-    (reproduced / "params.yaml").write_text(params)  # undo the -S edit
-    assert "up to date" in run(["dvc", "status"], reproduced).stdout
+    assert (repro_clone / "models" / "model.onnx").read_bytes() == model
+    assert metrics(repro_clone) == evaluation
+    (repro_clone / "params.yaml").write_text(params)  # undo the -S edit
+    assert "up to date" in run(["dvc", "status"], repro_clone).stdout

@@ -8,16 +8,13 @@ from pathlib import Path
 import pytest
 
 from imgclf.pipeline.remote import RemoteInfo, classify
-from tests.support import ROOT, free_port, git, imgclf, run
+from tests.support import ROOT, free_port, git, imgclf, init_dvc_repo, run
 
 
 @pytest.fixture
 def tiny(tmp_path: Path) -> Path:
     """git + dvc repo with the committed .dvc/config and one small tracked file."""
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    run(["git", "init", "-q", "-b", "main"], repo)
-    run(["dvc", "init", "-q"], repo)
+    repo = init_dvc_repo(tmp_path / "repo")
     shutil.copy2(ROOT / ".dvc/config", repo / ".dvc/config")
     (repo / "data.txt").write_text("hello\n")
     run(["dvc", "add", "-q", "data.txt"], repo)

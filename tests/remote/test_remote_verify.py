@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT, git, imgclf, run, tool_env
+from tests.support import ROOT, git, imgclf, init_dvc_repo, run, tool_env
 
 REAL = b"the model that was evaluated\n"
 EVIL = b"a model someone swapped in\n"
@@ -25,10 +25,7 @@ EVIL = b"a model someone swapped in\n"
 
 def repo_on_emulator(tmp_path: Path, emulator: str, prefix: str) -> Path:
     """git + DVC repo with the committed .dvc/config, `gcs` pointed at the emulator."""
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    run(["git", "init", "-q", "-b", "main"], repo)
-    run(["dvc", "init", "-q"], repo)
+    repo = init_dvc_repo(tmp_path / "repo")
     shutil.copy2(ROOT / ".dvc/config", repo / ".dvc/config")
     for option, value in (("url", f"gs://b/{prefix}"), ("endpointurl", emulator),
                           ("allow_anonymous_login", "true")):  # fmt: skip

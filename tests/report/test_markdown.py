@@ -20,7 +20,7 @@ import pytest
 from markdown_it import MarkdownIt
 
 from imgclf.report.markdown import code, inline, table
-from tests.support import git, imgclf, run
+from tests.support import git, imgclf, init_dvc_repo
 
 HOSTILE = [
     "a|b\n# hi <img src=x>",
@@ -156,10 +156,7 @@ def write_metrics(repo: Path, flip: set[str]) -> None:
 @pytest.fixture
 def hostile_repo(tmp_path: Path) -> Path:
     """main: every class right; workspace: two hostile classes wrong and a hostile param."""
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    run(["git", "init", "-q", "-b", "main"], repo)
-    run(["dvc", "init", "-q"], repo)
+    repo = init_dvc_repo(tmp_path / "repo")
     (repo / "params.yaml").write_text('lr: 0.1\nname: "plain"\n')
     (repo / "dvc.yaml").write_text(DVC_YAML)
     write_metrics(repo, set())

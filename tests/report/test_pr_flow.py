@@ -6,29 +6,27 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
+from markdown_it import MarkdownIt
 
 from imgclf.report.markdown import fmt, fmt_change
-from tests.support import copy_repo, git, imgclf, run
+from tests.support import git, imgclf, run
 
 pytestmark = pytest.mark.slow
 
-SHRINK = {"epochs": 2}
+PARSER = MarkdownIt("commonmark").enable("table")
 
 
-@pytest.fixture(scope="module")
-def baseline(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy on main whose committed dvc.lock/metrics come from `dvc repro` of shrunk params.
+@pytest.fixture
+def baseline(reproduced_repo: Path) -> Path:
+    """The session's shrunk repo on main, its `dvc repro` outputs committed (read-only).
 
     The gs:// default remote of .dvc/config is left in place with no credentials:
-    `dvc repro` must not need any remote access.
+    `dvc repro` must not have needed any remote access.
     """
-    repo = copy_repo(tmp_path_factory.mktemp("pr") / "repo", SHRINK)
-    assert "url = gs://" in (repo / ".dvc/config").read_text()
-    run(["dvc", "repro"], repo)
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "baseline")
-    return repo
+    assert "url = gs://" in (reproduced_repo / ".dvc/config").read_text()
+    return reproduced_repo
 
 
 def test_identical_revisions_say_nothing_changed(baseline: Path) -> None:
@@ -38,13 +36,18 @@ def test_identical_revisions_say_nothing_changed(baseline: Path) -> None:
     assert "No cell of the confusion matrix changed." in out
 
 
-def test_pr_flow_report(baseline: Path) -> None:
-    repo = baseline
-    base_eval = json.loads((repo / "metrics/evaluate.json").read_text())
+def _lr_commit(repo: Path) -> None:
+    """A branch `better-lr` whose commit trains with lr=0.05 (it breaks some test images)."""
     git(repo, "checkout", "-qb", "better-lr")
     run(["dvc", "exp", "run", "-S", "lr=0.05"], repo)
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "lr=0.05")
+
+
+def test_pr_flow_report(baseline: Path, repro_clone: Path) -> None:
+    repo = repro_clone  # branches, commits and an experiment: not in the shared repo
+    base_eval = json.loads((repo / "metrics/evaluate.json").read_text())
+    _lr_commit(repo)
     head_eval = json.loads((repo / "metrics/evaluate.json").read_text())
     assert head_eval["accuracy"] != base_eval["accuracy"], "the experiment should move accuracy"
 
@@ -78,3 +81,74 @@ def test_pr_flow_report(baseline: Path) -> None:
     assert "### Images per class" in data
     assert "| `0` |" in data
     assert "No `.dvc` file changed." in data
+
+
+def test_pr_report_pictures(repro_clone: Path) -> None:
+    """The report of a change that breaks test images shows those images: the contact
+    sheets hold exactly the paired comparison's flipped samples (read back from the JSON
+    manifests and from the pixels), the markdown links only allow-listed files, the
+    output is byte-for-byte reproducible and the comment fits GitHub's limit."""
+    from PIL import Image
+
+    from imgclf.evaluation.paired_test import parse_predictions
+    from imgclf.report.markdown import COMMENT_LIMIT
+    from imgclf.report.pictures import MAX_TILES, MODEL_IMAGES
+
+    repo = repro_clone  # its own clone: the result does not depend on test order
+    _lr_commit(repo)
+    imgclf(repo, "report", "--base", "main", "--out", "out/report.md", "--images", "out/images")
+    out = (repo / "out/report.md").read_text()
+    assert len(out) < COMMENT_LIMIT
+    images = repo / "out/images"
+
+    base = parse_predictions(git(repo, "show", "main:metrics/predictions.csv").stdout)
+    head = parse_predictions((repo / "metrics/predictions.csv").read_text())
+    broken = sorted(k for k in base if base[k].correct and not head[k].correct)
+    fixed = sorted(k for k in base if head[k].correct and not base[k].correct)
+    assert broken, "lr=0.05 should break some test images (the docs' excerpt: 20)"
+    assert f"{len(fixed)} fixed / {len(broken)} broken" in out
+
+    dataset = repo / "data/raw/digits"
+    for kind, keys, wrong in (("broken", broken, head), ("fixed", fixed, base)):
+        if not keys:
+            assert not (images / f"flips-{kind}.png").exists()
+            continue
+        manifest = json.loads((images / f"flips-{kind}.json").read_text())
+        assert manifest["total"] == len(keys) and manifest["shown"] == min(len(keys), MAX_TILES)
+        expected = sorted(keys, key=lambda k: (-wrong[k].confidence, k))[:MAX_TILES]
+        assert [t["path"] for t in manifest["tiles"]] == expected, "most confident first"
+        sheet = Image.open(images / f"flips-{kind}.png").convert("RGB")
+        for tile in manifest["tiles"]:
+            b, h = base[tile["path"]], head[tile["path"]]
+            assert tile["actual"] == h.actual == b.actual
+            assert (tile["base"]["predicted"], tile["head"]["predicted"]) == (
+                b.predicted,
+                h.predicted,
+            )
+            assert tile["lines"] == [tile["path"], f"true: {h.actual}",
+                                     f"main: {b.predicted} {b.confidence:.2f}",
+                                     f"workspace: {h.predicted} {h.confidence:.2f}"]  # fmt: skip
+            # The pixels drawn are the sample's own image, enlarged by a whole factor.
+            assert tile["source"] == "raw"
+            src = Image.open(dataset / tile["path"]).convert("RGB")
+            k = tile["scale"]
+            want = src.resize((src.width * k, src.height * k), Image.Resampling.NEAREST)
+            assert np.array_equal(np.asarray(sheet.crop(tile["box"])), np.asarray(want)), tile[
+                "path"
+            ]
+
+    made = {p.name for p in images.glob("*.png")}
+    assert made >= {"curves.png", "confusion-change.png", "confusion-matrix.png"}
+    assert made <= set(MODEL_IMAGES)
+    rendered = PARSER.render(out)
+    srcs = re.findall(r'<img src="([^"]*)"', rendered)
+    assert sorted(srcs) == sorted(f"images/{n}" for n in made), "each picture linked once"
+    assert "<a " not in rendered, "no other link"
+    for src in srcs:
+        assert (repo / "out" / src).is_file()
+
+    # Same inputs, same bytes (fixed DPI, no timestamps or versions in the PNGs).
+    imgclf(repo, "report", "--base", "main", "--out", "again/report.md", "--images", "again/i")
+    for name in sorted(made):
+        assert (images / name).read_bytes() == (repo / "again/i" / name).read_bytes(), name
+    assert (repo / "again/report.md").read_text().replace("](i/", "](images/") == out

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import git, imgclf, run
+from tests.support import git, imgclf, init_dvc_repo, run
 
 DVC_YAML = """\
 stages:
@@ -43,8 +43,7 @@ def write_metrics(repo: Path, paths: list[str], correct: list[bool]) -> None:
 @pytest.fixture
 def tiny(tmp_path: Path) -> Path:
     """git + dvc repo on main with params and a dvc.yaml declaring the metrics."""
-    run(["git", "init", "-q", "-b", "main"], tmp_path)
-    run(["dvc", "init", "-q"], tmp_path)
+    init_dvc_repo(tmp_path)
     (tmp_path / "params.yaml").write_text("lr: 0.1\n")
     (tmp_path / "dvc.yaml").write_text(DVC_YAML)
     return tmp_path

@@ -18,7 +18,7 @@ PACKAGE = SRC / "imgclf"
 # Third-party packages the serving image does not have (requirements-serve.txt).
 NOT_IN_SERVING_IMAGE = {"torch", "torchvision", "dvc", "dvclive", "sklearn", "scipy", "pandas",
                         "evidently", "albumentations", "cv2", "matplotlib", "typer", "yaml",
-                        "onnx", "tqdm"}  # fmt: skip
+                        "onnx", "tqdm", "pyarrow"}  # fmt: skip
 # Subpackage → the imgclf parts it may import (besides itself and the top-level modules
 # errors, jsonio, params). The direction is the architecture (docs/architecture.md):
 # serving and monitoring never reach into training, evaluation code or the DVC plumbing.
@@ -30,8 +30,9 @@ ALLOWED = {
     "ood": {"data", "artifact"},
     "serving": {"data", "artifact", "ood", "monitoring"},
     "monitoring": {"data", "evaluation", "report"},
-    "report": {"evaluation", "pipeline"},
+    "report": {"data", "evaluation", "pipeline"},
     "pipeline": {"artifact", "evaluation"},
+    "release": {"evaluation", "pipeline", "report", "artifact"},
 }
 TOP_LEVEL_SHARED = {"errors", "jsonio", "params"}
 

@@ -24,8 +24,8 @@ from imgclf.data.preprocessing import (
 from imgclf.params import Params, validate_params
 from tests.api import hostile
 from tests.images import write_shapes_dataset
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 PNG_MAGIC, JPEG_MAGIC = b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff"
 
 

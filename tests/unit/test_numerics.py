@@ -42,3 +42,42 @@ def test_portable_runtime_is_deterministic_without_importing_inductor() -> None:
     assert state["capability"] in ("AVX2", "DEFAULT")
     assert state["mkldnn"] is False
     assert state["label"] == "portable-cpu"
+
+
+def test_portable_adamw_takes_no_square_root_from_aten(monkeypatch) -> None:
+    """PortableAdamW's square root is numpy's (the IEEE instruction), never ATen's, whose
+    VML path is not correctly rounded on some CPUs (the module's docstring).
+
+    The probe makes ATen's sqrt one part in 2**-20 off: steps through numpy's sqrt do not
+    move by a bit; one AdamW step computed with ``torch.sqrt`` would. And it is still AdamW:
+    torch's own single-tensor AdamW agrees to float32 rounding.
+    """
+    import torch
+
+    from imgclf.training.numerics import make_optimizer
+
+    def trained(optimizer: str) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+        x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
+        if optimizer == "portable":
+            opt = make_optimizer("portable", "cpu", model.parameters(), 1e-2, 1e-2)
+        else:
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-2, foreach=False)
+        for _ in range(5):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        return [p.detach().clone() for p in model.parameters()]
+
+    exact = trained("portable")
+    reference = trained("torch")
+    for mine, theirs in zip(exact, reference, strict=True):
+        assert torch.allclose(mine, theirs, rtol=1e-5, atol=1e-6)
+
+    real_sqrt, real_method = torch.sqrt, torch.Tensor.sqrt
+    monkeypatch.setattr(torch, "sqrt", lambda t, *a, **k: real_sqrt(t, *a, **k) * (1 + 2**-20))
+    monkeypatch.setattr(torch.Tensor, "sqrt", lambda t: real_method(t) * (1 + 2**-20))
+    assert torch.sqrt(torch.tensor([4.0])).item() != 2.0, "the probe perturbs ATen's sqrt"
+    for before, after in zip(exact, trained("portable"), strict=True):
+        assert torch.equal(before, after), "an AdamW step used ATen's square root"

@@ -6,8 +6,7 @@ import pytest
 import yaml
 
 from imgclf.params import ParamsError, load_params, validate_params
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support import ROOT
 
 
 def real() -> dict:

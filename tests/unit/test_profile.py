@@ -251,3 +251,39 @@ def test_large_inputs_are_measured_on_a_strided_view_small_ones_whole() -> None:
     _, a = feature_matrix(small, [1, 1], [1, 1])
     _, b = feature_matrix(np.ascontiguousarray(small[:, ::2, ::2]), [1, 1], [1, 1])
     assert not np.array_equal(a[:, names.index("contrast")], b[:, names.index("contrast")])
+
+
+def test_noted_source_equals_a_second_header_read(tmp_path: Path) -> None:
+    """The API takes the upload's size and format from the image its decode opened (no
+    second header parse); it must say what :func:`source_info` says, EXIF rotation and a
+    reduced-scale JPEG decode included."""
+    import io
+
+    from PIL import Image
+
+    from imgclf.data.features import noted_source, source_info
+    from imgclf.data.preprocessing import DecodeBudget, open_image
+
+    class Noting(DecodeBudget):
+        last = None
+
+        def take(self, img: Image.Image) -> None:
+            super().take(img)
+            self.last = img
+
+    rng = np.random.default_rng(5)
+    files = []
+    for size, orientation, fmt in (((1200, 500), 6, "JPEG"), ((640, 480), 1, "JPEG"),
+                                   ((300, 200), None, "PNG")):  # fmt: skip
+        img = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+        buf = io.BytesIO()
+        exif = Image.Exif()
+        if orientation:
+            exif[0x0112] = orientation
+        img.save(buf, fmt, exif=exif.tobytes()) if orientation else img.save(buf, fmt)
+        files.append(buf.getvalue())
+    for data in files:
+        budget = Noting(1 << 30)
+        open_image(data, 40_000_000, draft_to=224, budget=budget)
+        assert noted_source(budget.last, data) == source_info(data)
+    assert noted_source(None, files[0]) == (500, 1200, "JPEG")

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support import ROOT
+from tests.support import ROOT, missing_tool
 
 WORKFLOWS = sorted((ROOT / ".github/workflows").glob("*.yaml"))
 
@@ -50,7 +50,7 @@ def test_the_workflows_exist() -> None:
 def test_actionlint(path: Path) -> None:
     binary = actionlint()
     if binary is None:
-        pytest.skip("actionlint not installed: pip install -r requirements-dev.txt")
+        missing_tool("actionlint not installed: pip install -r requirements-dev.txt")
     proc = subprocess.run(
         [binary, "-no-color", "-oneline", str(path)],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
@@ -64,6 +64,8 @@ def test_cml_workflow_promises() -> None:
     assert wf["permissions"] == {}
     assert wf["jobs"]["report"]["permissions"] == {"contents": "read"}
     assert wf["jobs"]["comment"]["permissions"] == {"pull-requests": "write"}
+    assert wf["jobs"]["images"]["permissions"] == {"contents": "write"}
+    assert wf["jobs"]["comment"]["env"]["REPORT"] == "model-report/report.md"
     assert "pull_request.number" in wf["concurrency"]["group"]
     all_steps = steps(wf)
     checkout = next(s for s in all_steps if s.get("uses", "").startswith("actions/checkout"))
@@ -79,13 +81,17 @@ def test_cml_workflow_promises() -> None:
         "dvc repro",
         "imgclf check-lock",
         'imgclf report --base "origin/$BASE_REF"',
-        "cml comment update model-report/report.md",
+        "gh api",  # the pictures, committed to the report-images branch
+        "$IMAGES_COMMIT/$IMAGES_FOLDER",  # … and linked by that commit's SHA
+        'cml comment update "$REPORT"',
     ]
     order = [step_running(all_steps, w) for w in wanted]
-    assert order == sorted(order), "pull → repro → lock check → report → comment"
+    assert order == sorted(order), "pull → repro → lock check → report → pictures → comment"
+    (build,) = [s for s in all_steps if s.get("id") == "report"]
+    assert "--images model-report/images --out model-report/body.md" in build["run"]
     assert '--watermark-title="imgclf model report"' in runs
     assert "exit 1" in runs, "a stale dvc.lock fails the job"
-    assert "--images" not in runs.replace("'--images'", ""), "images only when enabled"
+    assert "--publish" not in runs.replace("--no-publish", ""), "no upload to a public host"
 
 
 def test_data_workflow_triggers_on_data_and_prepare() -> None:
@@ -95,7 +101,9 @@ def test_data_workflow_triggers_on_data_and_prepare() -> None:
     assert wf["permissions"] == {}
     runs = "\n".join(s.get("run", "") for s in steps(wf))
     assert "imgclf data-report" in runs
-    assert "cml comment update data-report/data-report.md" in runs
+    assert "--images data-report/images --out data-report/data-report.md" in runs
+    assert 'cml comment update "$REPORT"' in runs
+    assert wf["jobs"]["comment"]["env"]["REPORT"] == "data-report/data-report.md"
 
 
 def test_docker_workflow_smoke_tests_and_pushes_with_the_workflow_token() -> None:
@@ -136,8 +144,13 @@ def test_drift_workflow_reports_daily_and_files_one_issue() -> None:
     assert issue["if"] == "needs.report.outputs.drift == 'true'"
     runs = step_running(report["steps"], "imgclf drift-report")
     assert 'drift-report.md >> "$GITHUB_STEP_SUMMARY"' in report["steps"][runs]["run"]
-    fetch = step_running(report["steps"], "dvc get-url")
-    assert fetch < runs and "GCP_READER_KEY" in str(report["steps"][fetch]["env"])
+    # Issue 24: the report reads the fleet's shards from the bucket with the read-only
+    # key, in that step only, on main only, in an environment restricted to main.
+    assert '--db "$MONITOR_URL"' in report["steps"][runs]["run"]
+    assert "GCP_READER_KEY" in str(report["steps"][runs]["env"])
+    assert [i for i, s in enumerate(report["steps"]) if "GCP_READER_KEY" in str(s)] == [runs]
+    assert report["if"] == "github.ref == 'refs/heads/main'"
+    assert report["environment"] == "production-read"
     script = "\n".join(s.get("run", "") for s in issue["steps"])
     assert "gh issue comment" in script and "gh issue create" in script  # one issue, updated
     # The drift report installs no torch: only the monitoring requirements and DVC.

@@ -13,15 +13,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from tests.support import ROOT
+from tests.support import ROOT, missing_tool
 
 
 def test_zizmor_auditor_finds_nothing_above_informational() -> None:
     exe = shutil.which("zizmor", path=str(Path(sys.executable).parent))
     if exe is None:
-        pytest.skip("zizmor is not installed (requirements-dev.txt)")
+        missing_tool("zizmor is not installed (requirements-dev.txt)")
     config = ROOT / ".github" / "zizmor.yml"
     args = [exe, "--offline", "--persona", "auditor", "--format", "json", "--no-progress"]
     if config.exists():

@@ -212,6 +212,18 @@ def source_info(data: bytes | bytearray) -> tuple[int, int, str]:
     return width, height, fmt
 
 
+def noted_source(img: Any | None, data: bytes | bytearray) -> tuple[int, int, str]:
+    """:func:`source_info` from the image object the decode already opened (``img``, as
+    :func:`imgclf.data.preprocessing.open_image` left it: its ``SOURCE_SIZE`` is the file's
+    own size after EXIF rotation); without one, the header is read again."""
+    if img is None:
+        return source_info(data)
+    from imgclf.data.preprocessing import SOURCE_SIZE
+
+    width, height = img.info.get(SOURCE_SIZE, img.size)
+    return int(width), int(height), img.format or ""
+
+
 # Pillow modes without colour: their colourfulness is 0 without decoding anything.
 _GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 # Decoded pixels the colour measurement may take (after JPEG's reduced-scale decoding):

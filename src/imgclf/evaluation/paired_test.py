@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -27,11 +28,18 @@ BOOTSTRAP_SEED = 0
 
 @dataclass(frozen=True)
 class Prediction:
-    """One row of ``metrics/predictions.csv`` (only what the comparison needs)."""
+    """One row of ``metrics/predictions.csv`` (only what the comparison needs).
+
+    ``confidence`` and ``position`` (the row in the test split) are for the report's
+    pictures; they take no part in equality, so "the same predictions" still means the
+    same labels, whatever the last digits of a probability did.
+    """
 
     actual: str
     predicted: str
     correct: bool
+    confidence: float | None = field(default=None, compare=False)
+    position: int | None = field(default=None, compare=False)
 
 
 def parse_predictions(text: str) -> dict[str, Prediction]:
@@ -39,9 +47,21 @@ def parse_predictions(text: str) -> dict[str, Prediction]:
     rows: dict[str, Prediction] = {}
     for row in csv.DictReader(io.StringIO(text)):
         rows[row["path"]] = Prediction(
-            actual=row["actual"], predicted=row["predicted"], correct=row["correct"] == "1"
+            actual=row["actual"],
+            predicted=row["predicted"],
+            correct=row["correct"] == "1",
+            confidence=_number(row.get("confidence"), float),
+            position=_number(row.get("position"), int),
         )
     return rows
+
+
+def _number(text: str | None, kind: type) -> Any:
+    """A CSV cell as a number, or None when the column is missing or not a number."""
+    try:
+        return kind(text) if text not in (None, "") else None
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -57,6 +77,9 @@ class PairedComparison:
     ci_low: float
     ci_high: float
     level: float = 0.95
+    # The discordant samples themselves (image paths, sorted): what the report pictures.
+    broken: tuple[str, ...] = field(default=(), compare=False)  # right in base, wrong in head
+    fixed: tuple[str, ...] = field(default=(), compare=False)  # wrong in base, right in head
 
     @property
     def difference(self) -> float:
@@ -155,6 +178,8 @@ def compare_predictions(
         p_value=mcnemar_exact(base_only, head_only),
         ci_low=low,
         ci_high=high,
+        broken=tuple(k for k, bi, hi in zip(keys, b, h, strict=True) if bi and not hi),
+        fixed=tuple(k for k, bi, hi in zip(keys, b, h, strict=True) if hi and not bi),
     )
 
 

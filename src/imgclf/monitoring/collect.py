@@ -24,6 +24,7 @@ import csv
 import re
 import shutil
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -45,18 +46,21 @@ class Sampled:
     confidence: float
 
 
-def recorded_samples(db: Path, since: float | None = None) -> list[Sampled]:
-    """Every sample the API kept (newest last), from the monitoring database."""
-    conn = open_readonly(db)
-    try:
-        rows = conn.execute(
-            "SELECT sample, label, confidence FROM requests "
-            "WHERE sample IS NOT NULL AND ts >= ? ORDER BY id",
-            (since if since is not None else float("-inf"),),
-        ).fetchall()
-    finally:
-        conn.close()
-    return [Sampled(s, label, float(c)) for s, label, c in rows]
+def recorded_samples(db: Path | list[Path], since: float | None = None) -> list[Sampled]:
+    """Every sample the API kept (newest last), from the monitoring database(s) or shards."""
+    rows: list[tuple[float, str, str, float]] = []
+    for path in [db] if isinstance(db, Path) else db:
+        conn = open_readonly(path)
+        try:
+            rows += conn.execute(
+                "SELECT ts, sample, label, confidence FROM requests "
+                "WHERE sample IS NOT NULL AND ts >= ? ORDER BY id",
+                (since if since is not None else float("-inf"),),
+            ).fetchall()
+        finally:
+            conn.close()
+    rows.sort(key=lambda r: r[0])
+    return [Sampled(s, label, float(c)) for _, s, label, c in rows]
 
 
 def write_sheet(samples: list[Sampled], path: Path) -> Path:
@@ -148,13 +152,23 @@ def build_folder(labels: dict[str, str], sample_dir: Path, out: Path) -> Counter
 
 
 def collect(
-    db: Path, sample_dir: Path, out: Path, labels: str | None, since: float | None = None
+    db: Path | list[Path],
+    sample_dir: Path,
+    out: Path,
+    labels: str | None,
+    since: float | None = None,
+    fetch: Callable[[list[str]], Path] | None = None,
 ) -> tuple[str, Counter[str], int]:
-    """Run one step; returns (what was done, images per class, rows skipped)."""
+    """Run one step; returns (what was done, images per class, rows skipped).
+
+    ``fetch`` downloads the chosen samples (from a bucket) and returns their folder.
+    """
     samples = recorded_samples(db, since)
     if not samples:
+        where = db if isinstance(db, Path) else f"{len(db)} shards"
         raise CollectError(
-            f"no sampled uploads in {db}: serve with IMGCLF_SAMPLE_DIR and IMGCLF_SAMPLE_RATE set"
+            f"no sampled uploads in {where}: serve with IMGCLF_SAMPLE_DIR and "
+            "IMGCLF_SAMPLE_RATE set"
         )
     if labels is None:
         sheet = write_sheet(samples, out.with_name(out.name + ".labels.csv"))
@@ -168,5 +182,7 @@ def collect(
         chosen, blank = read_labels(Path(labels), known)
     if not chosen:
         raise CollectError(f"{labels}: no row has a label yet; fill in the label column")
+    if fetch is not None:
+        sample_dir = fetch(sorted(chosen))
     counts = build_folder(chosen, sample_dir, out)
     return f"added {sum(counts.values())} images to {out}", counts, blank

@@ -21,6 +21,10 @@ the only place an image is ever written; the byte cap is kept in the database it
 inside the writer's transaction, so it holds across processes. Samples are never
 rotated away: ``imgclf collect`` turns them into training data.
 
+With ``IMGCLF_MONITOR_URL`` (autoscaled replicas, Cloud Run) the writer writes into
+short-lived shards that :mod:`imgclf.monitoring.shipping` uploads to a bucket instead of
+one local file; the ring buffer is then not needed (a shard is bounded by time and rows).
+
 Only the standard library and numpy: the serving image stays lean.
 """
 
@@ -39,6 +43,7 @@ from PIL import Image
 
 from imgclf.data.features import feature_matrix, reduce_embedding, source_info
 from imgclf.data.preprocessing import SOURCE_SIZE, DecodeBudget
+from imgclf.monitoring.shipping import ShardSpool, ShipConfig
 from imgclf.monitoring.store import connect
 
 log = logging.getLogger("imgclf.monitoring.recorder")
@@ -55,11 +60,13 @@ SAMPLE_SUFFIX = {"PNG": ".png", "JPEG": ".jpg", "GIF": ".gif", "WEBP": ".webp", 
 class MonitorConfig:
     """Where and how much to record (from ``IMGCLF_MONITOR_*`` / ``IMGCLF_SAMPLE_*``)."""
 
-    db: Path
+    db: Path | None
     max_rows: int = 1_000_000
     sample_dir: Path | None = None
     sample_rate: float = 0.0
     sample_max_bytes: int = 1024**3
+    # Shards shipped to a bucket or folder instead of ``db`` (imgclf.monitoring.shipping).
+    ship: ShipConfig | None = None
 
 
 class SourceBudget(DecodeBudget):
@@ -133,9 +140,19 @@ class Monitor:
         self._stop = threading.Event()
         self._feature_sets: dict[str, int] = {}
         self._random = random.Random()
-        self._conn = connect(config.db)  # fails at startup, loudly, if the path is unusable
         if config.sample_dir is not None:
             config.sample_dir.mkdir(parents=True, exist_ok=True)
+        self._spool: ShardSpool | None = None
+        self._conn: Any = None  # the database, or (when shipping) the open shard
+        if config.ship is not None:
+            self._spool = ShardSpool(config.ship, config.sample_dir, self._count)
+            where = f"shards for {config.ship.url}"
+        elif config.db is not None:
+            self._conn = connect(config.db)  # fails at startup, loudly, if the path is unusable
+            where = str(config.db)
+        else:
+            raise ValueError("MonitorConfig needs db or ship")
+        self._where = where
         self._writer = threading.Thread(target=self._run, name="imgclf-monitor", daemon=True)
         self._writer.start()
 
@@ -191,6 +208,17 @@ class Monitor:
                 batch, self._pending = self._pending, []
             for start in range(0, len(batch), BATCH_ROWS):  # requests ≤ images
                 self._write(batch[start : start + BATCH_ROWS])
+            if self._spool is not None and (stop or self._spool.due()):
+                self._rotate()
+
+    def _rotate(self) -> None:
+        """Close the open shard (the spool uploads it); feature set ids are per file."""
+        assert self._spool is not None
+        try:
+            self._spool.rotate()
+        except Exception:  # a full spool disk: the next shard may still work
+            log.exception("monitoring: could not close the shard")
+        self._feature_sets.clear()
 
     def _feature_set(self, names: list[str]) -> int:
         """The id of this list of feature names in ``feature_sets`` (inside a transaction)."""
@@ -239,6 +267,8 @@ class Monitor:
         images = sum(len(p.uploads) for p in batch)
         try:
             names, rows = self._rows(batch)
+            if self._spool is not None:
+                self._conn = self._spool.connection()
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 feature_set = self._feature_set(names)
@@ -250,19 +280,25 @@ class Monitor:
                     "feature_set, features, embedding, sample) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
-                # The ring buffer: keep the newest max_rows rows (an index range delete).
-                self._conn.execute(
-                    "DELETE FROM requests WHERE id <= (SELECT MAX(id) FROM requests) - ?",
-                    (self.config.max_rows,),
-                )
+                if self._spool is None:
+                    # The ring buffer: keep the newest max_rows rows (an index range delete).
+                    self._conn.execute(
+                        "DELETE FROM requests WHERE id <= (SELECT MAX(id) FROM requests) - ?",
+                        (self.config.max_rows,),
+                    )
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 self._feature_sets.clear()  # the insert may have been rolled back
                 raise
+            if self._spool is not None:
+                stamps = [p.ts for p in batch]
+                self._spool.wrote(min(stamps), max(stamps), len(rows))
+                if self._spool.rows >= self._spool.config.shard_rows:
+                    self._rotate()
             self._count("records", images)
         except Exception:  # a full disk or a locked file: count, keep serving
-            log.exception("monitoring: could not write %d records to %s", images, self.config.db)
+            log.exception("monitoring: could not write %d records to %s", images, self._where)
             self._count("dropped", images)
         finally:
             size = sum(p.size for p in batch)
@@ -294,10 +330,17 @@ class Monitor:
         return name
 
     def close(self, timeout: float = 10.0) -> None:
-        """Flush what is queued and stop the writer (the app's shutdown)."""
+        """Flush what is queued and stop the writer (the app's shutdown); when shipping,
+        close the open shard and upload what waits, within ``IMGCLF_MONITOR_DRAIN_S``."""
+        start = time.monotonic()
         self._stop.set()
         self._writer.join(timeout)
         if self._writer.is_alive():
             log.warning("monitoring: the writer did not finish within %s s", timeout)
             return
-        self._conn.close()
+        if self._spool is not None:
+            assert self.config.ship is not None
+            left = self.config.ship.drain_s - (time.monotonic() - start)
+            self._spool.close(max(left, 0.5))
+        elif self._conn is not None:
+            self._conn.close()

@@ -191,11 +191,18 @@ class Detector:
         return out
 
     def judge_uploads(
-        self, pixels: np.ndarray, embedding: np.ndarray | None, uploads: list[bytes | bytearray]
+        self,
+        pixels: np.ndarray,
+        embedding: np.ndarray | None,
+        uploads: list[bytes | bytearray],
+        info: list[tuple[int, int, str]] | None = None,
     ) -> list[Verdict]:
         """:meth:`judge` for uploaded files: original size and format from their headers
-        (and, for a grayscale model, the file's colourfulness)."""
-        info = [source_info(data) for data in uploads]
+        (and, for a grayscale model, the file's colourfulness). ``info``: (width, height,
+        format) per upload when the caller already has them from the decode (the API: no
+        second header parse, 0.1-0.6 ms a request); else :func:`source_info` reads them."""
+        if info is None:
+            info = [source_info(data) for data in uploads]
         colours = self.colours(uploads)
         return self.judge(pixels, embedding, *map(list, zip(*info, strict=True)), colours)
 

@@ -17,3 +17,10 @@ PREDICTIONS = "metrics/predictions.csv"
 CONFUSION_PNG = "metrics/confusion_matrix.png"
 CARD = f"{MODELS_DIR}/{CARD_FILE}"
 REFERENCE = f"{MODELS_DIR}/{REFERENCE_FILE}"
+# dvclive's per-epoch curves (train stage, plots in dvc.yaml): "train/loss" → its TSV.
+TRAIN_PLOTS = "metrics/train/plots/metrics"
+TRAIN_CURVES = {
+    f"{split}/{metric}": f"{TRAIN_PLOTS}/{split}/{metric}.tsv"
+    for split in ("train", "val")
+    for metric in ("loss", "accuracy")
+}

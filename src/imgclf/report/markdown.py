@@ -154,6 +154,47 @@ def param_cell(value: Any) -> str:
     return "(unset)" if value is None else inline(param_value(value))
 
 
+# --------------------------------------------------------------------------- images and size
+
+_ALT = re.compile(r"[A-Za-z0-9 ,.'-]+")
+_FILE = re.compile(r"[a-z0-9][a-z0-9-]*\.png")
+
+
+def image_line(alt: str, folder: str, name: str) -> str:
+    """``![alt](folder/name)`` on a line of its own: the form the workflow rewrites.
+
+    Only the report's own words and file names go in (checked), and the folder is
+    percent-encoded, so the link cannot be bent into anything else.
+    """
+    from urllib.parse import quote
+
+    if not _ALT.fullmatch(alt) or not _FILE.fullmatch(name):
+        raise ValueError(f"not an image line the report makes: {alt!r}, {name!r}")
+    folder = quote(folder.strip("/") or ".", safe="/._-~")
+    return f"![{alt}]({folder}/{name})"
+
+
+# GitHub refuses a comment body over 65,536 characters. The workflow adds a lock-check
+# note (≤ 30 quoted lines) and replaces relative image links by longer ones: keep room.
+COMMENT_LIMIT = 65_536
+COMMENT_RESERVE = 8_000
+
+
+def fit_comment(text: str, limit: int = COMMENT_LIMIT - COMMENT_RESERVE) -> str:
+    """The report, cut at a line boundary with a note if it would not fit in a comment."""
+    if len(text) <= limit:
+        return text
+    note = (
+        "\n\n> **Report truncated** to fit a GitHub comment: run `imgclf report` locally, "
+        "or read the full file in the run's artifact.\n"
+    )
+    cut = text.rfind("\n", 0, limit - len(note) - 20)
+    head = text[: max(cut, 0)]
+    if head.count("<details>") > head.count("</details>"):
+        head += "\n\n</details>"
+    return head + note
+
+
 def quote(text: str, max_lines: int) -> str:
     """Tool output (``imgclf check-lock``'s verdict) as a markdown quote, each line one
     code span: the workflow pastes it into the PR comment, so it goes through

@@ -9,8 +9,12 @@ metrics or evaluated a different test set. Reading revisions is :mod:`imgclf.rep
 escaping and number formatting :mod:`imgclf.report.markdown`; ``imgclf data-report`` is
 :mod:`imgclf.report.data_changes`.
 
-Everything is text (tables), so the PR comment reads without images; PNG links are
-added only with ``images=True`` (the CML workflow leaves publishing off by default).
+Everything is text (tables), so the PR comment reads without images. With an images
+folder (``imgclf report --images DIR``) it also draws what the numbers say
+(:mod:`imgclf.report.pictures`: the test images the change broke and fixed, both
+revisions' training curves, the confusion change) and links them relative to the
+report; the CML workflow publishes those files inside the repository, never to a public
+host (docs/pull-requests.md, "Pictures").
 """
 
 from __future__ import annotations
@@ -28,8 +32,19 @@ from imgclf.evaluation.paired_test import (
     confusion_changes,
     parse_predictions,
 )
-from imgclf.pipeline.outputs import CONFUSION_PNG, EVALUATE, PREDICTIONS, TRAIN
-from imgclf.report.markdown import code, fmt, fmt_change, inline, param_cell, param_value, table
+from imgclf.pipeline.outputs import EVALUATE, PREDICTIONS, PREPARE, TRAIN, TRAIN_CURVES
+from imgclf.report import pictures
+from imgclf.report.markdown import (
+    code,
+    fit_comment,
+    fmt,
+    fmt_change,
+    image_line,
+    inline,
+    param_cell,
+    param_value,
+    table,
+)
 from imgclf.report.revisions import (
     dvc_diffs,
     json_at,
@@ -149,6 +164,85 @@ def build_model_report(root: Path, base: str, label: str = "workspace") -> Model
     return report
 
 
+@dataclass(frozen=True)
+class Picture:
+    """One image the report links: its file (a name in :data:`pictures.MODEL_IMAGES`), the
+    sentence above it and its alt text (fixed words only: no name from the data)."""
+
+    name: str
+    caption: str
+    alt: str
+
+
+def model_pictures(root: Path, report: ModelReport, out: Path) -> list[Picture]:
+    """Draw the report's pictures into ``out``; what was drawn, in reading order."""
+    root = root.resolve()
+    made: list[Picture] = []
+    labels = (report.base, report.label)
+    hb, ht = inline(report.base), inline(report.label)
+    p, base, head = report.paired, report.base_predictions, report.head_predictions
+    if p is not None and base is not None and head is not None and not p.identical:
+        dataset = (workspace_json_or_empty(root, PREPARE)).get("dataset")
+        source = pictures.ImageSource(root, dataset if isinstance(dataset, str) else None)
+        for kind, keys, what, order in (
+            ("broken", p.broken, f"right in {hb}, wrong in {ht}", f"{ht}'s confidence"),
+            ("fixed", p.fixed, f"wrong in {hb}, right in {ht}", f"{hb}'s confidence"),
+        ):
+            sheet = pictures.flips_sheet(kind, keys, base, head, source, out, labels)
+            if sheet is None:
+                continue
+            shown = (
+                f"all {sheet['total']}"
+                if sheet["shown"] == sheet["total"]
+                else f"the first {sheet['shown']} of {sheet['total']}"
+            )
+            made.append(
+                Picture(
+                    pictures.BROKEN_PNG if kind == "broken" else pictures.FIXED_PNG,
+                    f"**{kind.capitalize()} by this change** ({what}): {shown}, in order of "
+                    f"{order} in its wrong answer; each tile shows the true label and both "
+                    "revisions' answers with their confidence.",
+                    f"test images {kind} by this change",
+                )
+            )
+    head_curves = {k: read_at(root, path, None) for k, path in TRAIN_CURVES.items()}
+    base_curves = {k: read_at(root, path, report.base_commit) for k, path in TRAIN_CURVES.items()}
+    if pictures.curves_figure(base_curves, head_curves, out, labels):
+        made.append(
+            Picture(
+                pictures.CURVES_PNG,
+                f"**Training curves**: loss and accuracy per epoch, train (solid) and "
+                f"validation (dashed), {hb} in grey, {ht} in orange.",
+                "training curves of both revisions",
+            )
+        )
+    if base is not None and head is not None and report.paired is not None:
+        order = list(rows_by(report.head_eval or {}, "per_class", "class"))
+        if pictures.confusion_change_figure(base, head, order, out):
+            made.append(
+                Picture(
+                    pictures.CONFUSION_CHANGE_PNG,
+                    f"**Confusion change** ({ht} minus {hb} counts, actual × predicted): blue "
+                    "is better (more right answers, fewer of a mistake), red is worse.",
+                    "confusion matrix change",
+                )
+            )
+    if pictures.copy_confusion_matrix(root, out):
+        made.append(
+            Picture(
+                pictures.CONFUSION_MATRIX_PNG,
+                f"**Confusion matrix** of {ht} (test set).",
+                "confusion matrix of this revision",
+            )
+        )
+    return made
+
+
+def workspace_json_or_empty(root: Path, path: str) -> dict[str, Any]:
+    """A workspace JSON file, or {} (the pictures do without it)."""
+    return json_at(root, path, None) or {}
+
+
 def noise_sentence(report: ModelReport) -> str:
     """One plain sentence: how accuracy moved and whether that is larger than noise."""
     who = report.who()
@@ -221,8 +315,20 @@ def quantization_lines(head_eval: dict[str, Any] | None) -> list[str]:
     ]
 
 
-def render_model_report(report: ModelReport, images: bool = False) -> str:
-    """The markdown of the PR comment."""
+def picture_lines(made: list[Picture], link: str) -> list[str]:
+    """The "In pictures" section: each caption, then its image on a line of its own."""
+    if not made:
+        return []
+    lines = ["### In pictures", ""]
+    for picture in made:
+        lines += [picture.caption, "", image_line(picture.alt, link, picture.name), ""]
+    return lines
+
+
+def render_model_report(
+    report: ModelReport, made: list[Picture] | None = None, link: str = "images"
+) -> str:
+    """The markdown of the PR comment; ``made`` pictures are linked under ``link``."""
     b, t = report.base, report.label
     lines = [f"## Model report: {code(t)} vs {code(b)} ({report.base_commit[:8]})", ""]
     lines = [*baseline_line(report.head_eval), *lines]
@@ -268,6 +374,8 @@ def render_model_report(report: ModelReport, images: bool = False) -> str:
     else:
         lines += ["None.", ""]
 
+    lines += picture_lines(made or [], link)
+
     lines += ["### Per-class precision / recall / F1 (largest change first)", ""]
     rows = _per_class_rows(report)
     lines += table(["class", "precision", "recall", "F1", "support"], rows[:MAX_ROWS])
@@ -308,17 +416,27 @@ def render_model_report(report: ModelReport, images: bool = False) -> str:
         rows = [[code(f"{p}:{k}"), fmt(o), fmt(n), fmt_change(o, n)] for p, k, o, n in other]
         lines += [*table(["metric", hb, ht, "change"], rows[: MAX_ROWS * 3]), "", "</details>", ""]
 
-    if images:
-        lines += ["### Plots", "", f"![confusion matrix]({CONFUSION_PNG})", ""]
     lines += [
         "<sub>Generated by `imgclf report` — paired test: McNemar's exact test on the samples "
         "whose correctness changed, and a seeded bootstrap (2,000 resamples) of the accuracy "
         "difference.</sub>",
         "",
     ]
-    return "\n".join(lines)
+    return fit_comment("\n".join(lines))
 
 
-def model_report(root: Path, base: str, label: str = "workspace", images: bool = False) -> str:
-    """Build and render in one call (what the CLI and the workflow use)."""
-    return render_model_report(build_model_report(root, base, label), images=images)
+def model_report(
+    root: Path,
+    base: str,
+    label: str = "workspace",
+    images: Path | None = None,
+    link: str = "images",
+) -> str:
+    """Build and render in one call (what the CLI and the workflow use).
+
+    With ``images``, the pictures are drawn into that folder and linked as ``link/NAME``
+    (the folder as seen from the report file).
+    """
+    report = build_model_report(root, base, label)
+    made = model_pictures(root, report, images) if images is not None else None
+    return render_model_report(report, made, link)

@@ -77,12 +77,14 @@ def judge(
     probs: np.ndarray,
     embedding: np.ndarray | None,
     uploads: list[bytearray],
+    info: list[tuple[int, int, str]] | None = None,
 ) -> list[Scored | ImageError]:
     """A :class:`Scored` per upload, or under ``refuse`` an :class:`ImageError` (422)."""
     if detector is None:
         return [Scored(p, None) for p in probs]
     out: list[Scored | ImageError] = []
-    for p, verdict in zip(probs, detector.judge_uploads(pixels, embedding, uploads), strict=True):
+    verdicts = detector.judge_uploads(pixels, embedding, uploads, info)
+    for p, verdict in zip(probs, verdicts, strict=True):
         for code in verdict.codes:
             telemetry.ood.labels(code).inc()
         if mode == "refuse" and not verdict.in_distribution:

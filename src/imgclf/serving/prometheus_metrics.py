@@ -120,6 +120,21 @@ class Telemetry:
             "Uploads drawn for sampling but not kept: IMGCLF_SAMPLE_MAX_BYTES reached.",
             registry=self.registry,
         )
+        # Fleet shipping (imgclf.monitoring.shipping): shards closed, uploaded, failed tries
+        # (closed - uploaded: waiting in the spool).
+        self.monitor_shards = Counter(
+            "imgclf_monitor_shards", "Shards of records closed (IMGCLF_MONITOR_URL).",
+            registry=self.registry,
+        )  # fmt: skip
+        self.monitor_shards_uploaded = Counter(
+            "imgclf_monitor_shards_uploaded", "Shards uploaded to IMGCLF_MONITOR_URL.",
+            registry=self.registry,
+        )  # fmt: skip
+        self.monitor_upload_failures = Counter(
+            "imgclf_monitor_upload_failures",
+            "Shard uploads that failed (each is retried; the answers never wait on it).",
+            registry=self.registry,
+        )
         self.disconnects = Counter(
             "imgclf_client_disconnects",
             "Requests whose client went away before the answer (also counted as status 499).",

@@ -35,6 +35,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
+from imgclf.data.features import noted_source
 from imgclf.data.preprocessing import (
     SUPPORTED_FORMATS,
     DecodeBudget,
@@ -43,7 +44,7 @@ from imgclf.data.preprocessing import (
     preprocess,
 )
 from imgclf.jsonio import expand
-from imgclf.monitoring.recorder import Upload
+from imgclf.monitoring.recorder import SourceBudget, Upload
 from imgclf.serving import ood_hooks as oodserve
 from imgclf.serving.prometheus_metrics import Telemetry
 from imgclf.serving.recording import open_monitor
@@ -232,7 +233,8 @@ class Service:
         return (self.spec.image_size, self.spec.image_size, self.spec.channels)
 
     def _describe(self, card: dict[str, Any]) -> dict[str, Any]:
-        """The card plus what only the deployment knows: evaluation metrics, git revision."""
+        """The card plus what only the deployment knows: evaluation metrics, git revision,
+        the registry version and stage it was built for."""
         metrics: dict[str, Any] | None = None
         path = self.settings.evaluation_file
         if path.is_file():
@@ -245,6 +247,7 @@ class Service:
             **card,
             "version": self.backend.version if self.backend else "",
             "git_revision": s.git_revision,
+            "release": {"version": s.model_version, "stage": s.model_stage},
             "metrics": metrics,
             "metrics_match_model": match,
             "ood": oodserve.describe(s.ood, self.ood),
@@ -297,15 +300,19 @@ class Service:
         assert self.backend is not None
         monitor = self.monitor
         limit = self.settings.max_decode_bytes
-        budget = DecodeBudget(limit) if monitor is None else monitor.budget(limit)
+        # A budget that notes the image each decode opened: its original size and format
+        # are what the OOD flag and monitoring need, without parsing the header again.
+        budget = SourceBudget(limit)
         out: list[Any] = []
         good: list[np.ndarray] = []
         sources: list[bytearray] = []  # the OOD flag reads their original size (and colour)
+        info: list[tuple[int, int, str]] = []  # … as the decode saw it
         accepted: list[Upload] = []  # what monitoring records besides the pixels
         for data in uploads:
             try:
                 good.append(self.pixels(data, budget))
                 sources.append(data)
+                info.append(noted_source(budget.last, data))
                 out.append(good[-1])
                 if monitor is not None:
                     accepted.append(monitor.upload(data, budget))
@@ -319,7 +326,9 @@ class Service:
                 backend = self.backend
                 monitor.observe(accepted, batch, probs, embedding, backend.classes, backend.version)
             mode, telemetry = self.settings.ood, self.telemetry
-            scored = oodserve.judge(self.ood, mode, telemetry, batch, probs, embedding, sources)
+            scored = oodserve.judge(
+                self.ood, mode, telemetry, batch, probs, embedding, sources, info
+            )
             it = iter(scored)
             out = [r if isinstance(r, ImageError) else next(it) for r in out]
         return out

@@ -87,6 +87,20 @@ class Settings:
     sample_dir: Path | None = None
     sample_rate: float = 0.01
     sample_max_bytes: int = 1024 * MiB
+    # The registry version and stage the image was built for (docs/releases.md), shown by
+    # GET /model so the live check can compare them with the registry.
+    model_version: str | None = None
+    model_stage: str | None = None
+    # Fleet shipping (imgclf.monitoring.shipping): records go to shards uploaded to this URL
+    # (gs://BUCKET/PREFIX or a folder) instead of monitor_db; a shard closes after
+    # monitor_shard_s seconds (the crash bound) or monitor_shard_rows rows; at shutdown
+    # the open one is closed and everything waiting uploaded within monitor_drain_s.
+    monitor_url: str | None = None
+    monitor_spool: Path | None = None
+    monitor_shard_s: float = 300.0
+    monitor_shard_rows: int = 100_000
+    monitor_replica: str | None = None
+    monitor_drain_s: float = 8.0
 
     @property
     def evaluation_file(self) -> Path:
@@ -140,29 +154,25 @@ class Settings:
                 raise SettingsError(f"{name}={value} must be >= {minimum}")
             return value
 
-        def seconds(name: str, default: float) -> float:
+        def number(name: str, default: float, what: str, zero_ok: bool) -> float:
+            """A finite float from ``name``: > 0, or >= 0 where 0 means off."""
             raw = env.get(name)
             if raw is None or raw.strip() == "":
                 return default
             try:
                 value = float(raw)
             except ValueError:
-                raise SettingsError(f"{name}={raw!r} is not a number of seconds") from None
-            if not value > 0 or value == float("inf"):
-                raise SettingsError(f"{name}={value} must be a positive number of seconds")
+                raise SettingsError(f"{name}={raw!r} is not a number {what}") from None
+            if value == float("inf") or not (value >= 0 if zero_ok else value > 0):
+                need = ">= 0 (0: off)" if zero_ok else f"a positive number {what}"
+                raise SettingsError(f"{name}={value} must be {need}")
             return value
 
+        def seconds(name: str, default: float) -> float:
+            return number(name, default, "of seconds", zero_ok=False)
+
         def rate(name: str, default: float) -> float:
-            raw = env.get(name)
-            if raw is None or raw.strip() == "":
-                return default
-            try:
-                value = float(raw)
-            except ValueError:
-                raise SettingsError(f"{name}={raw!r} is not a number per second") from None
-            if not 0 <= value < float("inf"):
-                raise SettingsError(f"{name}={value} must be >= 0 (0: off)")
-            return value
+            return number(name, default, "per second", zero_ok=True)
 
         raw_active = (env.get("IMGCLF_CLIENT_MAX_ACTIVE") or "").strip()
         client_max_active = (
@@ -241,7 +251,16 @@ class Settings:
             sample_dir=_path(env, "IMGCLF_SAMPLE_DIR"),
             sample_rate=fraction("IMGCLF_SAMPLE_RATE", d.sample_rate),
             sample_max_bytes=integer("IMGCLF_SAMPLE_MAX_BYTES", d.sample_max_bytes),
+            model_version=(env.get("IMGCLF_MODEL_VERSION") or "").strip() or None,
+            model_stage=(env.get("IMGCLF_MODEL_STAGE") or "").strip() or None,
+            monitor_url=(env.get("IMGCLF_MONITOR_URL") or "").strip() or None,
+            monitor_spool=_path(env, "IMGCLF_MONITOR_SPOOL"),
+            monitor_shard_s=seconds("IMGCLF_MONITOR_SHARD_S", d.monitor_shard_s),
+            monitor_shard_rows=integer("IMGCLF_MONITOR_SHARD_ROWS", d.monitor_shard_rows),
+            monitor_replica=(env.get("IMGCLF_MONITOR_REPLICA") or "").strip() or None,
+            monitor_drain_s=seconds("IMGCLF_MONITOR_DRAIN_S", d.monitor_drain_s),
         )
+        _check_shipping(settings)
         _check_monitoring(settings, env)
         if settings.max_request_bytes < settings.max_upload_bytes:
             raise SettingsError(
@@ -268,7 +287,7 @@ def _path(env: Mapping[str, str], name: str) -> Path | None:
 
 def _check_monitoring(settings: Settings, env: Mapping[str, str]) -> None:
     """Sampling settings only make sense together: say which one is missing."""
-    if settings.sample_dir is not None and settings.monitor_db is None:
+    if settings.sample_dir is not None and settings.monitor_db is None and not settings.monitor_url:
         raise SettingsError(
             "IMGCLF_SAMPLE_DIR is set but IMGCLF_MONITOR_DB is not: samples are listed in the "
             "monitoring database (imgclf collect reads it), so set both"
@@ -281,3 +300,24 @@ def _check_monitoring(settings: Settings, env: Mapping[str, str]) -> None:
             f"IMGCLF_MONITOR_DB={settings.monitor_db} is a directory; give a file path, "
             "e.g. /var/lib/imgclf/monitor.db"
         )
+
+
+SHIP_SCHEMES = ("gs://", "file://")
+MAX_SHARD_S = 86_400  # imgclf.monitoring.shards.MAX_SHARD_S (readers list one day back)
+
+
+def _check_shipping(settings: Settings) -> None:
+    """The shipping URL's scheme and the shard interval's cap, with the variable's name."""
+    url = settings.monitor_url
+    if url and "://" in url and not url.startswith(SHIP_SCHEMES):
+        raise SettingsError(
+            f"IMGCLF_MONITOR_URL={url!r}: use gs://BUCKET/PREFIX, file:///PATH or a folder path"
+        )
+    if url == "gs://" or (url or "").startswith("gs:///"):
+        raise SettingsError(f"IMGCLF_MONITOR_URL={url!r} names no bucket: gs://BUCKET/PREFIX")
+    if settings.monitor_shard_s > MAX_SHARD_S:
+        raise SettingsError(
+            f"IMGCLF_MONITOR_SHARD_S={settings.monitor_shard_s} is over a day ({MAX_SHARD_S})"
+        )
+    if settings.monitor_spool is not None and settings.monitor_spool.is_file():
+        raise SettingsError(f"IMGCLF_MONITOR_SPOOL={settings.monitor_spool} is a file, not a dir")

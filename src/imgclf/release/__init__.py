@@ -1,0 +1,1 @@
+"""Releases: the model registry in git tags (GTO), the promotion gate, what is live."""

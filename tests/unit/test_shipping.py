@@ -1,0 +1,153 @@
+"""Shipping on real files: shards close by time and size, uploads retry, orphans are adopted.
+
+The target is a local folder (the same layout and code path as a bucket, minus gcsfs);
+``tests/api/test_fleet.py`` runs real servers against the GCS emulator.
+"""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from imgclf.monitoring.recorder import Monitor, MonitorConfig
+from imgclf.monitoring.shards import ShardError, ShardName, fetch, local_paths
+from imgclf.monitoring.shipping import ShipConfig
+from imgclf.monitoring.traffic import load_traffic
+from imgclf.serving.prometheus_metrics import Telemetry
+from imgclf.serving.settings import Settings, SettingsError
+from tests.support import ROOT, tool_env
+from tests.unit.test_monitor import _observe
+
+pytestmark = pytest.mark.slow  # real timers: shards close after real seconds
+
+
+def _shipping(tmp: Path, **kw: object) -> MonitorConfig:
+    ship = ShipConfig(url=str(tmp / "bucket"), spool=tmp / "spool", replica="r1", **kw)  # type: ignore[arg-type]
+    return MonitorConfig(db=None, ship=ship)
+
+
+def _shards(bucket: Path) -> list[Path]:
+    return sorted((bucket / "shards").rglob("*.db"))
+
+
+def _rows(path: Path) -> int:
+    with sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True) as conn:
+        return int(conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0])
+
+
+def _value(telemetry: Telemetry, name: str) -> float:
+    return float(telemetry.registry.get_sample_value(name) or 0)
+
+
+def test_shards_close_by_rows_and_at_close_nothing_is_left(tmp_path: Path) -> None:
+    monitor = Monitor(_shipping(tmp_path, shard_rows=10))
+    for _ in range(5):
+        _observe(monitor, 4)
+        time.sleep(1.3)  # one flush each: 4, 8, 12 ≥ 10 → a shard closes
+    monitor.close()
+    shards = _shards(tmp_path / "bucket")
+    assert sum(_rows(s) for s in shards) == 20
+    sizes = [_rows(s) for s in shards]  # [12, 8] when each flush took one request
+    assert len(sizes) >= 2 and all(n >= 10 for n in sizes[:-1]) and sizes[-1] <= 12, sizes
+    names = [ShardName.parse(s.name) for s in shards]
+    assert all(n is not None and n.replica.startswith("r1-") for n in names)
+    assert names[0].last_ms <= names[1].first_ms  # type: ignore[union-attr]
+    assert not list((tmp_path / "spool").rglob("*.db"))  # the spool is empty
+    # Every shard is one self-contained file: readable with no -wal beside it.
+    assert not list((tmp_path / "bucket").rglob("*-wal"))
+    traffic = load_traffic(local_paths([str(tmp_path / "bucket")], 0, 2e9, tmp_path), 0, 2e9, "v1")
+    assert traffic.rows == 20
+
+
+def test_shards_close_by_time_and_readers_fetch_only_the_window(tmp_path: Path) -> None:
+    monitor = Monitor(_shipping(tmp_path, shard_s=1.0))
+    marks = []
+    for i in range(3):
+        marks.append(time.time())
+        _observe(monitor, 3)
+        # Past the interval the writer closes the shard and it is shipped, while running.
+        deadline = time.monotonic() + 15
+        while len(_shards(tmp_path / "bucket")) <= i and time.monotonic() < deadline:
+            time.sleep(0.1)
+    shards = _shards(tmp_path / "bucket")
+    assert len(shards) == 3 and [_rows(s) for s in shards] == [3, 3, 3]
+    monitor.close()
+    bucket = str(tmp_path / "bucket")
+    middle = fetch(bucket, marks[1] - 0.1, marks[2] - 0.1, tmp_path / "c")
+    assert [p.name for p in middle] == [shards[1].name]
+    assert len(fetch(bucket, marks[0] - 0.1, time.time(), tmp_path / "c")) == 3
+    assert fetch(bucket, 0, 10, tmp_path / "c") == []  # nothing in 1970: empty, not an error
+    with pytest.raises(ShardError, match="holds no shards"):
+        fetch(str(tmp_path / "empty"), 0, 2e9, tmp_path / "c")
+
+
+def test_a_failed_upload_is_counted_and_retried(tmp_path: Path) -> None:
+    telemetry = Telemetry()
+    bucket = tmp_path / "bucket"
+    bucket.mkdir()
+    (bucket / "shards").write_text("a file where the folder should be")  # uploads fail
+    monitor = Monitor(_shipping(tmp_path, shard_rows=2), telemetry)
+    _observe(monitor, 3)
+    deadline = time.monotonic() + 15
+    while not _value(telemetry, "imgclf_monitor_upload_failures_total"):
+        assert time.monotonic() < deadline, "the upload never failed"
+        time.sleep(0.1)
+    assert _value(telemetry, "imgclf_monitor_shards_uploaded_total") == 0
+    assert len(list((tmp_path / "spool" / "ready").glob("*.db"))) == 1  # kept for the retry
+    (bucket / "shards").unlink()  # the bucket is back
+    monitor.close()
+    assert _value(telemetry, "imgclf_monitor_shards_uploaded_total") == 1
+    assert sum(_rows(s) for s in _shards(bucket)) == 3
+
+
+CRASH = """
+import sys, time
+from pathlib import Path
+from imgclf.monitoring.recorder import Monitor
+from tests.unit.test_shipping import _shipping
+from tests.unit.test_monitor import _observe
+monitor = Monitor(_shipping(Path(sys.argv[1])))
+_observe(monitor, 7)
+time.sleep(1.6)  # committed to the open shard
+print("written", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_killed_process_leaves_its_open_shard_to_the_next_one(tmp_path: Path) -> None:
+    """SIGKILL: the open shard stays in the spool; the next process on it ships it."""
+    proc = subprocess.Popen([sys.executable, "-c", CRASH, str(tmp_path)], cwd=ROOT,
+                            env=tool_env(ROOT), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()
+    assert line == "written", line + proc.stdout.read()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not _shards(tmp_path / "bucket")
+    telemetry = Telemetry()
+    Monitor(_shipping(tmp_path), telemetry).close()  # a restart on the same spool
+    (shard,) = _shards(tmp_path / "bucket")
+    assert _rows(shard) == 7 and ShardName.parse(shard.name).replica.startswith("r1-")  # type: ignore[union-attr]
+    assert not list((tmp_path / "spool").rglob("*.db"))
+
+
+def test_shipping_settings(tmp_path: Path) -> None:
+    s = Settings.from_env({"IMGCLF_MONITOR_URL": "gs://b/m", "IMGCLF_MONITOR_SHARD_S": "60"})
+    assert s.monitor_url == "gs://b/m" and s.monitor_shard_s == 60 and s.monitor_db is None
+    for env, message in [
+        ({"IMGCLF_MONITOR_URL": "s3://b/m"}, "IMGCLF_MONITOR_URL='s3://b/m'"),
+        ({"IMGCLF_MONITOR_URL": "gs://"}, "names no bucket"),
+        ({"IMGCLF_MONITOR_URL": "gs://b", "IMGCLF_MONITOR_SHARD_S": "90000"}, "over a day"),
+        ({"IMGCLF_MONITOR_URL": "gs://b", "IMGCLF_MONITOR_DRAIN_S": "0"}, "DRAIN_S=0"),
+    ]:
+        with pytest.raises(SettingsError, match=message):
+            Settings.from_env(env)
+    # Samples may go with the shards instead of a database.
+    Settings.from_env({"IMGCLF_MONITOR_URL": str(tmp_path), "IMGCLF_SAMPLE_DIR": str(tmp_path)})
