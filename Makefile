@@ -85,6 +85,10 @@ bench: install-dev  ## Run every benchmark (replaces each scenario's section of 
 	$(PY) bench/bench_quantize.py
 	$(PY) bench/bench_monitor.py
 	$(PY) bench/bench_gpu.py
+	$(PY) bench/bench_prepare.py --sizes 8000,32000
+	$(PY) bench/bench_near_dups.py
+	$(PY) bench/bench_label_issues.py
+	$(PY) bench/bench_dvc_files.py
 
 HOST ?= 127.0.0.1
 PORT ?= 8000

@@ -7,16 +7,21 @@ Usage: python bench/make_photos.py OUT_DIR [--images 2000] [--classes 4]
 from __future__ import annotations
 
 import argparse
+import io
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 
-def photo(label: int, index: int, classes: int) -> Image.Image:
-    """Smooth noise background plus a class-coloured shape whose size and place vary."""
+def photo(label: int, index: int, classes: int, size: tuple[int, int] | None = None) -> Image.Image:
+    """Smooth noise background plus a class-coloured shape whose size and place vary.
+
+    ``size``: a fixed (width, height) instead of a random one in 256–640 px.
+    """
     rng = np.random.default_rng(label * 1_000_003 + index)
     w, h = (int(v) for v in rng.integers(256, 641, 2))
+    w, h = size or (w, h)
     small = rng.integers(0, 256, (h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8)
     img = Image.fromarray(small, "RGB").resize((w, h), Image.Resampling.BICUBIC)
     draw = ImageDraw.Draw(img)
@@ -72,12 +77,39 @@ def bench_inputs(out: Path) -> dict[str, Path]:
     return files
 
 
-def make_photos(out: Path, images: int = 2000, classes: int = 4) -> Path:
+def make_photos(
+    out: Path, images: int = 2000, classes: int = 4, size: tuple[int, int] | None = None
+) -> Path:
     for i in range(images):
         label = i % classes
         folder = out / f"class_{label}"
         folder.mkdir(parents=True, exist_ok=True)
-        photo(label, i, classes).save(folder / f"{i:06d}.jpg", quality=88)
+        photo(label, i, classes, size).save(folder / f"{i:06d}.jpg", quality=88)
+    return out
+
+
+def _write_part(args: tuple[Path, int, int, int, tuple[int, int]]) -> None:
+    out, start, stop, classes, size = args
+    for i in range(start, stop):
+        label = i % classes
+        photo(label, i, classes, size).save(out / f"class_{label}" / f"{i:06d}.jpg", quality=88)
+
+
+def make_photos_parallel(
+    out: Path, images: int, classes: int = 4, size: tuple[int, int] = (640, 480)
+) -> Path:
+    """:func:`make_photos` with a fixed size, in all cores (the same bytes); kept when
+    ``out`` already holds ``images`` files (big benchmark sets are reused)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    if out.is_dir() and sum(1 for _ in out.rglob("*.jpg")) == images:
+        return out
+    for label in range(classes):
+        (out / f"class_{label}").mkdir(parents=True, exist_ok=True)
+    step = 250
+    parts = [(out, i, min(i + step, images), classes, size) for i in range(0, images, step)]
+    with ProcessPoolExecutor() as pool:
+        list(pool.map(_write_part, parts))
     return out
 
 
@@ -89,3 +121,66 @@ if __name__ == "__main__":
     args = parser.parse_args()
     make_photos(args.out, args.images, args.classes)
     print(f"wrote {args.images} JPEGs to {args.out}")
+
+
+def variants(img: Image.Image, seed: int) -> dict[str, Image.Image]:
+    """Near-identical copies of ``img``, as a camera roll or a scraper makes them:
+    re-encoded harder, resized to half, cropped 2 % and 5 % a side, brightened 15 %, and
+    a burst: three more frames, each shifted 1 % of the side further (3 % in all) with
+    fresh sensor noise. Deterministic per seed."""
+    from PIL import ImageEnhance
+
+    w, h = img.size
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=55)
+    out = {
+        "reencoded": Image.open(io.BytesIO(buf.getvalue())).convert("RGB"),
+        "half": img.resize((w // 2, h // 2), Image.Resampling.LANCZOS),
+        "crop2": img.crop((round(0.02 * w), round(0.02 * h), round(0.98 * w), round(0.98 * h))),
+        "crop5": img.crop((round(0.05 * w), round(0.05 * h), round(0.95 * w), round(0.95 * h))),
+        "bright15": ImageEnhance.Brightness(img).enhance(1.15),
+    }
+    for step in (1, 2, 3):
+        dx, dy = round(0.01 * step * w), round(0.01 * step * h)
+        frame = img.crop((dx, dy, w, h)).resize((w, h), Image.Resampling.BILINEAR)
+        noisy = np.asarray(frame, np.float32) + rng.normal(0, 4, (h, w, 3)).astype(np.float32)
+        out[f"burst{step}"] = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "RGB")
+    return out
+
+
+# The copies the near-duplicate split is checked on (bench/bench_near_dups.py): the crops
+# are measured there too, but a global 64-bit hash finds them only in part (its table).
+SPLIT_KINDS = ("reencoded", "half", "bright15", "burst1", "burst2", "burst3")
+
+
+def make_bursts(
+    out: Path,
+    sources: int = 100,
+    distinct: int = 200,
+    classes: int = 4,
+    conflicts: int = 0,
+    kinds: tuple[str, ...] | None = None,
+) -> tuple[Path, dict[str, list[str]]]:
+    """An ImageFolder of near-duplicate groups plus distinct photos (640×480 JPEGs).
+
+    Each of ``sources`` photos is written with its :func:`variants` (only ``kinds`` if
+    given) in its class; the first ``conflicts`` sources have their last burst frame
+    filed under the next class (the same scene with two labels). Returns the folder and
+    source name → relative paths (the original first).
+    """
+    groups: dict[str, list[str]] = {}
+    for i in range(sources + distinct):
+        label = i % classes
+        base = photo(label, 500_000 + i, classes, (640, 480))
+        more = variants(base, i) if i < sources else {}
+        copies = {"orig": base, **{k: v for k, v in more.items() if kinds is None or k in kinds}}
+        paths = []
+        for kind, img in copies.items():
+            cls = (label + 1) % classes if kind == "burst3" and i < conflicts else label
+            rel = f"class_{cls}/{i:05d}_{kind}.jpg"
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            img.save(out / rel, quality=88)
+            paths.append(rel)
+        groups[f"{i:05d}"] = paths
+    return out, groups

@@ -231,6 +231,13 @@ def data_report(
     label: Annotated[str, typer.Option(help="Column name for this revision.")] = "workspace",
     images: Annotated[Path | None, typer.Option(help=IMAGES_HELP)] = None,
     repo: Annotated[Path, typer.Option(help="Repository root.")] = Path(),
+    label_issues: Annotated[
+        bool,
+        typer.Option(
+            help="Also rank likely label errors of data/prepared's training split "
+            "(a few seconds per thousand images; see `imgclf label-issues`)."
+        ),
+    ] = False,
 ) -> None:
     """Markdown dataset report (class counts, image sizes, skipped files) against BASE; with
     --images, example images of added classes and the skipped files."""
@@ -239,11 +246,36 @@ def data_report(
 
     try:
         link = _link(images, out) if images is not None else "images"
-        text = build(repo, base, label=label, images=images, link=link)
+        text = build(repo, base, label=label, images=images, link=link, label_issues=label_issues)
     except ReportError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     _write(text, out)
+
+
+@app.command("label-issues")
+def label_issues(
+    prepared: Annotated[Path, typer.Argument(help="A prepared folder.")] = Path("data/prepared"),
+    top: Annotated[int, typer.Option(help="Rows to print.")] = 50,
+    seed: Annotated[int, typer.Option(help="Seed of the folds.")] = 42,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write every flagged image to this JSON file.")
+    ] = None,
+) -> None:
+    """Training images whose label the data most likely contradicts, most likely first."""
+    from imgclf.data.prepared_files import read_index
+    from imgclf.evaluation.label_issues import as_dicts, find_issues, markdown
+    from imgclf.jsonio import write_json
+
+    if not (prepared / "train.npy").is_file():
+        typer.echo(f"error: {prepared} has no train.npy: run `dvc repro prepare` first", err=True)
+        raise typer.Exit(2)
+    issues = find_issues(prepared, seed=seed)
+    n_train = len(read_index(prepared, "train"))
+    typer.echo("\n".join(markdown(issues, n_train, top)))
+    if json_out is not None:
+        write_json(json_out, {"n_train": n_train, "issues": as_dicts(issues)})
+        typer.echo(f"wrote {json_out}", err=True)
 
 
 def _write(text: str, out: Path | None) -> None:

@@ -28,6 +28,10 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# Bits (of 64) two perceptual hashes may differ by for one group: bench/bench_near_dups.py.
+NEAR_DUP_DISTANCE = 8
+
+
 class DataParams(_Section):
     """Which ImageFolder tree to use: ``<dataset>/<class>/<image>``."""
 
@@ -45,6 +49,21 @@ class PrepareParams(_Section):
     min_side: int = Field(8, ge=1, description="skip images smaller than this")
     max_pixels: int = Field(64_000_000, ge=1, description="decompression-bomb guard")
     dedupe: bool = True
+    near_dup_distance: int = Field(
+        NEAR_DUP_DISTANCE,
+        ge=-1,
+        le=32,
+        description="images whose 64-bit perceptual hashes differ in at most this many bits "
+        "are one group, kept in one split and reported (re-encoded, resized, lightly cropped "
+        "or brightened copies, bursts); -1 turns grouping off. Default measured in "
+        "docs/large-datasets.md",
+    )
+    near_dup_min_side: int = Field(
+        32,
+        ge=8,
+        description="images with a side below this are not hashed (each is its own group): "
+        "tiny images such as the 8x8 digits would be grouped by class shape",
+    )
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> PrepareParams:

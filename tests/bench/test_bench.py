@@ -35,6 +35,10 @@ import results  # noqa: E402
 COVERED_BY = {
     "bench_api.py": "tests/api/test_bench.py (digits) and the photos test here",
     "bench_datasets.py": "quick run here",
+    "bench_dvc_files.py": "quick run here (heavy)",
+    "bench_label_issues.py": "quick run here",
+    "bench_near_dups.py": "quick run here",
+    "bench_prepare.py": "quick run here",
     "bench_gpu.py": "quick run here",
     "bench_monitor.py": "tests/api/test_monitoring.py::test_overhead_bench_runs",
     "bench_numerics.py": "quick run here",
@@ -179,7 +183,8 @@ def test_loadgen_measures_the_servers_cpu_when_given_its_pid(echo_server) -> Non
 # --- RESULTS.md sections ------------------------------------------------------------------
 
 SCENARIOS = ["api", "photos", "pipeline", "train", "numerics", "selection", "datasets",
-             "sweep", "monitor", "quantize", "gpu"]  # fmt: skip
+             "sweep", "monitor", "quantize", "gpu", "prepare", "near_dups", "label_issues",
+             "dvc_files"]  # fmt: skip
 
 
 def _section(text: str, name: str) -> str:
@@ -291,6 +296,13 @@ def run_quick(script: str, args: list[str], tmp_path: Path, scenario: str) -> st
         ("bench_datasets.py", "datasets", "| digits_few | default |"),
         # dvc add + repro + a queued two-value sweep in a temp git copy: ~1 min idle.
         pytest.param("bench_sweep.py", "sweep", "2 ok, 0 failed", marks=pytest.mark.heavy),
+        ("bench_prepare.py", "prepare", "| 300 | "),
+        ("bench_near_dups.py", "near_dups", "sources whole in one split"),
+        ("bench_label_issues.py", "label_issues", "| digits_few (300 × 8×8) | 10% |"),
+        # 8 dvc commands against the gs emulator in two temp repos: ~1 min on a busy machine.
+        pytest.param(
+            "bench_dvc_files.py", "dvc_files", "| 120 loose JPEGs |", marks=pytest.mark.heavy
+        ),
     ],
 )
 def test_bench_script_quick_mode(script: str, scenario: str, expected: str, tmp_path) -> None:

@@ -3,6 +3,14 @@
 Training then never decodes a JPEG again: each epoch reads memory-mapped
 ``{train,val,test}.npy``. Every file that cannot be used is listed in the report
 with the reason, and the raw tree is only read, never modified.
+
+At scale (issue 21) the stage runs near the decode ceiling with bounded memory:
+worker processes decode, hash and sum each image and write its pixels straight
+into a scratch file (no pixels travel between processes, nothing is memory-mapped
+for writing, so the resident set does not grow with the dataset); the channel
+statistics come from exact per-image integer sums (the same bytes on any CPU,
+whatever the order); near-identical images are grouped
+(:mod:`imgclf.data.near_duplicates`) and a group never spans two splits.
 """
 
 from __future__ import annotations
@@ -10,17 +18,20 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import math
 import os
 import shutil
 from collections import Counter
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
+from imgclf.data.near_duplicates import group, phash
 from imgclf.data.prepared_files import INDEX_FIELDS, INDEX_FILE, META_FILE, SPLITS
 from imgclf.data.preprocessing import (
     SOURCE_SIZE,
@@ -44,10 +55,12 @@ class Decoded:
     sha256: str
     width: int = 0
     height: int = 0
-    pixels: np.ndarray | None = None  # only between a decoder and the scratch array
+    pixels: np.ndarray | None = None  # only between a decoder and the scratch file
     reason: str = ""
     detail: str = ""
-    slot: int = -1  # row in the scratch array once stored
+    slot: int = -1  # row in the scratch file once stored
+    sums: tuple[int, ...] = ()  # per channel: sum of values, then sum of squared values
+    phash: int | None = None  # perceptual hash (None: not hashed, e.g. a tiny image)
 
     @property
     def usable(self) -> bool:
@@ -79,8 +92,15 @@ def scan_imagefolder(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
     return classes, files
 
 
-def decode_one(root: Path, rel: str, label: int, spec: PreprocessSpec, min_side: int) -> Decoded:
-    """Read, verify and preprocess one file; never raises for a bad or unreadable file."""
+def decode_one(
+    root: Path, rel: str, label: int, spec: PreprocessSpec, min_side: int, hash_min_side: int = 0
+) -> Decoded:
+    """Read, verify and preprocess one file; never raises for a bad or unreadable file.
+
+    A usable image also gets its exact pixel sums and, when both sides of the file are
+    at least ``hash_min_side`` (> 0), its perceptual hash (of the decoded image before
+    resizing, so ``image_size`` does not change the groups).
+    """
     try:
         data = (root / rel).read_bytes()
     except OSError as exc:  # a dangling link, no permission, an I/O error
@@ -101,65 +121,169 @@ def decode_one(root: Path, rel: str, label: int, spec: PreprocessSpec, min_side:
                 reason="too_small",
                 detail=f"{width}x{height} is below prepare.min_side={min_side}",
             )
-        return Decoded(rel, label, digest, width, height, pixels=preprocess(img, spec))
+        pixels = preprocess(img, spec)
+        hashed = phash(img) if 0 < hash_min_side <= min(width, height) else None
+        return Decoded(
+            rel, label, digest, width, height, pixels=pixels, sums=pixel_sums(pixels), phash=hashed
+        )
     except ImageError as exc:
         return Decoded(rel, label, digest, reason=exc.reason, detail=str(exc))
     except Exception as exc:  # noqa: BLE001 - decoders raise a zoo of types; one file, not the stage
         return Decoded(rel, label, digest, reason="corrupt", detail=f"{type(exc).__name__}: {exc}")
 
 
-def _decode_chunk(args: tuple[Path, list[tuple[str, int]], PreprocessSpec, int]) -> list[Decoded]:
-    root, chunk, spec, min_side = args
-    return [decode_one(root, rel, label, spec, min_side) for rel, label in chunk]
+_VALUES = np.arange(256, dtype=np.int64)
 
 
-def decode_all(
-    root: Path, files: list[tuple[str, int]], spec: PreprocessSpec, min_side: int, scratch: Path
-) -> tuple[list[Decoded], np.ndarray]:
-    """Decode every file (in parallel for large trees) into a memory-mapped scratch array.
+def pixel_sums(pixels: np.ndarray) -> tuple[int, ...]:
+    """Per channel: the sum of the uint8 values, then the sum of their squares (exact ints).
 
-    Pixels go to disk as they arrive, so tens of thousands of photos never have to
-    fit in memory at once. Results keep the input order; ``slot`` is the row.
+    From Pillow's per-channel histogram (C, one pass): ~20× faster than numpy reductions
+    over the pixels, and exact, so the statistics do not depend on summation order.
     """
-    shape = (len(files), spec.image_size, spec.image_size, spec.channels)
-    store = np.lib.format.open_memmap(scratch, mode="w+", dtype=np.uint8, shape=shape)
-    workers = min(os.cpu_count() or 1, 8)
-    size = 256
-    chunks = [(root, files[i : i + size], spec, min_side) for i in range(0, len(files), size)]
-    if len(files) < 4000 or workers == 1:
-        parts = map(_decode_chunk, chunks)
-        return _store(parts, store), store
-    with ProcessPoolExecutor(workers) as pool:
-        return _store(pool.map(_decode_chunk, chunks), store), store
+    channels = pixels.shape[-1]
+    image = Image.fromarray(pixels[:, :, 0] if channels == 1 else pixels)
+    hist = np.array(image.histogram(), dtype=np.int64).reshape(channels, 256)
+    return tuple(int(v) for v in (*(hist @ _VALUES), *(hist @ (_VALUES * _VALUES))))
 
 
-def _store(parts: Iterable[list[Decoded]], store: np.ndarray) -> list[Decoded]:
-    out: list[Decoded] = []
-    for part in parts:
-        for d in part:
+@dataclass(frozen=True)
+class _Chunk:
+    root: Path
+    start: int  # row of the first file in the scratch file
+    files: list[tuple[str, int]]
+    spec: PreprocessSpec
+    min_side: int
+    hash_min_side: int
+    scratch: Path
+
+
+def _decode_chunk(chunk: _Chunk) -> list[Decoded]:
+    """Decode a run of files; write each image's pixels at its row of the scratch file."""
+    row_bytes = chunk.spec.image_size * chunk.spec.image_size * chunk.spec.channels
+    out = []
+    fd = os.open(chunk.scratch, os.O_WRONLY)
+    try:
+        for i, (rel, label) in enumerate(chunk.files, chunk.start):
+            d = decode_one(chunk.root, rel, label, chunk.spec, chunk.min_side, chunk.hash_min_side)
             if d.pixels is not None:
-                store[len(out)] = d.pixels
-                d = replace(d, pixels=None, slot=len(out))
+                os.pwrite(fd, np.ascontiguousarray(d.pixels).tobytes(), i * row_bytes)
+                d = replace(d, pixels=None, slot=i)
             out.append(d)
+    finally:
+        os.close(fd)
     return out
 
 
+def workers() -> int:
+    """Decoder processes: the CPUs this process may run on (at most 8)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, 8))
+
+
+# Below this many files one process is faster than starting a pool (~50 ms per worker).
+PARALLEL_FROM = 64
+
+
+def decode_all(
+    root: Path,
+    files: list[tuple[str, int]],
+    spec: PreprocessSpec,
+    min_side: int,
+    scratch: Path,
+    hash_min_side: int = 0,
+) -> list[Decoded]:
+    """Decode every file (in parallel when it pays) into the raw scratch file ``scratch``.
+
+    Row ``i`` of the scratch file (``image_size² · channels`` bytes) holds file ``i``'s
+    pixels; workers write it themselves, so only small records come back and the main
+    process never holds pixels. Results keep the input order; ``slot`` is the row.
+    """
+    row_bytes = spec.image_size * spec.image_size * spec.channels
+    with scratch.open("wb") as fh:
+        fh.truncate(len(files) * row_bytes)
+    n_workers = workers()
+    size = max(8, min(128, -(-len(files) // (n_workers * 8))))
+    chunks = [
+        _Chunk(root, i, files[i : i + size], spec, min_side, hash_min_side, scratch)
+        for i in range(0, len(files), size)
+    ]
+    if len(files) < PARALLEL_FROM or n_workers == 1:
+        parts: Iterable[list[Decoded]] = map(_decode_chunk, chunks)
+        return [d for part in parts for d in part]
+    with ProcessPoolExecutor(n_workers) as pool:
+        return [d for part in pool.map(_decode_chunk, chunks) for d in part]
+
+
 def stratified_split(
-    labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int
+    labels: np.ndarray,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    groups: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Per-class seeded shuffle → split name per sample; every class gets ≥1 in each split."""
+    """Per-class seeded shuffle of groups → split name per sample.
+
+    ``groups`` (a group id per sample, the position of its first member; default: every
+    sample alone) are kept whole: a group belongs to the class of its first member and
+    fills test, then val, then train, until each split holds its share of that class's
+    images. With no groups this is the per-sample split (same seed, same split).
+    """
     rng = np.random.default_rng(seed)
     split = np.empty(len(labels), dtype=object)
+    if groups is None:
+        groups = np.arange(len(labels))
+    roots, sizes = np.unique(groups, return_counts=True)
+    size_of = dict(zip(roots.tolist(), sizes.tolist(), strict=True))
+    members: dict[int, list[int]] = {}
+    for i, g in enumerate(groups.tolist()):
+        members.setdefault(g, []).append(i)
     for label in np.unique(labels):
-        members = np.flatnonzero(labels == label)
-        rng.shuffle(members)
-        n = len(members)
+        owned = roots[labels[roots] == label].astype(np.int64)  # ascending: file order
+        if not len(owned):  # every image of this class sits in another class's group
+            continue
+        rng.shuffle(owned)
+        n = sum(size_of[r] for r in owned.tolist())
         n_test = max(1, round(n * test_fraction))
         n_val = max(1, round(n * val_fraction))
-        split[members[:n_test]] = "test"
-        split[members[n_test : n_test + n_val]] = "val"
-        split[members[n_test + n_val :]] = "train"
+        got = {"test": 0, "val": 0}
+        for r in owned.tolist():
+            name = "test" if got["test"] < n_test else "val" if got["val"] < n_val else "train"
+            if name != "train":
+                got[name] += size_of[r]
+            split[members[r]] = name
     return split
+
+
+def near_duplicate_groups(used: list[Decoded], distance: int) -> np.ndarray:
+    """Group id per used image (see :func:`imgclf.data.near_duplicates.group`)."""
+    return group([d.phash for d in used], distance)
+
+
+def describe_groups(
+    used: list[Decoded], groups: np.ndarray, split: np.ndarray, classes: list[str]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(every group of ≥2 images, the groups spanning two classes), for the report."""
+    members: dict[int, list[int]] = {}
+    for i, g in enumerate(groups.tolist()):
+        members.setdefault(g, []).append(i)
+    listed, conflicts = [], []
+    for root, idx in members.items():
+        if len(idx) < 2:
+            continue
+        counts = Counter(classes[used[i].label] for i in idx)
+        entry = {
+            "split": str(split[root]),
+            "classes": dict(sorted(counts.items())),
+            "files": [used[i].path for i in idx],
+        }
+        listed.append(entry)
+        if len(counts) > 1:
+            conflicts.append(entry)
+    return listed, conflicts
 
 
 def drop_duplicates(decoded: list[Decoded]) -> list[Decoded]:
@@ -248,29 +372,78 @@ def build_report(
     }
 
 
-def channel_stats(store: np.ndarray, rows: np.ndarray, chunk: int = 4096) -> tuple[list, list]:
-    """Per-channel mean and std (0–1 scale) of the given rows, streamed in chunks."""
-    total = np.zeros(store.shape[-1])
-    squares = np.zeros(store.shape[-1])
-    for i in range(0, len(rows), chunk):
-        block = store[rows[i : i + chunk]].reshape(-1, store.shape[-1]).astype(np.float64) / 255
-        total += block.sum(axis=0)
-        squares += (block**2).sum(axis=0)
-    count = len(rows) * store.shape[1] * store.shape[2]
-    mean = total / count
-    std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
-    return [round(float(v), 6) for v in mean], [round(max(float(v), 1e-3), 6) for v in std]
+def channel_stats(sums: list[tuple[int, ...]], pixels_per_image: int) -> tuple[list, list]:
+    """Per-channel mean and std (0–1 scale) from per-image exact integer sums.
+
+    The totals are Python integers, so they are the same whatever the order or the CPU;
+    only the final division and square root are floating point (correctly rounded).
+    """
+    channels = len(sums[0]) // 2
+    total = [sum(s[c] for s in sums) for c in range(channels)]
+    squares = [sum(s[channels + c] for s in sums) for c in range(channels)]
+    count = len(sums) * pixels_per_image
+    mean = [t / (255 * count) for t in total]
+    var = [q / (255 * 255 * count) - m * m for q, m in zip(squares, mean, strict=True)]
+    std = [math.sqrt(max(v, 0.0)) for v in var]
+    return [round(v, 6) for v in mean], [round(max(v, 1e-3), 6) for v in std]
 
 
-def write_split(path: Path, store: np.ndarray, rows: np.ndarray, chunk: int = 4096) -> None:
-    """Copy the given scratch rows into a standalone ``.npy`` without loading them all."""
-    out = np.lib.format.open_memmap(
-        path, mode="w+", dtype=np.uint8, shape=(len(rows), *store.shape[1:])
-    )
-    for i in range(0, len(rows), chunk):
-        out[i : i + chunk] = store[rows[i : i + chunk]]
-    out.flush()
-    del out
+def write_split(path: Path, scratch: Path, rows: np.ndarray, row_shape: tuple[int, ...]) -> None:
+    """Copy the given scratch rows into a standalone ``.npy``, run by run of adjacent rows.
+
+    No memory map and no copy through Python: the kernel copies file to file
+    (``copy_file_range``; plain reads and writes where it is missing), so the resident
+    set stays the same whatever the size of the split.
+    """
+    row_bytes = math.prod(row_shape)
+    header = {"descr": "|u1", "fortran_order": False, "shape": (len(rows), *row_shape)}
+    runs: list[tuple[int, int]] = []  # (first row, number of rows)
+    for row in rows.tolist():
+        if runs and runs[-1][0] + runs[-1][1] == row:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((row, 1))
+    src = os.open(scratch, os.O_RDONLY)
+    try:
+        with path.open("wb") as out:
+            np.lib.format.write_array_header_1_0(out, header)
+            out.flush()
+            for first, count in runs:
+                _copy(src, out, first * row_bytes, count * row_bytes)
+    finally:
+        os.close(src)
+
+
+def _copy(src: int, out: io.BufferedWriter, offset: int, size: int) -> None:
+    """Append ``size`` bytes of ``src`` from ``offset`` to ``out``."""
+    dst = out.fileno()
+    while size:
+        try:
+            done = os.copy_file_range(src, dst, size, offset)
+        except (AttributeError, OSError):  # not Linux, or a filesystem that refuses it
+            done = 0
+        if not done:
+            out.write(os.pread(src, size, offset))
+            out.flush()
+            return
+        offset, size = offset + done, size - done
+
+
+def check_groups(classes: list[str], used: list[Decoded], groups: np.ndarray) -> None:
+    """Each class needs ≥3 groups of near-identical images (one per split)."""
+    owners = Counter(used[r].label for r in set(groups.tolist()))
+    short = [
+        f"class '{name}' has {owners.get(label, 0)} distinct images (groups)"
+        for label, name in enumerate(classes)
+        if owners.get(label, 0) < len(SPLITS)
+    ]
+    if short:
+        raise PrepareError(
+            "cannot make a train/val/test split that keeps near-duplicates together: "
+            + "; ".join(short)
+            + f". Each class needs at least {len(SPLITS)}; lower prepare.near_dup_distance "
+            "or add images."
+        )
 
 
 def prepare(raw: Path, out_dir: Path, report_path: Path, params: Params) -> dict[str, Any]:
@@ -281,17 +454,25 @@ def prepare(raw: Path, out_dir: Path, report_path: Path, params: Params) -> dict
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    row_shape = (spec.image_size, spec.image_size, spec.channels)
+    hash_min_side = p.near_dup_min_side if p.near_dup_distance >= 0 else 0
+    scratch = tmp / "scratch.u8"
     try:
-        decoded, store = decode_all(raw, files, spec, p.min_side, tmp / "scratch.npy")
+        decoded = decode_all(raw, files, spec, p.min_side, scratch, hash_min_side)
         if p.dedupe:
             decoded = drop_duplicates(decoded)
         used = [d for d in decoded if d.usable]
         check_classes(classes, used, [d for d in decoded if not d.usable])
 
         labels = np.array([d.label for d in used], dtype=np.int64)
-        split_of = stratified_split(labels, p.val_fraction, p.test_fraction, params.seed)
+        groups = near_duplicate_groups(used, p.near_dup_distance)
+        check_groups(classes, used, groups)
+        split_of = stratified_split(
+            labels, p.val_fraction, p.test_fraction, params.seed, groups=groups
+        )
         slots = np.array([d.slot for d in used], dtype=np.int64)
-        mean, std = channel_stats(store, slots[split_of == "train"])
+        train = [d.sums for d, s in zip(used, split_of, strict=True) if s == "train"]
+        mean, std = channel_stats(train, spec.image_size * spec.image_size)
         meta = {
             "classes": classes,
             "preprocess": spec.to_dict(),
@@ -303,9 +484,18 @@ def prepare(raw: Path, out_dir: Path, report_path: Path, params: Params) -> dict
         with (tmp / INDEX_FILE).open("w", newline="") as fh:
             writer = csv.writer(fh, lineterminator="\n")
             writer.writerow(INDEX_FIELDS)
+            # The three copies run at once (the kernel copies; threads only wait on it).
+            with ThreadPoolExecutor(len(SPLITS)) as copier:
+                copies = [
+                    copier.submit(
+                        write_split, tmp / f"{n}.npy", scratch, slots[split_of == n], row_shape
+                    )
+                    for n in SPLITS
+                ]
+                for done in copies:
+                    done.result()
             for name in SPLITS:
                 members = [d for d, s in zip(used, split_of, strict=True) if s == name]
-                write_split(tmp / f"{name}.npy", store, slots[split_of == name])
                 np.save(tmp / f"{name}_labels.npy", np.array([d.label for d in members], np.int64))
                 for pos, d in enumerate(members):
                     row = (
@@ -319,18 +509,31 @@ def prepare(raw: Path, out_dir: Path, report_path: Path, params: Params) -> dict
                         d.height,
                     )
                     writer.writerow(row)
-        del store
-        (tmp / "scratch.npy").unlink()
+        scratch.unlink()
         write_json(tmp / META_FILE, meta)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     split_by_path = dict(zip((d.path for d in used), split_of, strict=True))
     report = build_report(raw, classes, decoded, split_by_path)
+    listed, conflicts = describe_groups(used, groups, split_of, classes)
+    report["n_near_dup_groups"] = len(listed)
+    report["n_label_conflicts"] = len(conflicts)
+    report["near_duplicates"] = {
+        "distance": p.near_dup_distance,
+        "min_side": p.near_dup_min_side,
+        "hashed": sum(d.phash is not None for d in used),
+        "images_in_groups": sum(len(g["files"]) for g in listed),
+        "groups": listed,
+        "label_conflicts": conflicts,
+    }
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.replace(out_dir)
-    # Headline: n_classes, n_used, n_skipped; the rest is detail (see dataio.DETAIL).
+    # Headline: n_classes, n_used, n_skipped, the near-duplicate counts; the rest is detail.
     write_json(
-        report_path, with_detail(report, ("dataset", "n_found", "split", "skipped_by_reason"))
+        report_path,
+        with_detail(
+            report, ("dataset", "n_found", "split", "skipped_by_reason", "near_duplicates")
+        ),
     )
     return report

@@ -54,6 +54,49 @@ def _dvc_files_changed(root: Path, commit: str) -> list[list[str]]:
     return rows
 
 
+def _near_duplicates(head: dict[str, Any], t: str) -> list[str]:
+    """Near-duplicate groups (kept in one split) and label conflicts, from prepare.json."""
+    near = head.get("near_duplicates")
+    if not isinstance(near, dict):
+        return []
+    groups, conflicts = near.get("groups", []), near.get("label_conflicts", [])
+    lines = ["### Near-duplicates and label conflicts", ""]
+    lines += [
+        f"{len(groups)} groups of near-identical images ({near.get('images_in_groups', 0)} "
+        f"images; hashes within {near.get('distance')} bits), each kept in one split; "
+        f"{len(conflicts)} spread over two or more classes.",
+        "",
+    ]
+    if conflicts:
+        rows = [
+            [", ".join(f"{code(c)}: {n}" for c, n in g["classes"].items()), g["split"],
+             "<br>".join(code(f) for f in g["files"][:10])]
+            for g in conflicts[:50]
+        ]  # fmt: skip
+        lines += ["**Label conflicts** (the same picture under two labels):", ""]
+        lines += [*table(["classes (images)", "split", "files"], rows), ""]
+    if groups:
+        lines += [f"<details><summary>Near-duplicate groups in {code(t)} ({len(groups)})"
+                  "</summary>", ""]  # fmt: skip
+        for g in groups[:100]:
+            lines.append(f"- {g['split']}: " + ", ".join(code(f) for f in g["files"][:10]))
+        lines += ["", "</details>", ""]
+    return lines
+
+
+def _label_issues(root: Path) -> list[str]:
+    """Likely label errors of the workspace's prepared training split."""
+    from imgclf.evaluation.label_issues import find_issues, markdown
+
+    prepared = root / "data/prepared"
+    lines = ["### Likely label errors", ""]
+    if not (prepared / "train.npy").is_file():
+        return [*lines, f"No {code('data/prepared')} in the workspace (`dvc pull`).", ""]
+    issues = find_issues(prepared)
+    n_train = sum(1 for row in (prepared / "index.csv").open() if row.startswith("train,"))
+    return [*lines, *markdown(issues, n_train, top=30)]
+
+
 def _used(rows: dict[str, dict[str, Any]]) -> set[str]:
     return {c for c, r in rows.items() if (r.get("used") or 0) > 0}
 
@@ -106,8 +149,11 @@ def data_report(
     label: str = "workspace",
     images: Path | None = None,
     link: str = "images",
+    label_issues: bool = False,
 ) -> str:
-    """The dataset report: class counts, image sizes, skipped files, changes against base.
+    """The dataset report: class counts, image sizes, skipped files, near-duplicate groups
+    and label conflicts, changes against base; with ``label_issues``, the likely label
+    errors of the workspace's prepared training split.
 
     With ``images``, pictures of added classes and skipped files go into that folder,
     linked as ``link/NAME``.
@@ -165,6 +211,9 @@ def data_report(
                     lines.append(f"- {code(str(item))}")
             lines += ["", "</details>", ""]
 
+    lines += _near_duplicates(head, t)
+    if label_issues:
+        lines += _label_issues(root)
     if images is not None:
         lines += data_pictures(root, old, head, images, link)
 
