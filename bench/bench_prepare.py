@@ -29,6 +29,8 @@ from common import ROOT, table
 from make_photos import make_photos_parallel
 from PIL import Image
 
+from imgclf.jsonio import expand
+
 SIDE = 224
 
 
@@ -71,7 +73,8 @@ def stage(raw: Path, work: Path) -> tuple[float, float, dict]:
     if proc.returncode:
         raise RuntimeError(proc.stdout[-2000:] + proc.stderr[-2000:])
     peak = int(proc.stdout.strip().splitlines()[-1]) / 1024
-    return seconds, peak, json.loads((work / "prepare.json").read_text())
+    # The flat view: headline and detail merged (n_near_dup_groups is in the detail).
+    return seconds, peak, expand(json.loads((work / "prepare.json").read_text()))
 
 
 def main(argv: list[str] | None = None) -> int:
