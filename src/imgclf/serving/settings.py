@@ -154,15 +154,21 @@ class Settings:
                 raise SettingsError(f"{name}={value} must be >= {minimum}")
             return value
 
-        def number(name: str, default: float, what: str, zero_ok: bool) -> float:
-            """A finite float from ``name``: > 0, or >= 0 where 0 means off."""
+        def parse_float(name: str, what: str) -> float | None:
+            """``name`` as a float; None when unset or empty (the default applies)."""
             raw = env.get(name)
             if raw is None or raw.strip() == "":
-                return default
+                return None
             try:
-                value = float(raw)
+                return float(raw)
             except ValueError:
-                raise SettingsError(f"{name}={raw!r} is not a number {what}") from None
+                raise SettingsError(f"{name}={raw!r} is not a number{what}") from None
+
+        def number(name: str, default: float, what: str, zero_ok: bool) -> float:
+            """A finite float from ``name``: > 0, or >= 0 where 0 means off."""
+            value = parse_float(name, f" {what}")
+            if value is None:
+                return default
             if value == float("inf") or not (value >= 0 if zero_ok else value > 0):
                 need = ">= 0 (0: off)" if zero_ok else f"a positive number {what}"
                 raise SettingsError(f"{name}={value} must be {need}")
@@ -203,13 +209,9 @@ class Settings:
             )
 
         def fraction(name: str, default: float) -> float:
-            raw = env.get(name)
-            if raw is None or raw.strip() == "":
+            value = parse_float(name, "")
+            if value is None:
                 return default
-            try:
-                value = float(raw)
-            except ValueError:
-                raise SettingsError(f"{name}={raw!r} is not a number") from None
             if not 0 < value <= 1:
                 raise SettingsError(f"{name}={value} must be a fraction in (0, 1], e.g. 0.01")
             return value
