@@ -29,12 +29,16 @@ from common import ROOT, table
 from make_photos import make_photos_parallel
 from PIL import Image
 
+from imgclf.data.prepare import keep_image_memory
 from imgclf.jsonio import expand
 
 SIDE = 224
 
 
 def _ceiling_part(paths: list[Path]) -> int:
+    # The decoder configured as the stage configures it (Pillow keeps freed memory
+    # blocks): the ceiling is the best this decoder does, not its defaults.
+    keep_image_memory()
     for path in paths:
         with Image.open(path) as img:
             img.draft("RGB", (SIDE, SIDE))

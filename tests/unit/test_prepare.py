@@ -156,3 +156,70 @@ def test_min_side_and_reported_sizes_use_the_file_not_the_reduced_decode(tmp_pat
     report = prepare(root, tmp_path / "prepared", tmp_path / "prepare.json", params)
     assert report["n_skipped"] == 0, report["skipped"]
     assert report["n_used"] == 8
+
+
+def _scratch(path: Path, rows: int, row_shape: tuple[int, ...], header: int) -> np.ndarray:
+    """A scratch file as the decoders leave it: ``header`` reserved bytes, then rows."""
+    pixels = np.random.default_rng(rows).integers(0, 256, (rows, *row_shape), dtype=np.uint8)
+    path.write_bytes(b"\0" * header + pixels.tobytes())
+    return pixels
+
+
+@pytest.mark.parametrize("pick", ["scattered", "all", "none", "tail", "one"])
+def test_the_largest_split_is_made_in_place_byte_for_byte_as_a_copy(
+    tmp_path: Path, pick: str
+) -> None:
+    """split_in_place (the train split: no second copy of most of the pixels) writes the
+    same bytes as write_split and np.save, for any pattern of rows; the others' rows are
+    copied out first and still read right; a file too small for the move buffer works."""
+    from imgclf.data import prepare as prep
+
+    shape, n, header = (5, 5, 3), 40, prep.SCRATCH_HEADER
+    rng = np.random.default_rng(7)
+    rows = {
+        "scattered": np.sort(rng.choice(n, 27, replace=False)),
+        "all": np.arange(n),
+        "none": np.arange(0),
+        "tail": np.arange(30, n),
+        "one": np.array([17]),
+    }[pick]
+    scratch = tmp_path / "scratch.u8"
+    pixels = _scratch(scratch, n, shape, header)
+    rest = np.setdiff1d(np.arange(n), rows)
+    prep.write_split(tmp_path / "rest.npy", scratch, rest, shape, header)
+    assert prep.split_in_place(tmp_path / "train.npy", scratch, rows, shape, header)
+    assert not scratch.exists()
+    np.save(tmp_path / "expected.npy", pixels[rows])
+    assert (tmp_path / "train.npy").read_bytes() == (tmp_path / "expected.npy").read_bytes()
+    np.testing.assert_array_equal(np.load(tmp_path / "rest.npy"), pixels[rest])
+
+
+def test_in_place_refuses_what_it_cannot_do_and_leaves_the_scratch(tmp_path: Path) -> None:
+    """Rows out of order, or a header that would not fit the reserved bytes: False, the
+    scratch untouched (prepare then copies)."""
+    from imgclf.data import prepare as prep
+
+    shape, header = (4, 4, 1), prep.SCRATCH_HEADER
+    scratch = tmp_path / "scratch.u8"
+    _scratch(scratch, 10, shape, header)
+    before = scratch.read_bytes()
+    assert not prep.split_in_place(tmp_path / "x.npy", scratch, np.array([3, 1]), shape, header)
+    assert not prep.split_in_place(tmp_path / "x.npy", scratch, np.array([1, 3]), shape, 64)
+    assert scratch.read_bytes() == before and not (tmp_path / "x.npy").exists()
+
+
+def test_moves_larger_than_the_buffer_keep_every_byte(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs longer than MOVE_BYTES move in pieces (bounded memory) without losing a byte."""
+    from imgclf.data import prepare as prep
+
+    monkeypatch.setattr(prep, "MOVE_BYTES", 7)  # smaller than a row: every move is split
+    shape, n, header = (3, 3, 3), 30, prep.SCRATCH_HEADER
+    scratch = tmp_path / "scratch.u8"
+    pixels = _scratch(scratch, n, shape, header)
+    rows = np.array([2, 3, 4, 5, 9, 10, 11, 20, 21, 29])
+    prep.write_split(tmp_path / "copy.npy", scratch, rows, shape, header)
+    assert prep.split_in_place(tmp_path / "moved.npy", scratch, rows, shape, header)
+    np.testing.assert_array_equal(np.load(tmp_path / "moved.npy"), pixels[rows])
+    assert (tmp_path / "moved.npy").read_bytes() == (tmp_path / "copy.npy").read_bytes()
