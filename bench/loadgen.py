@@ -51,6 +51,34 @@ def tree_cpu_seconds(pid: int) -> float:
     return total + sum(tree_cpu_seconds(int(c)) for c in children)
 
 
+def thread_counters(pid: int) -> dict[str, tuple[float, int]]:
+    """Per thread of process ``pid``: (CPU seconds, voluntary context switches), with the
+    main thread (the server's event loop) under ``"loop"`` and the others summed under
+    ``"other"`` (work threads, onnxruntime's, the recorder's). Linux /proc; {} elsewhere.
+
+    A voluntary switch is a sleep: waiting for the GIL, for work, for the socket. Each
+    sleep and wake-up costs CPU (0.2 ms on the 2-core VM the benches run on), so their
+    number per request says where a server loses time that no profile of its code shows.
+    """
+    out = {"loop": (0.0, 0), "other": (0.0, 0)}
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        tasks = [t.name for t in Path(f"/proc/{pid}/task").iterdir()]
+    except OSError:
+        return {}
+    for tid in tasks:
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+            status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        cpu = (int(stat[11]) + int(stat[12])) / tick
+        sleeps = int(status.split("\nvoluntary_ctxt_switches:")[1].split()[0])
+        key = "loop" if tid == str(pid) else "other"
+        out[key] = (out[key][0] + cpu, out[key][1] + sleeps)
+    return out
+
+
 def multipart_request(path: str, field: str, image: bytes, count: int, port: int) -> bytes:
     """A complete HTTP/1.1 keep-alive request uploading ``count`` copies of ``image``."""
     boundary = uuid.uuid4().hex
@@ -80,6 +108,11 @@ class Load:
     client_cpu_s: float  # this process's CPU time during the run
     server_cpu_s: float = float("nan")  # the server's process tree, when its pid was given
     cores: int = 1
+    # The server process's threads during the run (thread_counters): CPU s and sleeps.
+    loop_cpu_s: float = float("nan")
+    loop_sleeps: int = 0
+    other_cpu_s: float = float("nan")
+    other_sleeps: int = 0
 
     @property
     def requests(self) -> int:
@@ -102,6 +135,16 @@ class Load:
         """Server CPU ms per request."""
         return 1000 * self.server_cpu_s / max(1, self.requests)
 
+    def per_request(self) -> dict[str, float]:
+        """The server's event loop and other threads: CPU ms and sleeps per request."""
+        n = max(1, self.requests)
+        return {
+            "loop_cpu_ms": 1000 * self.loop_cpu_s / n,
+            "loop_sleeps": self.loop_sleeps / n,
+            "other_cpu_ms": 1000 * self.other_cpu_s / n,
+            "other_sleeps": self.other_sleeps / n,
+        }
+
 
 def merge(parts: list[Load]) -> Load:
     """Several slices of load on the same server as one run."""
@@ -112,6 +155,10 @@ def merge(parts: list[Load]) -> Load:
         sum(p.client_cpu_s for p in parts),
         sum(p.server_cpu_s for p in parts),
         parts[0].cores,
+        sum(p.loop_cpu_s for p in parts),
+        sum(p.loop_sleeps for p in parts),
+        sum(p.other_cpu_s for p in parts),
+        sum(p.other_sleeps for p in parts),
     )
 
 
@@ -184,8 +231,16 @@ def run(
     if (requests is None) == (seconds is None):
         raise ValueError("give either requests or seconds")
     server0 = tree_cpu_seconds(server_pid) if server_pid else float("nan")
+    threads0 = thread_counters(server_pid) if server_pid else {}
     client0 = time.process_time()
     lat, errors, wall = asyncio.run(_drive(port, request, concurrency, requests, seconds))
     client = time.process_time() - client0
     server = tree_cpu_seconds(server_pid) - server0 if server_pid else float("nan")
-    return Load(np.array(lat), errors, wall, client, server, cores())
+    load = Load(np.array(lat), errors, wall, client, server, cores())
+    threads = thread_counters(server_pid) if server_pid else {}
+    if threads0 and threads:
+        # Threads that ended during the run drop out: their CPU is then in server_cpu_s only.
+        d = {k: (threads[k][0] - threads0[k][0], threads[k][1] - threads0[k][1]) for k in threads}
+        load.loop_cpu_s, load.loop_sleeps = d["loop"]
+        load.other_cpu_s, load.other_sleeps = d["other"]
+    return load

@@ -284,6 +284,24 @@ def markdown(rows: list[Row]) -> str:
     return common.table(HEADER, [r.cells() for r in rows])
 
 
+THREADS_HEADER = [
+    "model", "input", "conc.", "ours server CPU ms/req", "event loop CPU ms/req",
+    "event loop sleeps/req", "other threads CPU ms/req", "other threads sleeps/req",
+]  # fmt: skip
+
+
+def threads_table(rows: list[Row]) -> str:
+    """Where ours' server CPU goes by thread, and how often each kind of thread slept
+    (waiting for the GIL, for work, for the socket) per request."""
+    cells = []
+    for r in rows:
+        t = r.ours.per_request()
+        cells.append([r.model, r.input, str(r.concurrency), f"{r.ours_cpu_ms:.1f}",
+                      f"{t['loop_cpu_ms']:.2f}", f"{t['loop_sleeps']:.1f}",
+                      f"{t['other_cpu_ms']:.2f}", f"{t['other_sleeps']:.1f}"])  # fmt: skip
+    return common.table(THREADS_HEADER, cells)
+
+
 def verdicts(rows: list[Row]) -> list[str]:
     """The issue's three goals, each met or not, with the numbers."""
     out = []
@@ -302,9 +320,16 @@ def verdicts(rows: list[Row]) -> list[str]:
         if SEED_INPUT in at8:
             r = at8[SEED_INPUT]
             ok = r.vs_seed >= GOAL_SEED_RATIO
+            # The ceiling itself ÷ seed: past it, no server of this model file can go.
+            top = r.ceiling / r.seed.rps if r.seed.rps else np.inf
+            bound = (
+                ""
+                if top >= GOAL_SEED_RATIO
+                else (f" (the ceiling itself is {top:.1f}× the seed here: the goal is above it)")
+            )
             out.append(f"{model}: ours ÷ seed on {SEED_INPUT} at concurrency "
                        f"{GOAL_CONCURRENCY} = {r.vs_seed:.1f}× (goal ≥ {GOAL_SEED_RATIO:g}×): "
-                       f"{'met' if ok else 'NOT met'}")  # fmt: skip
+                       f"{'met' if ok else 'NOT met'}{bound}")  # fmt: skip
         tails = [r for r in mine if r.ours.pct(99) > GOAL_TAIL * r.ours.pct(50)]
         out.append(
             f"{model}: ours p99 ≤ {GOAL_TAIL:g} × p50 on every row: "
@@ -380,6 +405,9 @@ def run(args: argparse.Namespace) -> int:
     if args.note:
         section.append(f"- note: {args.note}")
     section += [f"- {v}" for v in verdict] + ["", table, *stages]
+    section += ["", "Ours' server by thread (CPU and sleeps per request; a sleep is a wait for "
+                "the GIL, for work or for the socket, and each costs CPU on this VM; "
+                "docs/serving-speed.md):", "", threads_table(rows)]  # fmt: skip
     section += ["", "Model only, batch 1, one thread (the server's session is `fast`, evaluate's "
                 "`portable`; docs/serving-speed.md):", "",
                 common.table(MODEL_ONLY_HEADER, model_rows)]  # fmt: skip

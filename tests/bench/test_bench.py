@@ -47,6 +47,7 @@ COVERED_BY = {
     "bench_selection.py": "quick run here",
     "bench_sweep.py": "quick run here (heavy)",
     "bench_train.py": "quick run here",
+    "bench_wakeups.py": "quick run here",
     "common.py": "every quick run",
     "loadgen.py": "test_loadgen_* here and every HTTP quick run",
     "results.py": "test_results_* here and every quick run",
@@ -184,7 +185,7 @@ def test_loadgen_measures_the_servers_cpu_when_given_its_pid(echo_server) -> Non
 
 SCENARIOS = ["api", "photos", "pipeline", "train", "numerics", "selection", "datasets",
              "sweep", "monitor", "quantize", "gpu", "prepare", "near_dups", "label_issues",
-             "dvc_files"]  # fmt: skip
+             "dvc_files", "wakeups"]  # fmt: skip
 
 
 def _section(text: str, name: str) -> str:
@@ -299,6 +300,7 @@ def run_quick(script: str, args: list[str], tmp_path: Path, scenario: str) -> st
         ("bench_prepare.py", "prepare", "| 300 | "),
         ("bench_near_dups.py", "near_dups", "sources whole in one split"),
         ("bench_label_issues.py", "label_issues", "| digits_few (300 × 8×8) | 10% |"),
+        ("bench_wakeups.py", "wakeups", "| hand-off to a work thread and back"),
         # 8 dvc commands against the gs emulator in two temp repos: ~1 min on a busy machine.
         pytest.param(
             "bench_dvc_files.py", "dvc_files", "| 120 loose JPEGs |", marks=pytest.mark.heavy
@@ -340,6 +342,14 @@ def test_photo_scenario_quick_prints_the_table_both_ratios_and_the_verdicts(
     assert "ours ÷ ceiling on jpeg_600x400 at concurrency 8" in out
     assert "ours ÷ seed on jpeg_4000x3000 at concurrency 8" in out
     assert "p99 ≤ 3 × p50 on every row" in out
+    # Where ours' server CPU goes by thread: the event loop sleeps at least once per
+    # request at concurrency 1 (it waits for the work thread), and spends CPU on it.
+    threads = [[c.strip() for c in ln.split("|")] for ln in lines if ln.startswith("| small_cnn |")]
+    threads = [r for r in threads if len(r) == 10]  # "| a | … | h |" splits into 10
+    assert len(threads) == 8, out[-3000:]
+    for row in threads:
+        if row[3] == "1":
+            assert float(row[6]) >= 1.0 and float(row[5]) > 0, row
     # Issue 18: model-only speed of both session kinds, the server's and evaluate's.
     only = re.search(r"model only, batch 1, one thread: small_cnn: portable (\d+) img/s, "
                      r"fast (\d+) img/s", out)  # fmt: skip
