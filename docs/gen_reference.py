@@ -130,6 +130,10 @@ MEANINGS = {
     "upload what waits; keep it under the platform's grace period (Cloud Run: 10 s)",
     "IMGCLF_MONITOR_SPOOL": "local folder for the open and not yet uploaded shards; unset: "
     "`spool/` beside `IMGCLF_MONITOR_DB`, else the temp folder",
+    "IMGCLF_MONITOR_SPOOL_MAX_BYTES": "closed shards kept waiting while the bucket cannot be "
+    "reached; past it the oldest are deleted unshipped and counted "
+    "(`imgclf_monitor_shards_dropped_total`), so a memory spool (Cloud Run) cannot grow "
+    "until the replica is killed",
     "IMGCLF_MONITOR_REPLICA": "the replica's name in shard names (e.g. the pod name); "
     "unset: `K_REVISION` or the host name; the process id and random bits are added",
 }

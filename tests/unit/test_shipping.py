@@ -106,6 +106,35 @@ def test_a_failed_upload_is_counted_and_retried(tmp_path: Path) -> None:
     assert sum(_rows(s) for s in _shards(bucket)) == 3
 
 
+def test_a_long_outage_drops_the_oldest_shards_not_the_replica(tmp_path: Path) -> None:
+    """The bucket stays down: closed shards pile up in the spool (memory on Cloud Run).
+    Past IMGCLF_MONITOR_SPOOL_MAX_BYTES the oldest go, counted with their records; the
+    newest stays; when the bucket is back what is left ships, and nothing is counted
+    twice (shipped + dropped records = recorded)."""
+    telemetry = Telemetry()
+    bucket = tmp_path / "bucket"
+    bucket.mkdir()
+    (bucket / "shards").write_text("a file where the folder should be")  # uploads fail
+    monitor = Monitor(_shipping(tmp_path, shard_rows=2, max_bytes=1), telemetry)
+    ready = tmp_path / "spool" / "ready"
+    for closed in (1, 2, 3):
+        _observe(monitor, 3)
+        deadline = time.monotonic() + 15
+        while _value(telemetry, "imgclf_monitor_shards_total") < closed:
+            assert time.monotonic() < deadline, "the shard never closed"
+            time.sleep(0.1)
+    dropped = _value(telemetry, "imgclf_monitor_shards_dropped_total")
+    assert dropped >= 1
+    assert len(list(ready.glob("*.db"))) <= 2  # the newest, and maybe the one in upload
+    lost = _value(telemetry, "imgclf_monitor_records_dropped_unshipped_total")
+    assert lost == 3 * dropped
+    (bucket / "shards").unlink()  # the bucket is back
+    monitor.close()
+    shipped = sum(_rows(s) for s in _shards(bucket))
+    assert shipped + lost == 9 and shipped >= 3
+    assert not list(ready.glob("*.db"))
+
+
 CRASH = """
 import sys, time
 from pathlib import Path
@@ -139,6 +168,11 @@ def test_a_killed_process_leaves_its_open_shard_to_the_next_one(tmp_path: Path) 
 
 
 def test_shipping_settings(tmp_path: Path) -> None:
+    assert Settings.from_env({}).monitor_spool_max_bytes == 256 * 2**20
+    capped = Settings.from_env({"IMGCLF_MONITOR_SPOOL_MAX_BYTES": "1048576"})
+    assert capped.monitor_spool_max_bytes == 2**20
+    with pytest.raises(SettingsError, match="IMGCLF_MONITOR_SPOOL_MAX_BYTES"):
+        Settings.from_env({"IMGCLF_MONITOR_SPOOL_MAX_BYTES": "0"})
     s = Settings.from_env({"IMGCLF_MONITOR_URL": "gs://b/m", "IMGCLF_MONITOR_SHARD_S": "60"})
     assert s.monitor_url == "gs://b/m" and s.monitor_shard_s == 60 and s.monitor_db is None
     for env, message in [

@@ -10,7 +10,11 @@ its final name (:class:`imgclf.monitoring.shards.ShardName`: day, time range, re
 sequence) and an uploader thread sends it, and the samples it lists, to the URL. The
 request path never waits on any of this: workers only queue (as before), and an upload
 that fails stays in the spool, is counted (``imgclf_monitor_upload_failures``) and retried
-with a backoff.
+with a backoff. The spool is bounded: while the bucket cannot be reached, closed shards
+pile up, and past ``IMGCLF_MONITOR_SPOOL_MAX_BYTES`` the oldest are deleted unshipped,
+counted (``imgclf_monitor_shards_dropped``, ``imgclf_monitor_records_dropped_unshipped``)
+and logged. Monitoring is best effort; the replica answering is not: on Cloud Run the
+spool is memory, and an unbounded one would get the replica killed for want of a bucket.
 
 Bounds. On SIGTERM the app's shutdown flushes the queue, closes the open shard and
 uploads everything waiting, within ``IMGCLF_MONITOR_DRAIN_S`` (keep it under the
@@ -57,6 +61,7 @@ class ShipConfig:
     shard_rows: int = 100_000
     replica: str | None = None
     drain_s: float = 8.0
+    max_bytes: int = 256 * 2**20  # closed shards kept waiting; past it the oldest go
 
 
 Count = Callable[[str, int], None]
@@ -100,6 +105,9 @@ class ShardSpool:
         self._first = self._last = 0.0
         self.rows = 0
         self._sample_bytes = 0  # carried from shard to shard: the cap is per process
+        # The shard the uploader is sending now: the cap never deletes it under its feet.
+        self._busy_lock = threading.Lock()
+        self._busy: Path | None = None
         self._recover()
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -149,7 +157,54 @@ class ShardSpool:
         name = ShardName.for_records(self._first, self._last, self.replica, self._seq)
         path.replace(self.ready_dir / name.name)
         self._count("shards", 1)
+        self.enforce_cap()
         self._wake.set()
+
+    def enforce_cap(self) -> int:
+        """Delete the oldest waiting shards (and their samples) while the spool's closed
+        shards exceed ``max_bytes``; returns how many went. The newest shard always stays,
+        and so does the one being uploaded."""
+        waiting = sorted(self.ready_dir.glob("*.db"))  # names sort by time
+        sizes = {p: p.stat().st_size for p in waiting if p.exists()}
+        total, dropped, records = sum(sizes.values()), 0, 0
+        for path in waiting[:-1]:
+            if total <= self.config.max_bytes:
+                break
+            with self._busy_lock:
+                if path == self._busy:
+                    continue
+                rows, samples = self._contents(path)
+                path.unlink(missing_ok=True)
+            for sample in samples:
+                if self.sample_dir is not None:
+                    (self.sample_dir / PurePosixPath(sample)).unlink(missing_ok=True)
+            total -= sizes.get(path, 0)
+            dropped, records = dropped + 1, records + rows
+        if dropped:
+            self._count("shards_dropped", dropped)
+            self._count("records_dropped_unshipped", records)
+            log.warning(
+                "monitoring: the spool is over IMGCLF_MONITOR_SPOOL_MAX_BYTES=%d with %s "
+                "unreachable: dropped the %d oldest shard(s), %d record(s), unshipped",
+                self.config.max_bytes, self.target.url, dropped, records,
+            )  # fmt: skip
+        return dropped
+
+    @staticmethod
+    def _contents(path: Path) -> tuple[int, list[str]]:
+        """A closed shard's number of records and the samples it lists (0, [] if unreadable)."""
+        try:
+            conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        except sqlite3.Error:
+            return 0, []
+        try:
+            (rows,) = conn.execute("SELECT COUNT(*) FROM requests").fetchone()
+            found = conn.execute("SELECT sample FROM requests WHERE sample IS NOT NULL")
+            return int(rows), [s for (s,) in found]
+        except sqlite3.Error:
+            return 0, []
+        finally:
+            conn.close()
 
     def _recover(self) -> None:
         """Close and queue the open shards of dead processes that used this spool."""
@@ -200,6 +255,10 @@ class ShardSpool:
             for path in waiting:
                 if time.monotonic() > self._deadline:
                     return
+                with self._busy_lock:
+                    if not path.exists():  # dropped by the cap meanwhile
+                        continue
+                    self._busy = path
                 try:
                     self._upload(path)
                 except Exception as exc:  # noqa: BLE001 - network, credentials, a full bucket: retry
@@ -208,6 +267,9 @@ class ShardSpool:
                     self._count("upload_failures", 1)
                     failed = True
                     break
+                finally:
+                    with self._busy_lock:
+                        self._busy = None
             if failed:
                 if self._stopping.is_set():
                     delay = min(delay, 0.5)

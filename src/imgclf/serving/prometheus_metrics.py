@@ -135,6 +135,17 @@ class Telemetry:
             "Shard uploads that failed (each is retried; the answers never wait on it).",
             registry=self.registry,
         )
+        self.monitor_shards_dropped = Counter(
+            "imgclf_monitor_shards_dropped",
+            "Oldest waiting shards deleted unshipped: the spool was over "
+            "IMGCLF_MONITOR_SPOOL_MAX_BYTES (the bucket unreachable for long).",
+            registry=self.registry,
+        )
+        self.monitor_records_dropped_unshipped = Counter(
+            "imgclf_monitor_records_dropped_unshipped",
+            "Records in the shards counted by imgclf_monitor_shards_dropped.",
+            registry=self.registry,
+        )
         self.disconnects = Counter(
             "imgclf_client_disconnects",
             "Requests whose client went away before the answer (also counted as status 499).",

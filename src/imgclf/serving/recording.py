@@ -36,6 +36,7 @@ def open_monitor(settings: Settings, telemetry: Any | None = None) -> Monitor | 
             shard_rows=settings.monitor_shard_rows,
             replica=settings.monitor_replica,
             drain_s=settings.monitor_drain_s,
+            max_bytes=settings.monitor_spool_max_bytes,
         )
     config = MonitorConfig(
         db=settings.monitor_db,

@@ -101,6 +101,10 @@ class Settings:
     monitor_shard_rows: int = 100_000
     monitor_replica: str | None = None
     monitor_drain_s: float = 8.0
+    # Closed shards waiting in the spool (the bucket unreachable): past this many bytes the
+    # oldest are dropped and counted, so a replica whose spool is memory (Cloud Run) is not
+    # killed for want of a bucket.
+    monitor_spool_max_bytes: int = 256 * 2**20
 
     @property
     def evaluation_file(self) -> Path:
@@ -261,6 +265,9 @@ class Settings:
             monitor_shard_rows=integer("IMGCLF_MONITOR_SHARD_ROWS", d.monitor_shard_rows),
             monitor_replica=(env.get("IMGCLF_MONITOR_REPLICA") or "").strip() or None,
             monitor_drain_s=seconds("IMGCLF_MONITOR_DRAIN_S", d.monitor_drain_s),
+            monitor_spool_max_bytes=integer(
+                "IMGCLF_MONITOR_SPOOL_MAX_BYTES", d.monitor_spool_max_bytes
+            ),
         )
         _check_shipping(settings)
         _check_monitoring(settings, env)
