@@ -5,7 +5,9 @@ in one run, alternating, (a) the ceiling: PIL draft decode + resize of every fil
 one process per core and nothing else, and (b) the real stage script
 (``stages/prepare.py``: start-up, scan, sha256, decode, hash, sums, near-duplicate
 groups, split, writing the arrays), and reports stage ÷ ceiling and the stage's peak
-resident set (the largest of its processes: the main one or a decoder).
+resident set (the largest of its processes: the main one or a decoder). Then, on the
+arrays the stage wrote, one training epoch through ``train``'s own data path against the
+model-only ceiling (same model and batches on a random batch in memory).
 
     python bench/bench_prepare.py [--sizes 8000,32000] [--repeat 2]
     python bench/bench_prepare.py --quick     # 300 photos, once; records nothing
@@ -81,6 +83,78 @@ def stage(raw: Path, work: Path) -> tuple[float, float, dict]:
     return seconds, peak, expand(json.loads((work / "prepare.json").read_text()))
 
 
+def train_vs_model_only(prepared: Path, params_file: Path, images: int) -> dict[str, float]:
+    """One training epoch on the prepared photos against the model-only ceiling.
+
+    Epoch: the real path of ``train`` (memory-mapped uint8 train split, the augmentation
+    of params.yaml, a DataLoader, the model, loss, backward, optimizer step) over the
+    first ``images`` training images. Model-only: the same model, batch size and steps
+    on one random uint8 batch already in memory (no data at all). Both with 2 torch
+    threads in this process, one after the other.
+    """
+    import numpy as np
+    import torch
+    from torch.utils.data import DataLoader
+
+    from imgclf.data.prepared_files import load_meta, load_split
+    from imgclf.params import validate_params
+    from imgclf.training.architectures import build_model
+    from imgclf.training.augment import build_augment
+    from imgclf.training.loop import AugmentedArrays, _run_epoch, resolve_lr
+    from imgclf.training.runtime import Runtime
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    params = validate_params(yaml.safe_load(params_file.read_text()))
+    meta = load_meta(prepared)
+    x, y = load_split(prepared, "train")
+    n_train, n = len(y), min(images, len(y))
+    size, channels = x.shape[1], x.shape[3]
+    classes = len(meta["classes"])
+    batch = params.batch_size
+
+    def fresh() -> tuple[torch.nn.Module, torch.optim.Optimizer, object]:
+        model = build_model(params.model, channels, classes, size, meta["mean"], meta["std"])
+        opt = torch.optim.AdamW(model.parameters(), lr=resolve_lr(params, model)[0])
+        return model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+    model, opt, sched = fresh()
+    data = AugmentedArrays(x[:n], y[:n], build_augment(params.augment, size), params.seed)
+    loader = DataLoader(data, batch_size=batch, shuffle=True)
+    rt = Runtime(torch.device("cpu"))
+    _run_epoch(model, DataLoader(data, batch_size=batch), rt, params, opt, sched)  # warm-up
+    start = time.perf_counter()
+    _run_epoch(model, loader, rt, params, opt, sched)
+    epoch_s = time.perf_counter() - start
+
+    model, opt, sched = fresh()
+    rng = np.random.default_rng(0)
+    pixels = torch.from_numpy(rng.integers(0, 256, (batch, size, size, channels), np.uint8))
+    labels = torch.from_numpy(rng.integers(0, classes, batch))
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=params.train.label_smoothing)
+    model.train()
+    steps = -(-n // batch)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(pixels), labels).backward()
+        opt.step()
+
+    step()  # warm-up
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    model_s = time.perf_counter() - start
+    return {
+        "images": n,
+        "n_train": n_train,
+        "epoch_img_s": n / epoch_s,
+        "model_img_s": steps * batch / model_s,
+        "model": params.model.name,
+        "batch": batch,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="8000", help="numbers of photos, comma-separated")
@@ -88,14 +162,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()),
                         help="where the generated photo sets are kept between runs")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="300 photos, once, no record")
+    parser.add_argument("--train-images", type=int, default=1024,
+                        help="training images the epoch is timed on (quick: 64)")  # fmt: skip
     results.add_options(parser)
     args = parser.parse_args(argv)
     if args.quick:
-        args.sizes, args.repeat = "300", 1
+        args.sizes, args.repeat, args.train_images = "300", 1, 64
     from imgclf.data.prepare import workers
 
     n_workers = workers()
-    rows = []
+    rows, train_rows = [], []
     for n in (int(v) for v in args.sizes.split(",")):
         raw = make_photos_parallel(args.data / f"imgclf-bench-photos-640x480-{n}", n)
         files = sorted(raw.rglob("*.jpg"))
@@ -109,6 +185,17 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{n}: ceiling {ceil_s[-1]:.1f} s, stage {s:.1f} s, peak {peak:.0f} MiB",
                       flush=True)  # fmt: skip
             size = sum(f.stat().st_size for f in (Path(tmp) / "run0/prepared").iterdir())
+            # After the timed runs: training on what prepare wrote (it competes for the cores).
+            t = train_vs_model_only(Path(tmp) / "run0/prepared", Path(tmp) / "run0/params.yaml",
+                                    args.train_images)  # fmt: skip
+            print(f"{n}: train epoch {t['epoch_img_s']:.0f} img/s, model only "
+                  f"{t['model_img_s']:.0f} img/s", flush=True)  # fmt: skip
+            train_rows.append([
+                f"{n:,}", f"{t['model']}, batch {t['batch']}",
+                f"{t['images']:,} of {t['n_train']:,}", f"{t['epoch_img_s']:,.1f}",
+                f"{t['model_img_s']:,.1f}", f"**{t['epoch_img_s'] / t['model_img_s']:.2f}**",
+                f"{t['n_train'] / t['epoch_img_s']:,.0f} s",
+            ])  # fmt: skip
         c, s = min(ceil_s), min(stage_s)
         pairs = ", ".join(f"{a / b:.2f}" for a, b in zip(ceil_s, stage_s, strict=True))
         rows.append([f"{n:,}", n_workers, f"{n / c:,.0f} img/s ({c:.1f} s)",
@@ -126,6 +213,23 @@ def main(argv: list[str] | None = None) -> int:
         "RSS ≤ 2 GiB and independent of the number of images. Near-dup groups: all photos are "
         "distinct, so these are the hash's false pairs at the default threshold.\n\n"
         + table(header, rows)
+        + "\n\nTraining on those photos: one epoch through `train`'s own path (the "
+        "memory-mapped uint8 split, params.yaml's augmentation, a DataLoader, forward, "
+        "backward, optimizer step) against the model-only ceiling (the same model, batch "
+        "and steps on one random batch already in memory), 2 torch threads, timed on the "
+        "first training images; the whole-split epoch is projected from that rate.\n\n"
+        + table(
+            [
+                "photos",
+                "model",
+                "images timed",
+                "epoch img/s",
+                "model only img/s",
+                "epoch ÷ model only",
+                "epoch of the whole train split",
+            ],
+            train_rows,
+        )
     )
     results.report(args, "prepare", "prepare at scale vs the decode ceiling", body,
                    "python bench/bench_prepare.py --sizes 8000,32000")  # fmt: skip

@@ -297,7 +297,8 @@ def run_quick(script: str, args: list[str], tmp_path: Path, scenario: str) -> st
         ("bench_datasets.py", "datasets", "| digits_few | default |"),
         # dvc add + repro + a queued two-value sweep in a temp git copy: ~1 min idle.
         pytest.param("bench_sweep.py", "sweep", "2 ok, 0 failed", marks=pytest.mark.heavy),
-        ("bench_prepare.py", "prepare", "| 300 | "),
+        # The stage's row, then the training row (epoch vs model-only) on the same photos.
+        ("bench_prepare.py", "prepare", "| 300 | small_cnn, batch "),
         ("bench_near_dups.py", "near_dups", "sources whole in one split"),
         ("bench_label_issues.py", "label_issues", "| digits_few (300 × 8×8) | 10% |"),
         ("bench_wakeups.py", "wakeups", "| hand-off to a work thread and back"),
