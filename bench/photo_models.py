@@ -55,6 +55,7 @@ def _code_key(params: dict) -> str:
 
 def build(work: Path, architecture: str, images: int = 160) -> Path:
     """The model folder for ``architecture`` under ``work`` (built unless cached)."""
+    work = work.resolve()  # the stages run in the tree: a relative path would point elsewhere
     params = params_for(architecture)
     key = _code_key(params)
     tree = work / f"{architecture}-{key}"
