@@ -253,6 +253,65 @@ def test_large_inputs_are_measured_on_a_strided_view_small_ones_whole() -> None:
     assert not np.array_equal(a[:, names.index("contrast")], b[:, names.index("contrast")])
 
 
+def _plain_features(pixels: np.ndarray, widths: list[int], heights: list[int]) -> np.ndarray:
+    """The features as their docstring defines them, one quantity at a time in int64: what
+    the stacked, planar fast path must equal bit for bit (its sums are exact integers)."""
+    from imgclf.data.features import SUBSAMPLE_FROM
+
+    if min(pixels.shape[1:3]) >= SUBSAMPLE_FROM:
+        pixels = pixels[:, ::2, ::2]
+    n, h, w, c = pixels.shape
+    px = pixels.astype(np.int64)
+
+    def mean_std(v: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+        v = v.reshape(n, -1)
+        k = v.shape[1]
+        mean = v.sum(1) / k
+        var = (v * v).sum(1) / k - mean * mean
+        return mean / scale, np.sqrt(np.maximum(var, 0.0)) / scale
+
+    r, g, b = (px[..., i] for i in range(3)) if c == 3 else (px[..., 0],) * 3
+    luma = px[..., 0] * 1000 if c == 1 else r * 299 + g * 587 + b * 114
+    lap = 4 * luma[:, 1:-1, 1:-1] - luma[:, :-2, 1:-1] - luma[:, 2:, 1:-1]
+    lap = lap - luma[:, 1:-1, :-2] - luma[:, 1:-1, 2:]
+    width, height = np.asarray(widths, np.float64), np.asarray(heights, np.float64)
+    cols = [width, height, width / np.maximum(height, 1.0), *mean_std(luma, 255_000.0)]
+    cols.append(mean_std(lap, 1000.0)[1] ** 2)
+    cols.append(np.count_nonzero((px >= 250).any(-1).reshape(n, -1), axis=1) / (h * w))
+    cols.append(np.count_nonzero((px <= 5).all(-1).reshape(n, -1), axis=1) / (h * w))
+    if c == 3:
+        for channel in (r, g, b):
+            cols += mean_std(channel, 255.0)
+        rg_mean, rg_std = mean_std(r - g, 255.0)
+        yb_mean, yb_std = mean_std((r + g) - 2 * b, 510.0)
+        cols.append(np.hypot(rg_std, yb_std) + 0.3 * np.hypot(rg_mean, yb_mean))
+    return np.stack(cols, axis=1)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(3, 8, 8, 1), (2, 224, 224, 3), (1, 224, 224, 1), (2, 127, 200, 3), (1, 600, 900, 3)],
+)
+def test_fast_features_equal_the_plain_definition_bit_for_bit(shape: tuple[int, ...]) -> None:
+    """The OOD flag computes features per request on channel planes in one stacked pass
+    (docs/serving-speed.md); evaluate calibrated on the same function. Equal bytes to the
+    one-quantity-at-a-time definition, on noise, on flat and on clipped images, and on a
+    strided (not contiguous) input."""
+    from imgclf.data.features import feature_matrix
+
+    rng = np.random.default_rng(sum(shape))
+    sizes = [list(rng.integers(1, 5000, shape[0])) for _ in range(2)]
+    images = [
+        rng.integers(0, 256, shape, dtype=np.uint8),
+        np.full(shape, 7, np.uint8),
+        rng.choice(np.array([0, 3, 252, 255], np.uint8), shape),
+        rng.integers(0, 256, (shape[0], shape[1] * 2, *shape[2:]), dtype=np.uint8)[:, ::2],
+    ]
+    for pixels in images:
+        _, fast = feature_matrix(pixels, *sizes)
+        assert fast.tobytes() == _plain_features(pixels, *sizes).tobytes()
+
+
 def test_noted_source_equals_a_second_header_read(tmp_path: Path) -> None:
     """The API takes the upload's size and format from the image its decode opened (no
     second header parse); it must say what :func:`source_info` says, EXIF rotation and a
