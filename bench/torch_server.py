@@ -12,6 +12,7 @@ Usage: python bench/torch_server.py --model-dir models --port 8001
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,10 @@ def main() -> None:
     from imgclf.serving.settings import Settings
 
     settings = Settings.from_env().with_model_dir(args.model_dir)
+    # torch's CPU kernels give an image last bits that depend on the batch it is in, and
+    # the load client wants byte-identical answers: one model call per request here
+    # (onnxruntime's answers do not depend on the batch; tests/api/test_coalesce.py).
+    settings = dataclasses.replace(settings, coalesce_images=1)
     backend = TorchPredictor(args.model_dir, threads=args.threads)
     app = create_app(settings, backend=backend)
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="warning")

@@ -72,8 +72,15 @@ MEANINGS = {
     "IMGCLF_THREADS": "onnxruntime intra-op threads per inference (requests already run "
     "concurrently; 2 threads cost 1.5–1.8× the CPU per image, see "
     "[benchmarks](benchmarks.md#load))",
-    "IMGCLF_WORKERS": "threads that decode and run the model; `0`: one per CPU core",
+    "IMGCLF_WORKERS": (
+        "threads that decode and run the model; `0`: one per CPU core, plus one "
+        "(it decodes while the others run shared model calls)"
+    ),
     "IMGCLF_MAX_QUEUE": "requests that may wait for a worker; more get `503 overloaded`",
+    "IMGCLF_COALESCE_IMAGES": (
+        "most images one model call joins across requests decoded at the same time "
+        "(`1`: a call per request); nothing waits for a batch to fill"
+    ),
     "IMGCLF_MAX_CONNECTIONS": "requests in progress (`503 overloaded`, probes and "
     "`/metrics` exempt); idle sockets do not count ([the edge](serving-edge.md))",
     "IMGCLF_BODY_TIMEOUT_S": "seconds to receive a request body (`408 body_timeout`)",

@@ -108,7 +108,19 @@ class FeatureSpace:
     threshold: float
 
     def distance(self, embedding: np.ndarray) -> np.ndarray:
-        """Squared Mahalanobis distance to the nearest class mean, per row."""
+        """Squared Mahalanobis distance to the nearest class mean, per row.
+
+        One row at a time: BLAS picks its kernels, and with them the order it sums in, by
+        the number of rows, so a batch's distances differed from one image's in the last
+        bits. Row by row, an image's distance (its ``ood_score``, at the threshold its
+        verdict) is the same whether it came alone, in ``/predict/batch`` or in a model
+        call shared with other requests (:mod:`imgclf.serving.coalesce`).
+        """
+        if len(embedding) == 0:
+            return np.zeros(0)
+        return np.concatenate([self._distance(embedding[i : i + 1]) for i in range(len(embedding))])
+
+    def _distance(self, embedding: np.ndarray) -> np.ndarray:
         e = reduce_embedding(embedding)
         pe = e @ self.precision
         pm = self.means @ self.precision

@@ -76,6 +76,13 @@ class Telemetry:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.call_images = Histogram(
+            "imgclf_model_call_images",
+            "Images per model call: requests decoded at the same time share one call "
+            "(IMGCLF_COALESCE_IMAGES); under load the mean rises above one.",
+            buckets=(1, 2, 3, 4, 6, 8, 16, 32, 64),
+            registry=self.registry,
+        )
         self.ood = Counter(
             "imgclf_ood_inputs",
             "Images the out-of-distribution check flagged (IMGCLF_OOD=flag) or refused "

@@ -3,7 +3,7 @@
 Everything that costs CPU or memory per request lives here, with its bound:
 
 * every decode and inference runs in :class:`WorkPool`, a fixed number of
-  threads (one per core by default) with a bounded queue; a request that finds
+  threads (one per core plus one by default) with a bounded queue; a request that finds
   the queue full gets ``503 overloaded`` at once instead of piling up, and the
   event loop never parses attacker-controlled bytes, so ``/health`` and
   ``/ready`` answer in milliseconds whatever the load;
@@ -30,7 +30,7 @@ import re
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -46,6 +46,7 @@ from imgclf.data.preprocessing import (
 from imgclf.jsonio import expand
 from imgclf.monitoring.recorder import SourceBudget, Upload
 from imgclf.serving import ood_hooks as oodserve
+from imgclf.serving.coalesce import Coalescer, Part
 from imgclf.serving.prometheus_metrics import Telemetry
 from imgclf.serving.recording import open_monitor
 from imgclf.serving.settings import Settings
@@ -132,6 +133,10 @@ class WorkPool:
         try:
             async with asyncio.timeout(max(timeout, 0.001)):
                 result = await waiter
+                if isinstance(result, asyncio.Future):
+                    # The job queued a model call (imgclf.serving.coalesce): the slot and
+                    # the deadline cover it too; on timeout the call is dropped, not made.
+                    result = await result
         except BaseException as exc:
             # Timed out or cancelled: the job was cancelled if it had not started; if it
             # runs, its slot is given back (on this loop's thread) only when it ends.
@@ -165,6 +170,17 @@ def public_message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: " + _ABSOLUTE_PATH.sub(r"\1", str(exc))
 
 
+@dataclass(eq=False)
+class _Decoded:
+    """One request's uploads after decoding (:meth:`Service._decode`)."""
+
+    out: list[Any] = field(default_factory=list)  # per upload: its ImageError, or None
+    pixels: np.ndarray | None = None  # (k, H, W, C): the uploads that decoded, in order
+    sources: list[bytearray] = field(default_factory=list)  # their bytes (OOD: size, colour)
+    info: list[tuple[int, int, str]] = field(default_factory=list)  # … as the decode saw them
+    accepted: list[Upload] = field(default_factory=list)  # what monitoring records besides pixels
+
+
 class Service:
     """The loaded model and everything derived from it; lives on ``app.state.service``."""
 
@@ -179,6 +195,10 @@ class Service:
         self.session: dict[str, Any] | None = None
         self.ood: oodserve.Detector | None = None  # the OOD flag's statistics (imgclf.ood.detector)
         self.pool = WorkPool(settings.worker_threads, settings.max_queue)
+        # Requests decoded at the same time share one model call (imgclf.serving.coalesce).
+        self.coalescer = Coalescer(
+            self._score, settings.coalesce_images, runners=settings.worker_threads
+        )
         self.telemetry.queue.set_function(lambda: self.pool.jobs)
         # What is served, recorded off the request path (IMGCLF_MONITOR_DB; None: off).
         self.monitor = open_monitor(settings, self.telemetry)
@@ -288,50 +308,75 @@ class Service:
         self, uploads: list[bytearray], deadline: float
     ) -> list[oodserve.Scored | ImageError]:
         """:meth:`classify` in the work pool, answered by ``deadline`` (loop time) or 503."""
-        remaining = deadline - asyncio.get_running_loop().time()
-        return await self.pool.run(self.classify, uploads, timeout=remaining)
+        loop = asyncio.get_running_loop()
+        remaining = deadline - loop.time()
+        return await self.pool.run(self.classify, uploads, loop, timeout=remaining)
 
-    def classify(self, uploads: list[bytearray]) -> list[oodserve.Scored | ImageError]:
-        """Probabilities and OOD verdict per upload, or that upload's error; one model call
-        for the batch (IMGCLF_OOD=refuse turns an OOD upload into its error).
+    def classify(
+        self, uploads: list[bytearray], loop: asyncio.AbstractEventLoop | None = None
+    ) -> list[oodserve.Scored | ImageError] | asyncio.Future[list[Any]]:
+        """Probabilities and OOD verdict per upload, or that upload's error (IMGCLF_OOD=refuse
+        turns an OOD upload into its error).
 
-        Runs in a worker thread. The files of one request share one decode budget.
+        Runs in a worker thread. The files of one request share one decode budget. With
+        ``loop`` (the API) the decoded images join the next model call of
+        :class:`~imgclf.serving.coalesce.Coalescer` and the answer is a future of ``loop``;
+        without, the model runs here.
         """
         assert self.backend is not None
+        decoded = self._decode(uploads)
+        if decoded.pixels is None:  # nothing decoded: every upload has its error
+            return decoded.out
+        if loop is None:
+            return self._score([decoded])[0]
+        future: asyncio.Future[list[Any]] = loop.create_future()
+        self.coalescer.submit(Part(len(decoded.pixels), decoded, future, loop))
+        return future
+
+    def _decode(self, uploads: list[bytearray]) -> _Decoded:
+        """Decode every upload under one budget: the pixels to score and each upload's error."""
         monitor = self.monitor
-        limit = self.settings.max_decode_bytes
         # A budget that notes the image each decode opened: its original size and format
         # are what the OOD flag and monitoring need, without parsing the header again.
-        budget = SourceBudget(limit)
-        out: list[Any] = []
+        budget = SourceBudget(self.settings.max_decode_bytes)
+        decoded = _Decoded()
         good: list[np.ndarray] = []
-        sources: list[bytearray] = []  # the OOD flag reads their original size (and colour)
-        info: list[tuple[int, int, str]] = []  # … as the decode saw it
-        accepted: list[Upload] = []  # what monitoring records besides the pixels
         for data in uploads:
             try:
                 good.append(self.pixels(data, budget))
-                sources.append(data)
-                info.append(noted_source(budget.last, data))
-                out.append(good[-1])
+                decoded.sources.append(data)
+                decoded.info.append(noted_source(budget.last, data))
+                decoded.out.append(None)  # its answer goes here
                 if monitor is not None:
-                    accepted.append(monitor.upload(data, budget))
+                    decoded.accepted.append(monitor.upload(data, budget))
             except ImageError as exc:
-                out.append(exc)
+                decoded.out.append(exc)
         if good:
-            batch = np.stack(good)
-            with self.telemetry.inference.time():
-                probs, embedding = self._infer(batch)
-            if monitor is not None:  # queued for the writer thread: microseconds here
-                backend = self.backend
-                monitor.observe(accepted, batch, probs, embedding, backend.classes, backend.version)
-            mode, telemetry = self.settings.ood, self.telemetry
-            scored = oodserve.judge(
-                self.ood, mode, telemetry, batch, probs, embedding, sources, info
-            )
-            it = iter(scored)
-            out = [r if isinstance(r, ImageError) else next(it) for r in out]
-        return out
+            decoded.pixels = good[0][None] if len(good) == 1 else np.stack(good)
+        return decoded
+
+    def _score(self, parts: list[Part] | list[_Decoded]) -> list[list[Any]]:
+        """One model call (and one OOD verdict pass) for the decoded images of ``parts``;
+        each part's answers, in its uploads' order."""
+        assert self.backend is not None
+        items: list[_Decoded] = [p.payload if isinstance(p, Part) else p for p in parts]
+        pixels = [d.pixels for d in items if d.pixels is not None]
+        batch = pixels[0] if len(pixels) == 1 else np.concatenate(pixels)
+        sources = [s for d in items for s in d.sources]
+        info = [i for d in items for i in d.info]
+        self.telemetry.call_images.observe(len(batch))
+        with self.telemetry.inference.time():
+            probs, embedding = self._infer(batch)
+        monitor = self.monitor
+        if monitor is not None:  # queued for the writer thread: microseconds here
+            backend = self.backend
+            accepted = [a for d in items for a in d.accepted]
+            monitor.observe(accepted, batch, probs, embedding, backend.classes, backend.version)
+        mode, telemetry = self.settings.ood, self.telemetry
+        scored = iter(
+            oodserve.judge(self.ood, mode, telemetry, batch, probs, embedding, sources, info)
+        )
+        return [[r if isinstance(r, ImageError) else next(scored) for r in d.out] for d in items]
 
     def _infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Probabilities, plus the embedding (same pass) when monitoring records it or the
