@@ -79,6 +79,21 @@ def in_thread(fn: Callable[[], None], name: str) -> threading.Thread:
     return t
 
 
+def busy(loop: Any, model: Model, **options: int) -> tuple[Coalescer, threading.Thread, Part]:
+    """A coalescer whose first call (part "first", thread "runner") is running, held."""
+    c = Coalescer(model, **options)
+    first = part(loop, "first")
+    runner = in_thread(lambda: c.submit(first), "runner")
+    assert model.started.wait(5)
+    return c, runner, first
+
+
+def wait_until(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 5
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def test_a_lone_request_is_answered_at_once_in_its_own_thread(loop: Any) -> None:
     model = Model()
     c = Coalescer(model, max_images=8, runners=2)
@@ -90,10 +105,7 @@ def test_a_lone_request_is_answered_at_once_in_its_own_thread(loop: Any) -> None
 
 def test_requests_ready_while_the_model_is_busy_share_the_next_call(loop: Any) -> None:
     model = Model(hold_first=True)
-    c = Coalescer(model, max_images=8, runners=2, second_runner_from=99)
-    first = part(loop, "first")
-    runner = in_thread(lambda: c.submit(first), "runner")
-    assert model.started.wait(5)
+    c, runner, _ = busy(loop, model, max_images=8, runners=2, second_runner_from=99)
     later = [part(loop, f"r{i}") for i in range(3)]
     for p in later:  # other work threads: they queue their images and go back to decoding
         in_thread(lambda p=p: c.submit(p), "other").join(5)
@@ -109,10 +121,7 @@ def test_a_call_takes_at_most_max_images_oldest_first_but_never_splits_a_request
     loop: Any,
 ) -> None:
     model = Model(hold_first=True)
-    c = Coalescer(model, max_images=4, runners=1)
-    first = part(loop, "first")
-    runner = in_thread(lambda: c.submit(first), "runner")
-    assert model.started.wait(5)
+    c, runner, _ = busy(loop, model, max_images=4, runners=1)
     sizes = {"a": 3, "b": 2, "c": 1, "big": 6, "d": 1}
     parts = [part(loop, name, n) for name, n in sizes.items()]
     for p in parts:
@@ -127,17 +136,12 @@ def test_a_second_runner_starts_when_enough_requests_wait(loop: Any) -> None:
     """A slow model must not leave a core idle: with two parts waiting while one call
     runs, the thread that queued the second one runs them itself."""
     model = Model(hold_first=True)
-    c = Coalescer(model, max_images=8, runners=2, second_runner_from=2)
-    first = part(loop, "first")
-    runner = in_thread(lambda: c.submit(first), "runner")
-    assert model.started.wait(5)
+    c, runner, first = busy(loop, model, max_images=8, runners=2, second_runner_from=2)
     a, b = part(loop, "a"), part(loop, "b")
     c.submit(a)  # one waiting: back to decoding
     assert c.waiting == 1
     second = in_thread(lambda: c.submit(b), "second")
-    deadline = time.monotonic() + 5
-    while len(model.calls) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: len(model.calls) == 2)
     # Both calls run at once: the first is still held.
     assert model.calls == [["first"], ["a", "b"]] and model.threads == ["runner", "second"]
     model.release.set()
@@ -148,17 +152,12 @@ def test_a_second_runner_starts_when_enough_requests_wait(loop: Any) -> None:
 
 def test_a_request_that_stopped_waiting_is_dropped_not_computed(loop: Any) -> None:
     model = Model(hold_first=True)
-    c = Coalescer(model, max_images=8, runners=1)
-    first = part(loop, "first")
-    runner = in_thread(lambda: c.submit(first), "runner")
-    assert model.started.wait(5)
+    c, runner, _ = busy(loop, model, max_images=8, runners=1)
     gone, kept = part(loop, "gone"), part(loop, "kept")
     c.submit(gone)
     c.submit(kept)
     loop.call_soon_threadsafe(gone.future.cancel)  # its request timed out
-    deadline = time.monotonic() + 5
-    while not gone.future.cancelled() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(gone.future.cancelled)
     model.release.set()
     runner.join(5)
     assert model.calls == [["first"], ["kept"]]

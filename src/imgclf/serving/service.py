@@ -313,22 +313,19 @@ class Service:
         return await self.pool.run(self.classify, uploads, loop, timeout=remaining)
 
     def classify(
-        self, uploads: list[bytearray], loop: asyncio.AbstractEventLoop | None = None
+        self, uploads: list[bytearray], loop: asyncio.AbstractEventLoop
     ) -> list[oodserve.Scored | ImageError] | asyncio.Future[list[Any]]:
         """Probabilities and OOD verdict per upload, or that upload's error (IMGCLF_OOD=refuse
         turns an OOD upload into its error).
 
-        Runs in a worker thread. The files of one request share one decode budget. With
-        ``loop`` (the API) the decoded images join the next model call of
-        :class:`~imgclf.serving.coalesce.Coalescer` and the answer is a future of ``loop``;
-        without, the model runs here.
+        Runs in a worker thread. The files of one request share one decode budget. The
+        decoded images join the next model call of
+        :class:`~imgclf.serving.coalesce.Coalescer`; the answer is then a future of ``loop``.
         """
         assert self.backend is not None
         decoded = self._decode(uploads)
         if decoded.pixels is None:  # nothing decoded: every upload has its error
             return decoded.out
-        if loop is None:
-            return self._score([decoded])[0]
         future: asyncio.Future[list[Any]] = loop.create_future()
         self.coalescer.submit(Part(len(decoded.pixels), decoded, future, loop))
         return future
@@ -355,11 +352,11 @@ class Service:
             decoded.pixels = good[0][None] if len(good) == 1 else np.stack(good)
         return decoded
 
-    def _score(self, parts: list[Part] | list[_Decoded]) -> list[list[Any]]:
-        """One model call (and one OOD verdict pass) for the decoded images of ``parts``;
-        each part's answers, in its uploads' order."""
+    def _score(self, parts: list[Part]) -> list[list[Any]]:
+        """One model call (and one OOD verdict pass) for the decoded images of ``parts``
+        (each a :class:`_Decoded`); each part's answers, in its uploads' order."""
         assert self.backend is not None
-        items: list[_Decoded] = [p.payload if isinstance(p, Part) else p for p in parts]
+        items: list[_Decoded] = [p.payload for p in parts]
         pixels = [d.pixels for d in items if d.pixels is not None]
         batch = pixels[0] if len(pixels) == 1 else np.concatenate(pixels)
         sources = [s for d in items for s in d.sources]
