@@ -6,13 +6,14 @@ repository, shrink params and call tools the same way.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -184,3 +185,22 @@ def clone_of(repo: Path, dest: Path) -> Path:
 
     shutil.copytree(repo, dest, symlinks=True, ignore=state)
     return dest
+
+
+@contextlib.contextmanager
+def gcs_emulator() -> Iterator[str]:
+    """``http://127.0.0.1:<port>`` of an in-memory gcp-storage-emulator holding bucket ``b``.
+
+    The one emulator of the suite (the remote tests and the fleet's shipping use it): real
+    gs:// traffic over loopback, stopped on exit. Skips when it is not installed.
+    """
+    server_mod = pytest.importorskip(
+        "gcp_storage_emulator.server", reason="pip install -r requirements-dev.txt"
+    )
+    port = free_port()
+    server = server_mod.create_server("127.0.0.1", port, in_memory=True, default_bucket="b")
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()

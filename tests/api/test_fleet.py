@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import queue
 import signal
 import sqlite3
@@ -40,7 +39,7 @@ from imgclf.monitoring.shards import ShardName, fetch
 from tests.api.conftest import TEST_LIMITS
 from tests.api.modelfactory import ProjectTree
 from tests.api.server import ServerProcess, _wait_ready, free_port
-from tests.support import ROOT, tool_env
+from tests.support import ROOT, gcs_emulator, tool_env
 
 pytestmark = pytest.mark.slow
 
@@ -64,26 +63,10 @@ def _iso(ts: float) -> str:
 @pytest.fixture(scope="module")
 def emulator() -> Iterator[str]:
     """A gcp-storage-emulator with bucket ``b``; this process's gcsfs is pointed at it."""
-    server_mod = pytest.importorskip(
-        "gcp_storage_emulator.server", reason="pip install -r requirements-dev.txt"
-    )
-    port = free_port()
-    server = server_mod.create_server("127.0.0.1", port, in_memory=True, default_bucket="b")
-    server.start()
-    url = f"http://127.0.0.1:{port}"
-    saved = {
-        k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT")
-    }
-    os.environ.update(STORAGE_EMULATOR_HOST=url, GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false")
-    try:
+    with gcs_emulator() as url, pytest.MonkeyPatch.context() as env:
+        env.setenv("STORAGE_EMULATOR_HOST", url)
+        env.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
         yield url
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        server.stop()
 
 
 def _start(name: str, env: dict[str, str], log: Path) -> ServerProcess:
