@@ -12,6 +12,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from imgclf.serving.schemas import PredictionOut
 from tests.api import samples
 from tests.api.conftest import TEST_LIMITS
 from tests.api.modelfactory import ProjectTree
@@ -54,6 +55,10 @@ def test_predict_answer_shape(client: httpx.Client, project: ProjectTree) -> Non
     assert list(body["probabilities"]) == client.get("/model").json()["classes"]
     assert abs(sum(body["probabilities"].values()) - 1) < 1e-5
     assert body["probabilities"][body["label"]] == body["confidence"]
+    # The app writes this body itself (no response validation): it must be what
+    # /docs promises, strictly (no coercion), and the header must say JSON.
+    assert PredictionOut.model_validate(body, strict=True).model_dump() == body
+    assert resp.headers["content-type"] == "application/json"
 
 
 def metric(text: str, name: str) -> float:

@@ -222,3 +222,33 @@ def test_an_unreadable_original_size_is_no_size_verdict() -> None:
     det = detector_from_dict(fit_detector(train, labels, test, 3, "sha", 0.95))
     (v,) = det.judge(_pixels(1, 34), emb[:1], [0], [0], [""])
     assert "size" not in v.codes and "aspect" not in v.codes
+
+
+def test_the_checks_judged_together_equal_each_check_alone_bit_for_bit() -> None:
+    """raw_scores judges all range checks of a batch in a few numpy calls (the API's cost
+    under load); each violation must still be exactly RangeCheck.violation of its feature."""
+    rng = np.random.default_rng(21)
+    px = rng.integers(30, 200, (300, 16, 16, 3), dtype=np.uint8)
+    sides = rng.integers(40, 400, (2, 300)).tolist()
+    train = {"pixels": px, "embedding": None, "widths": sides[0], "heights": sides[1],
+             "formats": ["JPEG"] * 300}  # fmt: skip
+    det = detector_from_dict(fit_detector(train, np.zeros(300, int), train, 1, "sha", 0.95))
+    # In range, too dark, saturated, flat, huge, tiny, an unreadable size (0): all kinds.
+    odd = rng.integers(0, 256, (7, 16, 16, 3), dtype=np.uint8)
+    odd[1] //= 8
+    odd[2] = 255
+    odd[3] = 90
+    widths, heights = [100, 100, 100, 100, 9000, 3, 0], [120, 100, 100, 100, 50, 2, 0]
+    _, violations, values = det.raw_scores(odd, None, widths, heights, ["PNG"] * 7)
+    assert list(violations) == list(det.checks)  # the checks' order (reasons tie-break on it)
+    known = (np.asarray(widths) > 0) & (np.asarray(heights) > 0)
+    for name, check in det.checks.items():
+        if name == "size":
+            w = check.violation(np.asarray(values["width"], np.float64))
+            h = check.violation(np.asarray(values["height"], np.float64))
+            expected = np.where(known, np.maximum(w, h), 0.0)
+        else:
+            expected = check.violation(np.asarray(values[name], np.float64))
+            expected = np.where(known, expected, 0.0) if name == "aspect" else expected
+        assert violations[name].tobytes() == expected.tobytes(), name
+    assert sum(bool((v > 0).any()) for v in violations.values()) >= 5  # they did fail
