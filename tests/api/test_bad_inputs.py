@@ -11,6 +11,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from imgclf.serving.schemas import BatchOut
 from tests.api import samples
 from tests.api.conftest import TEST_LIMITS
 from tests.api.hostile import memory_kib
@@ -172,6 +173,9 @@ def test_batch_isolates_bad_files(client: httpx.Client, digit: Image.Image) -> N
         "not_an_image", "too_many_pixels", "too_large", "truncated"]  # fmt: skip
     assert results[0]["label"] == results[5]["label"]
     assert results[0]["probabilities"] == results[5]["probabilities"]
+    # The app writes this body itself: exactly what BatchOut (no null fields) would write.
+    model = BatchOut.model_validate(resp.json(), strict=True)
+    assert model.model_dump(exclude_none=True) == resp.json()
 
 
 def test_rejections_are_counted_and_server_is_healthy(

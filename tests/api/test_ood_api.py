@@ -145,6 +145,10 @@ def test_refuse_answers_422_and_off_leaves_the_flag_out(
     with uvicorn_server({**base, "IMGCLF_OOD": "off"}, tmp_path / "off.log") as server:
         body = httpx.post(server.url + "/predict", files={"file": ("n.png", _noise())}).json()
         assert body["in_distribution"] is None and body["ood_reasons"] == []
+        files = [("files", ("n.png", _noise())), ("files", ("d.png", digit))]
+        items = httpx.post(server.url + "/predict/batch", files=files).json()["results"]
+        assert [("in_distribution" in i, "ood_score" in i, i["ood_reasons"]) for i in items] == [
+            (False, False, [])] * 2  # fmt: skip
         assert httpx.post(server.url + "/predict", files={"file": ("d.png", digit)}).is_success
 
 

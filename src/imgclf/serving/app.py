@@ -355,7 +355,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         responses=ERROR_RESPONSES,
         openapi_extra=upload_body(batch=True, max_batch=settings.max_batch),
     )
-    async def predict_batch(request: Request) -> dict[str, Any]:
+    async def predict_batch(request: Request) -> Response:
         deadline = _deadline()
         version = _require_model(service).version
         hold = _admit(request, several)
@@ -382,19 +382,22 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
                 )
             else:
                 items.append({"filename": upload.filename, "ok": True, **service.answer(outcome)})
-        return {"model_version": version, "results": items}
+        # As response_model_exclude_none=True wrote it: no null fields in an item.
+        results = [{k: v for k, v in item.items() if v is not None} for item in items]
+        return _answer({"model_version": version, "results": results})
 
     return app
 
 
 def _answer(body: dict[str, Any]) -> Response:
-    """``/predict``'s 200, serialised here rather than by FastAPI.
+    """A prediction's 200 (``/predict``, ``/predict/batch``), serialised here, not by FastAPI.
 
     The body is built by :meth:`Service.answer` from plain ``str``, ``int``, ``float``,
-    ``bool`` and ``list`` values, so FastAPI validating it against ``PredictionOut``
-    again on every request only cost the event loop's thread, the one every request
-    waits on (``PredictionOut`` still documents it in ``/docs``; a test checks the
-    served body against it). Compact JSON, as FastAPI writes it.
+    ``bool`` and ``list`` values, so FastAPI validating it against ``PredictionOut`` or
+    ``BatchOut`` again on every request only cost the event loop's thread, the one every
+    request waits on (the models still document the answers in ``/docs``; tests check
+    served bodies against them). Compact JSON, keys in the models' order, as FastAPI
+    writes it.
     """
     text = json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     return Response(text.encode(), media_type="application/json")
