@@ -108,9 +108,9 @@ class _Stacked:
     """The range checks of one kind (log or linear) as column vectors, to judge every
     check of a batch in a handful of numpy calls instead of five or six per check.
 
-    The API judges each request under load, where every numpy call and every Python line
-    in the work thread waits its turn for the GIL: the per-check loop cost ~1.3 ms of CPU
-    per request under load for 0.4 ms alone (docs/serving-speed.md). The arithmetic is
+    The API judges each request under load, where every numpy call in the work thread
+    waits its turn for the GIL with the event loop (the whole verdict: 0.43 ms alone,
+    ~1 ms of CPU under load; docs/serving-speed.md). The arithmetic is
     :meth:`RangeCheck.violation`'s, element by element, so the values are the same.
     """
 
@@ -123,20 +123,26 @@ class _Stacked:
     @classmethod
     def of(cls, checks: list[tuple[str, RangeCheck]], log: bool) -> _Stacked:
         bounds = [c.bounds() for _, c in checks]
-        column = np.array  # (K, 1) float64
         return cls(
             tuple(name for name, _ in checks),
-            column([[b[0]] for b in bounds], np.float64).reshape(-1, 1),
-            column([[b[1]] for b in bounds], np.float64).reshape(-1, 1),
-            column([[c.unit] for _, c in checks], np.float64).reshape(-1, 1),
+            np.array([b[0] for b in bounds], np.float64)[:, None],
+            np.array([b[1] for b in bounds], np.float64)[:, None],
+            np.array([c.unit for _, c in checks], np.float64)[:, None],
             log,
         )
 
-    def violations(self, values: np.ndarray) -> np.ndarray:
-        """``(K, N)`` violations of ``values`` ``(K, N)``, one row per check."""
+    def violations(self, values: dict[str, list[float]]) -> dict[str, np.ndarray]:
+        """Each compared feature's violations, for the features ``values`` has (a check
+        whose feature was not measured, e.g. a file's colourfulness, has no verdict)."""
+        keep = [i for i, name in enumerate(self.names) if name in values]
+        if not keep:
+            return {}
+        table = np.array([values[self.names[i]] for i in keep], np.float64)
         if self.log:
-            values = np.log(np.maximum(values, 1e-6))
-        return np.maximum(np.maximum(self.lo - values, values - self.hi), 0.0) / self.unit
+            table = np.log(np.maximum(table, 1e-6))
+        lo, hi, unit = self.lo[keep], self.hi[keep], self.unit[keep]
+        out = np.maximum(np.maximum(lo - table, table - hi), 0.0) / unit
+        return {self.names[i]: row for i, row in zip(keep, out, strict=True)}
 
 
 @dataclass(frozen=True)
@@ -187,21 +193,15 @@ class Detector:
     @functools.cached_property
     def _stacked(self) -> tuple[_Stacked, _Stacked]:
         """The checks as two stacks, log and linear ("size" as its width and height)."""
-        pairs = [(n, self._check_of(n)) for n in self._compared()]
+        pairs = [
+            (feature, check)
+            for name, check in self.checks.items()
+            for feature in (("width", "height") if name == "size" else (name,))
+        ]
         return (
             _Stacked.of([p for p in pairs if p[1].log], log=True),
             _Stacked.of([p for p in pairs if not p[1].log], log=False),
         )
-
-    def _compared(self) -> list[str]:
-        """The features the checks compare, in the checks' order."""
-        out: list[str] = []
-        for name in self.checks:
-            out += ["width", "height"] if name == "size" else [name]
-        return out
-
-    def _check_of(self, feature: str) -> RangeCheck:
-        return self.checks["size" if feature in ("width", "height") else feature]
 
     def raw_scores(
         self,
@@ -220,14 +220,7 @@ class Detector:
         if colours is not None and SOURCE_COLOUR in self.checks:
             lo = self.checks[SOURCE_COLOUR].lo
             values[SOURCE_COLOUR] = [lo if c is None else c for c in colours]
-        rows: dict[str, np.ndarray] = {}  # feature compared → its violations
-        for stack in self._stacked:
-            present = [n for n in stack.names if n in values]
-            if len(present) < len(stack.names):  # a check whose feature this model lacks
-                stack = _Stacked.of([(n, self._check_of(n)) for n in present], stack.log)
-            if present:
-                table = np.array([values[n] for n in present], np.float64)
-                rows.update(zip(present, stack.violations(table), strict=True))
+        rows = {k: v for stack in self._stacked for k, v in stack.violations(values).items()}
         violations: dict[str, np.ndarray] = {}
         # A size source_info could not read (0) is unknown: no size or aspect verdict on it.
         known = (np.asarray(widths) > 0) & (np.asarray(heights) > 0)
