@@ -33,6 +33,7 @@ import results  # noqa: E402
 # Every script in bench/ and the test that runs it (its own quick mode or, for the helpers,
 # the quick run that exercises it). A new script without an entry fails the test below.
 COVERED_BY = {
+    "ab_serve.py": "test_ab_serve_* here",
     "bench_api.py": "tests/api/test_bench.py (digits) and the photos test here",
     "bench_datasets.py": "quick run here",
     "bench_dvc_files.py": "quick run here (heavy)",
@@ -185,7 +186,7 @@ def test_loadgen_measures_the_servers_cpu_when_given_its_pid(echo_server) -> Non
 
 SCENARIOS = ["api", "photos", "pipeline", "train", "numerics", "selection", "datasets",
              "sweep", "monitor", "quantize", "gpu", "prepare", "near_dups", "label_issues",
-             "dvc_files", "wakeups"]  # fmt: skip
+             "dvc_files", "wakeups", "serve_ab"]  # fmt: skip
 
 
 def _section(text: str, name: str) -> str:
@@ -355,6 +356,59 @@ def test_photo_scenario_quick_prints_the_table_both_ratios_and_the_verdicts(
     only = re.search(r"model only, batch 1, one thread: small_cnn: portable (\d+) img/s, "
                      r"fast (\d+) img/s", out)  # fmt: skip
     assert only and int(only[1]) > 0 and int(only[2]) > 0, out[-2000:]
+
+
+@pytest.mark.slow
+def test_ab_serve_quick_compares_two_variants_side_by_side(
+    photo_work: Path, tmp_path: Path
+) -> None:
+    """Two real servers from this checkout, one with the OOD flag off: both rows, the
+    first is the ratio's baseline, each shows its settings and answered without errors."""
+    args = ["--work", str(photo_work), "--variant", "base=src", "--variant", "off=src",
+            "--set", "off:IMGCLF_OOD=off"]  # fmt: skip
+    out = run_quick("ab_serve.py", args, tmp_path, "serve_ab")
+    header = [c.strip() for c in next(ln for ln in out.splitlines()
+                                      if ln.startswith("| variant |")).split("|")]  # fmt: skip
+    rows = {r[1]: r for r in ([c.strip() for c in ln.split("|")] for ln in out.splitlines())
+            if len(r) == len(header) and r[1] in {"base", "off"}}  # fmt: skip
+    assert set(rows) == {"base", "off"}, out[-2000:]
+    assert rows["base"][header.index("÷ first")] == "1.000"
+    assert rows["base"][header.index("settings")] == "defaults"
+    assert rows["off"][header.index("settings")] == "IMGCLF_OOD=off"
+    for row in rows.values():
+        assert row[header.index("errors")] == "0", row
+        assert float(row[header.index("server CPU ms/req")]) > 0, row
+        assert float(row[header.index("loop sleeps/req")]) > 0, row
+
+
+@pytest.mark.parametrize(
+    ("variants", "settings", "message"),
+    [
+        (["a=src"], [], "at least two --variant"),
+        (["a=src", "a=src"], [], "given twice"),
+        (["a", "b=src"], [], "expected NAME=SRC"),
+        (["a=src", "b=bench"], [], "has no imgclf package"),
+        (["a=src", "b=src"], ["c:IMGCLF_OOD=off"], "no --variant named 'c'"),
+        (["a=src", "b=src"], ["b:PATH=/tmp"], "expected NAME:IMGCLF_VAR=VALUE"),
+    ],
+)
+def test_ab_serve_refuses_a_bad_variant_with_its_reason(
+    variants: list[str], settings: list[str], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ab_serve
+
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        ab_serve.parse_variants(variants, settings)
+
+
+def test_ab_serve_settings_reach_their_variant_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ab_serve
+
+    monkeypatch.chdir(ROOT)
+    a, b = ab_serve.parse_variants(["a=src", "b=src"], ["b:IMGCLF_OOD=off", "b:IMGCLF_WORKERS=4"])
+    assert a.env == {} and b.env == {"IMGCLF_OOD": "off", "IMGCLF_WORKERS": "4"}
+    assert a.src == b.src == ROOT / "src"
 
 
 def test_generators_run_from_the_command_line(tmp_path: Path) -> None:
