@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import io
+import random
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 from PIL import Image, ImageEnhance
 
+from imgclf.data import near_duplicates
 from imgclf.data.near_duplicates import DCT, group, hamming, phash
 from imgclf.data.prepare import prepare, stratified_split
 from imgclf.jsonio import expand
@@ -61,6 +64,51 @@ def test_groups_are_transitive_and_named_by_their_first_member() -> None:
     assert group(hashes, 0).tolist() == [0, 1, 2, 3, 4, 0]
     assert group(hashes, -1).tolist() == [0, 1, 2, 3, 4, 5]
     assert group(hashes, 3, cells=6).tolist() == group(hashes, 3).tolist()  # one row a block
+
+
+def _hashes_with_copies(n: int, distance: int, seed: int) -> list[int | None]:
+    """``n`` random hashes, ``n / 3`` copies of them 0 … ``distance + 2`` bits away (chains
+    too: a copy of a copy), and a few unhashed items, shuffled."""
+    rng = random.Random(seed)
+    hashes: list[int | None] = [rng.getrandbits(64) for _ in range(n)]
+    for _ in range(n // 3):
+        h = hashes[rng.randrange(len(hashes))]
+        assert h is not None
+        for bit in rng.sample(range(64), rng.randrange(distance + 3)):
+            h ^= 1 << bit
+        hashes.append(h)
+    hashes += [None] * 5
+    rng.shuffle(hashes)
+    return hashes
+
+
+@pytest.mark.parametrize("distance", [0, 3, 8, 12, 20])
+def test_block_search_groups_exactly_like_comparing_all_pairs(
+    distance: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Multi-index search (a pair within d bits shares one of d + 1 blocks) must find every
+    pair all-pairs finds and no other, or a split would change with the dataset's size."""
+    hashes = _hashes_with_copies(1500, distance, seed=distance)
+    fast, chunked = group(hashes, distance), group(hashes, distance, cells=7)
+    values = np.array([h for h in hashes if h is not None], dtype=np.uint64)
+    searched = near_duplicates._pairs_by_blocks(values, distance, 1 << 22) is not None
+    assert searched == (distance <= 8)  # wider thresholds share too many blocks: all pairs
+    monkeypatch.setattr(near_duplicates, "_pairs_by_blocks", lambda *_: None)
+    reference = group(hashes, distance)
+    assert fast.tolist() == reference.tolist() == chunked.tolist()
+    assert len(set(reference.tolist())) < len(hashes) - 100  # the copies did group
+
+
+def test_block_search_gives_up_on_hashes_that_share_their_blocks() -> None:
+    """Many equal or low-entropy hashes make (almost) every pair a candidate: all pairs are
+    compared instead, and the equal hashes still form one group."""
+    rng = random.Random(0)
+    equal = [5] * 300 + [rng.getrandbits(64) for _ in range(300)]
+    narrow = [rng.getrandbits(16) for _ in range(600)]
+    for hashes in (equal, narrow):
+        values = np.array(hashes, dtype=np.uint64)
+        assert near_duplicates._pairs_by_blocks(values, 8, 1 << 22) is None
+    assert set(group(equal, 8)[:300].tolist()) == {0}
 
 
 def _old_split(labels: np.ndarray, val: float, test: float, seed: int) -> np.ndarray:
