@@ -2,12 +2,24 @@
 
 For each size, on generated 640×480 JPEGs (bench/make_photos.py, 224 px RGB), it times
 in one run, alternating, (a) the ceiling: PIL draft decode + resize of every file in
-one process per core and nothing else, and (b) the real stage script
+one process per core and nothing else, (b) the real stage script
 (``stages/prepare.py``: start-up, scan, sha256, decode, hash, sums, near-duplicate
-groups, split, writing the arrays), and reports stage ÷ ceiling and the stage's peak
-resident set (the largest of its processes: the main one or a decoder). Then, on the
-arrays the stage wrote, one training epoch through ``train``'s own data path against the
-model-only ceiling (same model and batches on a random batch in memory).
+groups, split, writing the arrays) and (c) the write ceiling: one process per core
+putting as many bytes as the stage wrote into new files, row by row as the stage's
+decoders do, and nothing else. It reports stage ÷ ceiling, stage ÷ (decode + write
+ceilings), the stage's CPU time (user, system) and its peak resident set (the largest
+of its processes: the main one or a decoder). Then, on the arrays the stage wrote, one
+training epoch through ``train``'s own data path against the model-only ceiling (same
+model and batches on a random batch in memory).
+
+Why the write ceiling and the pauses: on the Firecracker VM these benches run on, memory
+the guest freed more than ~2–4 s earlier has been handed back to the host (free page
+reporting), and touching it again costs 4.5–6 s of CPU per GB, where recycling memory
+freed a moment ago costs 0.26 s per GB (``docs/large-datasets.md``). Every page of the
+prepared arrays is such new memory, so each timed part starts after a pause of
+:data:`SETTLE_S` (the state a user's run starts from), the input files are read once
+beforehand (every part then reads them from the page cache), and the cost of writing the
+output is measured on its own.
 
     python bench/bench_prepare.py [--sizes 8000,32000] [--repeat 2]
     python bench/bench_prepare.py --quick     # 300 photos, once; records nothing
@@ -18,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,6 +48,12 @@ from imgclf.data.prepare import keep_image_memory
 from imgclf.jsonio import expand
 
 SIDE = 224
+# Seconds to wait before each timed part: long enough for the VM to hand memory freed by
+# the previous part back to its host, so no part recycles another's pages (measured:
+# memory freed 0.5 s earlier is re-touched at 0.26 s of CPU per GB, 4 s earlier at 4.5).
+SETTLE_S = 6.0
+# The stage's decoders write one row per image: 224 × 224 × 3 bytes.
+ROW_BYTES = SIDE * SIDE * 3
 
 
 def _ceiling_part(paths: list[Path]) -> int:
@@ -58,8 +77,42 @@ def ceiling(files: list[Path], workers: int) -> float:
     return time.perf_counter() - start
 
 
-def stage(raw: Path, work: Path) -> tuple[float, float, dict]:
-    """(seconds, peak RSS in MiB, report) of one run of the prepare stage script."""
+def warm(files: list[Path]) -> int:
+    """Read every input file once, so every timed part finds them in the page cache."""
+    return sum(len(f.read_bytes()) for f in files)
+
+
+def _write_part(job: tuple[Path, int]) -> int:
+    path, rows = job
+    row = bytes(range(256)) * (ROW_BYTES // 256) + bytes(ROW_BYTES % 256)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        for i in range(rows):
+            os.pwrite(fd, row, i * ROW_BYTES)
+    finally:
+        os.close(fd)
+    return rows
+
+
+def write_ceiling(nbytes: int, workers: int, where: Path) -> float:
+    """Seconds for ``workers`` processes to write ``nbytes`` into new files in ``where``
+    (the page cache, as the stage's decoders do: one ``pwrite`` per row), nothing else.
+
+    The caller removes them and pauses before the next timed part, so that part does not
+    recycle their memory.
+    """
+    where.mkdir(parents=True, exist_ok=True)
+    rows = -(-nbytes // ROW_BYTES)
+    jobs = [(where / f"part{i}.u8", rows // workers + (i < rows % workers)) for i in range(workers)]
+    start = time.perf_counter()
+    with ProcessPoolExecutor(workers) as pool:
+        sum(pool.map(_write_part, jobs))
+    return time.perf_counter() - start
+
+
+def stage(raw: Path, work: Path) -> tuple[float, float, dict, tuple[float, float]]:
+    """(seconds, peak RSS in MiB, report, (user, system) CPU seconds) of one run of the
+    prepare stage script (all its processes)."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["prepare"].update({"image_size": SIDE, "color_mode": "rgb"})
     work.mkdir(parents=True, exist_ok=True)
@@ -69,7 +122,8 @@ def stage(raw: Path, work: Path) -> tuple[float, float, dict]:
     # largest of the stage's processes (main or a decoder), nothing of this bench's own.
     wrapper = (
         "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]).returncode;"
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r)"
+        "u = resource.getrusage(resource.RUSAGE_CHILDREN);"
+        "print(u.ru_maxrss, u.ru_utime, u.ru_stime); sys.exit(r)"
     )
     cmd = [sys.executable, "-c", wrapper, sys.executable, str(ROOT / "stages/prepare.py"),
            str(raw), "prepared", "prepare.json"]  # fmt: skip
@@ -78,9 +132,10 @@ def stage(raw: Path, work: Path) -> tuple[float, float, dict]:
     seconds = time.perf_counter() - start
     if proc.returncode:
         raise RuntimeError(proc.stdout[-2000:] + proc.stderr[-2000:])
-    peak = int(proc.stdout.strip().splitlines()[-1]) / 1024
+    maxrss, user, system = proc.stdout.strip().splitlines()[-1].split()
     # The flat view: headline and detail merged (n_near_dup_groups is in the detail).
-    return seconds, peak, expand(json.loads((work / "prepare.json").read_text()))
+    report = expand(json.loads((work / "prepare.json").read_text()))
+    return seconds, int(maxrss) / 1024, report, (float(user), float(system))
 
 
 def train_vs_model_only(prepared: Path, params_file: Path, images: int) -> dict[str, float]:
@@ -164,10 +219,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="300 photos, once, no record")
     parser.add_argument("--train-images", type=int, default=1024,
                         help="training images the epoch is timed on (quick: 64)")  # fmt: skip
+    parser.add_argument("--settle", type=float, default=SETTLE_S,
+                        help="seconds of pause before each timed part (quick: 0)")  # fmt: skip
     results.add_options(parser)
     args = parser.parse_args(argv)
     if args.quick:
-        args.sizes, args.repeat, args.train_images = "300", 1, 64
+        args.sizes, args.repeat, args.train_images, args.settle = "300", 1, 64, 0.0
     from imgclf.data.prepare import workers
 
     n_workers = workers()
@@ -175,16 +232,27 @@ def main(argv: list[str] | None = None) -> int:
     for n in (int(v) for v in args.sizes.split(",")):
         raw = make_photos_parallel(args.data / f"imgclf-bench-photos-640x480-{n}", n)
         files = sorted(raw.rglob("*.jpg"))
-        ceil_s, stage_s, peaks = [], [], []
+        warm(files)
+        ceil_s, stage_s, write_s, peaks, cpu = [], [], [], [], []
         with tempfile.TemporaryDirectory() as tmp:
             for i in range(args.repeat):
+                time.sleep(args.settle)
                 ceil_s.append(ceiling(files, n_workers))
-                s, peak, report = stage(raw, Path(tmp) / f"run{i}")
+                time.sleep(args.settle)
+                s, peak, report, used = stage(raw, Path(tmp) / f"run{i}")
                 stage_s.append(s)
                 peaks.append(peak)
-                print(f"{n}: ceiling {ceil_s[-1]:.1f} s, stage {s:.1f} s, peak {peak:.0f} MiB",
-                      flush=True)  # fmt: skip
-            size = sum(f.stat().st_size for f in (Path(tmp) / "run0/prepared").iterdir())
+                cpu.append(used)
+                prepared = Path(tmp) / f"run{i}/prepared"
+                size = sum(f.stat().st_size for f in prepared.iterdir())
+                if i:  # run0's arrays stay for the training measurement
+                    shutil.rmtree(prepared)
+                time.sleep(args.settle)
+                write_s.append(write_ceiling(size, n_workers, Path(tmp) / "write"))
+                shutil.rmtree(Path(tmp) / "write")  # the next part starts after a pause
+                print(f"{n}: ceiling {ceil_s[-1]:.1f} s, stage {s:.1f} s (user {used[0]:.1f} s, "
+                      f"system {used[1]:.1f} s), write ceiling {write_s[-1]:.1f} s, "
+                      f"peak {peak:.0f} MiB", flush=True)  # fmt: skip
             # After the timed runs: training on what prepare wrote (it competes for the cores).
             t = train_vs_model_only(Path(tmp) / "run0/prepared", Path(tmp) / "run0/params.yaml",
                                     args.train_images)  # fmt: skip
@@ -197,21 +265,37 @@ def main(argv: list[str] | None = None) -> int:
                 f"{t['n_train'] / t['epoch_img_s']:,.0f} s",
             ])  # fmt: skip
         c, s = min(ceil_s), min(stage_s)
+        user, system = cpu[stage_s.index(s)]
         pairs = ", ".join(f"{a / b:.2f}" for a, b in zip(ceil_s, stage_s, strict=True))
-        rows.append([f"{n:,}", n_workers, f"{n / c:,.0f} img/s ({c:.1f} s)",
+        # Per run, not best with best: the VM's memory state moves the write cost by 4x
+        # between runs, and the stage pays whatever state its own run met.
+        runs = zip(ceil_s, stage_s, write_s, strict=True)
+        with_write = ", ".join(f"{(a + w_) / b:.2f}" for a, b, w_ in runs)
+        writes = ", ".join(f"{w_:.1f}" for w_ in write_s)
+        systems = ", ".join(f"{u[1]:.1f}" for u in cpu)
+        rows.append([f"{n:,}", n_workers, f"{n / c:,.0f} img/s ({c:.1f} s)", f"{writes} s",
                      f"{n / s:,.0f} img/s ({s:.1f} s)", f"**{c / s:.2f}** ({pairs})",
+                     with_write, f"{user:.1f} + {system:.1f} s (system in each run: {systems})",
                      f"{max(peaks):,.0f} MiB", f"{size / 2**20:,.0f} MiB",
                      report["n_near_dup_groups"]])  # fmt: skip
-    header = ["photos", "processes", "ceiling (draft decode + resize)", "prepare stage",
-              "stage ÷ ceiling (best; each pair)", "peak RSS (largest process)", "prepared size",
+    header = ["photos", "processes", "ceiling (draft decode + resize)",
+              "write ceiling (the prepared bytes into new files; each run)", "prepare stage",
+              "stage ÷ ceiling (best; each pair)", "stage ÷ (decode + write ceilings), each run",
+              "stage CPU, best run (user + system)", "peak RSS (largest process)", "prepared size",
               "near-dup groups"]  # fmt: skip
     body = (
         f"640×480 JPEGs (bench/make_photos.py), `image_size: {SIDE}`, `color_mode: rgb`, "
         "params.yaml's other defaults. Best of "
-        f"{args.repeat} alternating runs each; the stage time is the whole stage script "
-        "(interpreter start-up and imports included). Goal: stage ÷ ceiling ≥ 0.7, peak "
-        "RSS ≤ 2 GiB and independent of the number of images. Near-dup groups: all photos are "
-        "distinct, so these are the hash's false pairs at the default threshold.\n\n"
+        f"{args.repeat} alternating runs each, each part after a {args.settle:g} s pause and "
+        "with the input files already in the page cache; the stage time is the whole stage "
+        "script (interpreter start-up and imports included). Goal: stage ÷ ceiling ≥ 0.7, "
+        "peak RSS ≤ 2 GiB and independent of the number of images. The write ceiling is what "
+        "putting the stage's output bytes into new files costs on this machine alone: on this "
+        "VM mostly system CPU for memory new to the guest, 0.3–6 s per GB depending on what "
+        "the guest freed shortly before (docs/large-datasets.md), so it is shown per run and "
+        "set beside the stage of the same run. Near-dup "
+        "groups: all photos are distinct, so these are the hash's false pairs at the default "
+        "threshold.\n\n"
         + table(header, rows)
         + "\n\nTraining on those photos: one epoch through `train`'s own path (the "
         "memory-mapped uint8 split, params.yaml's augmentation, a DataLoader, forward, "

@@ -299,7 +299,8 @@ def run_quick(script: str, args: list[str], tmp_path: Path, scenario: str) -> st
         # dvc add + repro + a queued two-value sweep in a temp git copy: ~1 min idle.
         pytest.param("bench_sweep.py", "sweep", "2 ok, 0 failed", marks=pytest.mark.heavy),
         # The stage's row, then the training row (epoch vs model-only) on the same photos.
-        ("bench_prepare.py", "prepare", "| 300 | small_cnn, batch "),
+        # ... and in the stage's row, the write ceiling's per-run ratio and the system CPU.
+        ("bench_prepare.py", "prepare", ("| 300 | small_cnn, batch ", "(system in each run: ")),
         ("bench_near_dups.py", "near_dups", "sources whole in one split"),
         ("bench_label_issues.py", "label_issues", "| digits_few (300 × 8×8) | 10% |"),
         ("bench_wakeups.py", "wakeups", "| hand-off to a work thread and back"),
@@ -309,8 +310,12 @@ def run_quick(script: str, args: list[str], tmp_path: Path, scenario: str) -> st
         ),
     ],
 )
-def test_bench_script_quick_mode(script: str, scenario: str, expected: str, tmp_path) -> None:
-    assert expected in run_quick(script, [], tmp_path, scenario)
+def test_bench_script_quick_mode(
+    script: str, scenario: str, expected: str | tuple[str, ...], tmp_path
+) -> None:
+    out = run_quick(script, [], tmp_path, scenario)
+    for text in (expected,) if isinstance(expected, str) else expected:
+        assert text in out
 
 
 @pytest.mark.slow
@@ -446,3 +451,16 @@ def test_generated_datasets_are_deterministic(tmp_path: Path) -> None:
     assert len(files) == 6 and {f.parts[0] for f in files} == {"ring", "disc"}
     for rel in files:
         assert (a / rel).read_bytes() == (b / rel).read_bytes()
+
+
+def test_prepare_write_ceiling_writes_the_prepared_bytes_in_rows(tmp_path: Path) -> None:
+    """The write ceiling puts at least as many bytes as the stage wrote into new files,
+    whole rows of the stage's size, split over the processes (the bench divides by it)."""
+    import bench_prepare
+
+    nbytes = 5 * bench_prepare.ROW_BYTES + 1  # not a whole number of rows
+    seconds = bench_prepare.write_ceiling(nbytes, 2, tmp_path / "w")
+    sizes = sorted(f.stat().st_size for f in (tmp_path / "w").iterdir())
+    assert seconds > 0
+    assert sizes == [3 * bench_prepare.ROW_BYTES, 3 * bench_prepare.ROW_BYTES]
+    assert sum(sizes) >= nbytes
