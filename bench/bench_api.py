@@ -129,6 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     photos.add_argument("--rounds", type=int, default=3, help="slices a row's time is cut in")
     photos.add_argument("--train-images", type=int, default=160)
     photos.add_argument(
+        "--ours-set",
+        action="append",
+        default=[],
+        metavar="IMGCLF_VAR=VALUE",
+        help="a setting for ours' server only, e.g. IMGCLF_PROCESSES=2",
+    )
+    photos.add_argument(
         "--work",
         type=Path,
         default=BENCH / ".work",

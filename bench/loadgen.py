@@ -51,10 +51,20 @@ def tree_cpu_seconds(pid: int) -> float:
     return total + sum(tree_cpu_seconds(int(c)) for c in children)
 
 
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants (``IMGCLF_PROCESSES`` workers)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return [pid]
+    return [pid] + [p for c in children for p in _tree(int(c))]
+
+
 def thread_counters(pid: int) -> dict[str, tuple[float, int]]:
-    """Per thread of process ``pid``: (CPU seconds, voluntary context switches), with the
-    main thread (the server's event loop) under ``"loop"`` and the others summed under
-    ``"other"`` (work threads, onnxruntime's, the recorder's). Linux /proc; {} elsewhere.
+    """Per thread of process ``pid`` and its descendants: (CPU seconds, voluntary context
+    switches), with each process's main thread (a server's event loop; a dispatching
+    parent's accept loop) under ``"loop"`` and the others summed under ``"other"`` (work
+    threads, onnxruntime's, the recorder's). Linux /proc; {} elsewhere.
 
     A voluntary switch is a sleep: waiting for the GIL, for work, for the socket. Each
     sleep and wake-up costs CPU (0.2 ms on the 2-core VM the benches run on), so their
@@ -62,20 +72,24 @@ def thread_counters(pid: int) -> dict[str, tuple[float, int]]:
     """
     out = {"loop": (0.0, 0), "other": (0.0, 0)}
     tick = os.sysconf("SC_CLK_TCK")
-    try:
-        tasks = [t.name for t in Path(f"/proc/{pid}/task").iterdir()]
-    except OSError:
+    if not Path(f"/proc/{pid}/task").is_dir():
         return {}
-    for tid in tasks:
+    for proc in _tree(pid):
         try:
-            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
-            status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
-        except OSError:  # the thread ended meanwhile
+            tasks = [t.name for t in Path(f"/proc/{proc}/task").iterdir()]
+        except OSError:  # the process ended meanwhile
             continue
-        cpu = (int(stat[11]) + int(stat[12])) / tick
-        sleeps = int(status.split("\nvoluntary_ctxt_switches:")[1].split()[0])
-        key = "loop" if tid == str(pid) else "other"
-        out[key] = (out[key][0] + cpu, out[key][1] + sleeps)
+        for tid in tasks:
+            try:
+                stat = Path(f"/proc/{proc}/task/{tid}/stat").read_text().rsplit(")", 1)[1]
+                status = Path(f"/proc/{proc}/task/{tid}/status").read_text()
+            except OSError:  # the thread ended meanwhile
+                continue
+            fields = stat.split()
+            cpu = (int(fields[11]) + int(fields[12])) / tick
+            sleeps = int(status.split("\nvoluntary_ctxt_switches:")[1].split()[0])
+            key = "loop" if tid == str(proc) else "other"
+            out[key] = (out[key][0] + cpu, out[key][1] + sleeps)
     return out
 
 

@@ -163,6 +163,18 @@ def ours_cmd(model_dir: Path, port: int) -> list[str]:
             "--port", str(port), "--no-access-log"]  # fmt: skip
 
 
+def ours_settings(items: list[str]) -> dict[str, str]:
+    """``IMGCLF_VAR=VALUE`` items (``--ours-set``) as environment entries; anything else
+    is refused with the item named (only ours' server gets them)."""
+    env = {}
+    for item in items:
+        var, eq, value = item.partition("=")
+        if not eq or not var.startswith("IMGCLF_"):
+            raise SystemExit(f"--ours-set {item!r}: expected IMGCLF_VAR=VALUE")
+        env[var] = value
+    return env
+
+
 def seed_cmd(model_dir: Path, port: int) -> list[str]:
     return [sys.executable, str(BENCH / "seed_app.py"), "--model-dir", str(model_dir),
             "--port", str(port)]  # fmt: skip
@@ -360,7 +372,8 @@ def run(args: argparse.Namespace) -> int:
         ceiling = Ceiling(model_dir, cores)
         env = common.server_env(model_dir, args.src)
         ports = common.free_port(), common.free_port()
-        ours = common.start_ready(ours_cmd(model_dir, ports[0]), ports[0], env)
+        ours_env = {**env, **ours_settings(args.ours_set)}
+        ours = common.start_ready(ours_cmd(model_dir, ports[0]), ports[0], ours_env)
         seed = common.start_ready(seed_cmd(model_dir, ports[1]), ports[1], env)
         try:
             for name, path in inputs.items():
@@ -402,6 +415,8 @@ def run(args: argparse.Namespace) -> int:
         f"model (the fast session) in {cores} processes, no HTTP, no client (mean of its "
         "slices). Client and servers share the cores.",
     ]
+    if args.ours_set:
+        section.append(f"- ours' settings: `{' '.join(args.ours_set)}` (the rest defaults)")
     if args.note:
         section.append(f"- note: {args.note}")
     section += [f"- {v}" for v in verdict] + ["", table, *stages]

@@ -73,10 +73,17 @@ MEANINGS = {
     "concurrently; 2 threads cost 1.5–1.8× the CPU per image, see "
     "[benchmarks](benchmarks.md#load))",
     "IMGCLF_WORKERS": (
-        "threads that decode and run the model; `0`: one per CPU core, plus one "
-        "(it decodes while the others run shared model calls)"
+        "threads that decode and run the model, divided among the server processes; `0`: "
+        "one per CPU core of each process, plus one (it decodes while the others run "
+        "shared model calls)"
     ),
-    "IMGCLF_MAX_QUEUE": "requests that may wait for a worker; more get `503 overloaded`",
+    "IMGCLF_MAX_QUEUE": "requests that may wait for a worker (in each server process); more "
+    "get `503 overloaded`",
+    "IMGCLF_PROCESSES": (
+        "server processes behind the one port, each connection handed to the least busy; "
+        "`0`: one per CPU of the container's quota (Linux; elsewhere 1); every budget here "
+        "is divided among them ([serving speed](serving-speed.md#two-server-processes-per-replica))"
+    ),
     "IMGCLF_COALESCE_IMAGES": (
         "most images one model call joins across requests decoded at the same time "
         "(`1`: a call per request); nothing waits for a batch to fill"

@@ -275,8 +275,12 @@ def while_probing(url: str, action: Callable[[], object]) -> tuple[object, Healt
     return result, probe
 
 
-def memory_kib(pid: int, key: str) -> int:
-    """``VmRSS`` (now) or ``VmHWM`` (peak) of a process, from /proc, in KiB."""
+def memory_kib(pid: int | list[int], key: str) -> int:
+    """``VmRSS`` (now) or ``VmHWM`` (peak) of a process, from /proc, in KiB; of several
+    (a server's workers, ``ServerProcess.pids``) the sum, which bounds their peak together
+    from above."""
+    if isinstance(pid, list):
+        return sum(memory_kib(one, key) for one in pid)
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(key + ":"):
             return int(line.split()[1])

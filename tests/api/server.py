@@ -29,8 +29,29 @@ class ServerProcess:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def pids(self) -> list[int]:
+        """The processes that serve: the workers of an ``IMGCLF_PROCESSES`` parent (the
+        default on a multi-core Linux machine), else the server process itself. Memory and
+        socket checks must look at these: the parent only accepts and holds nothing."""
+        return children(self.proc.pid) or [self.proc.pid]
+
     def log_tail(self, chars: int = 4000) -> str:
         return self.log.read_text(errors="replace")[-chars:]
+
+
+def children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from /proc), in pid order."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            out.append(int(entry.name))
+    return sorted(out)
 
 
 def _wait_ready(server: ServerProcess, path: str, timeout: float) -> None:

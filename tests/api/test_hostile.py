@@ -189,7 +189,7 @@ def test_16bit_huge_png_is_decoded_without_float64_copies(
     hostile_server: ServerProcess, hclient: httpx.Client, wide_png: bytes
 ) -> None:
     """0.35 MB → 80 MB decoded; the float64 path peaked at ~760 MB, now ~2x the image."""
-    pid = hostile_server.proc.pid
+    pid = hostile_server.pids()
     before = hostile.memory_kib(pid, "VmRSS")
     assert len(wide_png) < MiB
     assert post(hclient, wide_png).status_code == 200
@@ -443,6 +443,9 @@ def test_model_file_not_matching_the_card_is_refused(project: ProjectTree, tmp_p
 # The server's peak resident memory under the mixed load below. With 2 workers and the
 # default 128 MiB decode budget the decode peak is ~2 x 2 x 128 MiB over ~150 MiB at rest.
 LOAD_RSS_BOUND = 700 * MiB
+# With several server processes (IMGCLF_PROCESSES) the threads and budgets are divided
+# among them, but each holds the app and the model at rest: the bound grows by that.
+REST_RSS = 200 * MiB
 HEALTH_P99_MS = 250
 
 
@@ -495,7 +498,7 @@ def test_mixed_hostile_load_keeps_normal_requests_and_health_answered(
                 problems.append(f"slow: {exc!r}")
 
     with uvicorn_server(env, tmp_path / "log") as server:
-        pid = server.proc.pid
+        pid = server.pids()
         # What this (shared) machine gives an idle server, to tell our delay from its own.
         baseline = hostile.probe_in_process(server.url, seconds=2)
         idle = json.loads(baseline.communicate(timeout=30)[0])
@@ -540,5 +543,6 @@ def test_mixed_hostile_load_keeps_normal_requests_and_health_answered(
     assert p99 < HEALTH_P99_MS + max(0.0, idle_p99 - 5), (
         f"/health p99 {p99:.1f} (idle {idle_p99:.1f}) ms"
     )
-    assert peak < LOAD_RSS_BOUND, f"peak RSS {peak // MiB} MiB"
+    bound = LOAD_RSS_BOUND + (len(pid) - 1) * REST_RSS
+    assert peak < bound, f"peak RSS {peak // MiB} MiB (bound {bound // MiB} MiB)"
     assert "Traceback" not in log

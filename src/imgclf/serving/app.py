@@ -415,6 +415,14 @@ def run(settings: Settings, host: str, port: int, access_log: bool = True) -> No
     from ``IMGCLF_TRUSTED_PROXIES`` (uvicorn's own proxy handling is off). See
     docs/serving-edge.md.
     """
+    if settings.server_processes > 1:  # several processes, one port (docs/serving-speed.md)
+        from imgclf.serving.processes import serve_processes
+
+        _configure_logging()  # the parent's notes (a worker restarted) in the same format
+        code = serve_processes(settings, host, port, access_log)
+        if code:
+            raise SystemExit(code)
+        return
     import uvicorn
 
     from imgclf.serving.edge import protocol_for, raise_file_limit

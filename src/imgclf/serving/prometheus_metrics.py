@@ -8,7 +8,10 @@ URLs with random methods cannot blow up the metric cardinality.
 
 from __future__ import annotations
 
+import os
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import (
@@ -18,6 +21,7 @@ from prometheus_client import (
     Histogram,
     Info,
     ProcessCollector,
+    multiprocess,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -37,14 +41,26 @@ CONFIDENCE_BUCKETS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999,
 
 
 class Telemetry:
-    """The app's metrics: requests, latency, predictions, rejected inputs, model info."""
+    """The app's metrics: requests, latency, predictions, rejected inputs, model info.
+
+    With ``PROMETHEUS_MULTIPROC_DIR`` set (``IMGCLF_PROCESSES`` > 1 sets it for its
+    workers, :mod:`imgclf.serving.processes`), counters, histograms and the queue gauge
+    live in that directory and ``/metrics`` adds up every process's values, whichever
+    process answers; the model's info and the ``process_*`` metrics are the answering
+    process's own (the same model everywhere).
+    """
 
     content_type = CONTENT_TYPE_LATEST
+    # Seconds between two readings of the work queue into the shared gauge (multiprocess).
+    QUEUE_EVERY_S = 1.0
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+        # What only this process knows; the same registry as the rest in one process.
+        self.local = CollectorRegistry() if self.multiprocess_dir else self.registry
         # Memory and CPU of the server process: how a decompression bomb would show up.
-        ProcessCollector(registry=self.registry)
+        ProcessCollector(registry=self.local)
         self.requests = Counter(
             "imgclf_http_requests",
             "HTTP requests by endpoint, method and status code.",
@@ -90,7 +106,7 @@ class Telemetry:
             ["reason"],
             registry=self.registry,
         )
-        self.model = Info("imgclf_model", "The served model artifact.", registry=self.registry)
+        self.model = Info("imgclf_model", "The served model artifact.", registry=self.local)
         self.session_fallbacks = Counter(
             "imgclf_session_fallbacks",
             "Model loads at which the fast onnxruntime session disagreed with evaluate's "
@@ -99,8 +115,9 @@ class Telemetry:
         )
         self.queue = Gauge(
             "imgclf_work_jobs",
-            "Decode+inference jobs running or queued in the work pool.",
+            "Decode+inference jobs running or queued in the work pool (all processes).",
             registry=self.registry,
+            multiprocess_mode="livesum",
         )
         # Monitoring (imgclf.monitoring.recorder): the running confidence distribution, and what the
         # recorder wrote or had to drop.
@@ -163,8 +180,27 @@ class Telemetry:
     def set_model(self, info: dict[str, Any]) -> None:
         self.model.info({k: str(v) for k, v in info.items()})
 
+    def watch_queue(self, jobs: Callable[[], int]) -> None:
+        """Report ``jobs()`` as the queue gauge: read at each scrape in one process; in
+        multiprocess mode read every :data:`QUEUE_EVERY_S` by a daemon thread into the
+        shared gauge (a scrape cannot call into the other processes)."""
+        if not self.multiprocess_dir:
+            self.queue.set_function(jobs)
+            return
+
+        def sample() -> None:
+            while True:
+                self.queue.set(jobs())
+                time.sleep(self.QUEUE_EVERY_S)
+
+        threading.Thread(target=sample, name="imgclf-queue-gauge", daemon=True).start()
+
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if not self.multiprocess_dir:
+            return generate_latest(self.registry)
+        shared = CollectorRegistry()
+        multiprocess.MultiProcessCollector(shared, path=self.multiprocess_dir)
+        return generate_latest(shared) + generate_latest(self.local)
 
 
 class MetricsMiddleware:

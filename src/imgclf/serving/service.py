@@ -199,7 +199,7 @@ class Service:
         self.coalescer = Coalescer(
             self._score, settings.coalesce_images, runners=settings.worker_threads
         )
-        self.telemetry.queue.set_function(lambda: self.pool.jobs)
+        self.telemetry.watch_queue(lambda: self.pool.jobs)
         # What is served, recorded off the request path (IMGCLF_MONITOR_DB; None: off).
         self.monitor = open_monitor(settings, self.telemetry)
 

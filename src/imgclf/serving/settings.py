@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -46,6 +47,10 @@ class Settings:
     workers: int = 0
     # … and at most this many more requests wait for one; past that: 503 "overloaded".
     max_queue: int = 64
+    # Server processes behind the one port (imgclf.serving.processes): N workers fed by a
+    # dispatcher that hands each connection to the least busy one, every budget here
+    # divided among them; 0: one per CPU of the container's quota (Linux; elsewhere 1).
+    processes: int = 0
     # Requests whose images are decoded at the same time share one model call of at most
     # this many images (imgclf.serving.coalesce; 1: one call per request).
     coalesce_images: int = 8
@@ -119,17 +124,24 @@ class Settings:
 
     @property
     def worker_threads(self) -> int:
-        """Decode/inference threads: ``workers``, or one per core this process may use plus
-        one. The extra thread decodes while the others run model calls that requests
-        share (imgclf.serving.coalesce): on 2 cores, 3 threads served 6–11 % more than 2
-        across mobilenet/resnet18 and small/large photos (docs/serving-speed.md)."""
+        """Decode/inference threads: ``workers``, or one per core this process may use (the
+        container's CPU quota included, :func:`usable_cores`) plus one. The extra thread
+        decodes while the others run model calls that requests share
+        (imgclf.serving.coalesce): on 2 cores, 3 threads served 6–11 % more than 2 across
+        mobilenet/resnet18 and small/large photos (docs/serving-speed.md)."""
         if self.workers:
             return self.workers
-        try:
-            cores = len(os.sched_getaffinity(0))
-        except AttributeError:  # pragma: no cover - not on Linux
-            cores = os.cpu_count() or 1
-        return max(1, cores) + 1
+        return usable_cores() + 1
+
+    @property
+    def server_processes(self) -> int:
+        """Server processes: ``processes``, or one per core this process may use (0), the
+        container's CPU quota included (:func:`usable_cores`). Only on Linux: the workers
+        are forked from a parent that has imported the app, which macOS does not allow
+        safely, and Windows cannot pass sockets this way."""
+        if self.processes:
+            return self.processes
+        return usable_cores() if sys.platform.startswith("linux") else 1
 
     @property
     def client_active_limit(self) -> int:
@@ -241,6 +253,7 @@ class Settings:
             threads=integer("IMGCLF_THREADS", d.threads),
             workers=integer("IMGCLF_WORKERS", d.workers, minimum=0),
             max_queue=integer("IMGCLF_MAX_QUEUE", d.max_queue, minimum=0),
+            processes=integer("IMGCLF_PROCESSES", d.processes, minimum=0),
             coalesce_images=integer("IMGCLF_COALESCE_IMAGES", d.coalesce_images),
             max_connections=integer("IMGCLF_MAX_CONNECTIONS", d.max_connections),
             body_timeout_s=seconds("IMGCLF_BODY_TIMEOUT_S", d.body_timeout_s),
@@ -295,6 +308,38 @@ class Settings:
                 f"IMGCLF_BODY_TIMEOUT_S={settings.body_timeout_s}"
             )
         return settings
+
+
+def usable_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPUs this process may use: its CPU affinity, capped by a cgroup CPU quota.
+
+    Why the quota: a container limited to 2 CPUs (``--cpus 2``, Cloud Run's vCPUs) on a
+    64-core host sees 64 CPUs in its affinity; one server process per CPU would then load
+    the model 64 times for 2 CPUs' worth of time.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        cpus = os.cpu_count() or 1
+    quota = _cgroup_cpus(cgroup)
+    return max(1, min(cpus, quota) if quota else cpus)
+
+
+def _cgroup_cpus(root: Path) -> int | None:
+    """The cgroup's CPU quota in whole CPUs (rounded up), None when there is none."""
+    try:  # cgroup v2: "max 100000" or "200000 100000"
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        if quota == "max":
+            return None
+        return max(1, -(-int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    try:  # cgroup v1: -1 when unlimited
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return max(1, -(-quota_us // period_us)) if quota_us > 0 and period_us > 0 else None
 
 
 def _path(env: Mapping[str, str], name: str) -> Path | None:
