@@ -350,7 +350,7 @@ def serve(
 ) -> None:
     """Serve the model over HTTP (`imgclf.serving.app`; limits from IMGCLF_* variables)."""
     _require_extra("serve", "onnxruntime", "fastapi", "uvicorn", "multipart")
-    from imgclf.serving.app import run
+    from imgclf.serving.processes import serve as run
     from imgclf.serving.settings import Settings, SettingsError
 
     try:

@@ -1,9 +1,10 @@
 """``python -m imgclf.serving``: the API with the same server configuration as ``imgclf serve``.
 
 The container has no CLI (no typer, no training code), yet it must run exactly what
-``imgclf serve`` runs: :func:`imgclf.serving.app.run`, i.e. uvicorn behind the edge's
-deadlines and limits (docs/serving-edge.md). A plain ``uvicorn …`` command would skip
-the edge, so neither the Dockerfile nor the tests use one.
+``imgclf serve`` runs: :func:`imgclf.serving.processes.serve`, i.e. uvicorn behind the
+edge's deadlines and limits (docs/serving-edge.md), in one process or one per CPU. A
+plain ``uvicorn …`` command would skip the edge, so neither the Dockerfile nor the tests
+use one.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from imgclf.serving.app import run
+    from imgclf.serving.processes import serve
 
-    run(settings, host=args.host, port=args.port, access_log=args.access_log)
+    serve(settings, host=args.host, port=args.port, access_log=args.access_log)
     return 0
 
 

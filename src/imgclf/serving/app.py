@@ -132,7 +132,7 @@ class RequestCapMiddleware:
             self.active -= 1
 
 
-def _configure_logging() -> None:
+def configure_logging() -> None:
     """Give ``imgclf.*`` loggers a handler: uvicorn configures only its own.
 
     Without it the one-line notes (model loaded, client disconnected) would be
@@ -194,7 +194,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     ``backend`` replaces the onnxruntime model (the benchmark's torch-eager twin).
     """
     settings = settings or Settings.from_env()
-    _configure_logging()
+    configure_logging()
     service = Service(settings, backend)
     page = _index_html()
     headers_for_page = page_headers(page)
@@ -404,8 +404,10 @@ def _answer(body: dict[str, Any]) -> Response:
 
 
 def run(settings: Settings, host: str, port: int, access_log: bool = True) -> None:
-    """Serve with uvicorn behind :mod:`imgclf.serving.edge` (``imgclf serve``, ``make serve``
-    and the container's ``python -m imgclf.serving`` all come here: one configuration).
+    """Serve in this one process with uvicorn behind :mod:`imgclf.serving.edge`
+    (``imgclf serve``, ``make serve`` and the container's ``python -m imgclf.serving`` come
+    here through :func:`imgclf.serving.processes.serve` when one process serves; with
+    several, each worker runs the same app and edge).
 
     The edge gives every connection a request-head deadline, a head size cap and a
     ceiling on open sockets; uvicorn's ``limit_concurrency`` is not used (it counts idle
@@ -415,14 +417,6 @@ def run(settings: Settings, host: str, port: int, access_log: bool = True) -> No
     from ``IMGCLF_TRUSTED_PROXIES`` (uvicorn's own proxy handling is off). See
     docs/serving-edge.md.
     """
-    if settings.server_processes > 1:  # several processes, one port (docs/serving-speed.md)
-        from imgclf.serving.processes import serve_processes
-
-        _configure_logging()  # the parent's notes (a worker restarted) in the same format
-        code = serve_processes(settings, host, port, access_log)
-        if code:
-            raise SystemExit(code)
-        return
     import uvicorn
 
     from imgclf.serving.edge import protocol_for, raise_file_limit

@@ -19,8 +19,9 @@ keeps httptools' parser and adds, per connection:
   hundreds of them wait for their deadline.
 
 The protocol is bound to one :class:`~imgclf.serving.settings.Settings` by
-:func:`protocol_for`; :func:`imgclf.serving.app.run` (``imgclf serve``, the
-container's ``python -m imgclf.serving``) installs it. It relies on uvicorn's
+:func:`protocol_for`; :func:`imgclf.serving.app.run` and every worker of
+:mod:`imgclf.serving.processes` (``imgclf serve``, the container's
+``python -m imgclf.serving``) install it. It relies on uvicorn's
 ``HttpToolsProtocol`` hooks, so ``requirements-serve.txt`` pins uvicorn and
 ``tests/api/test_edge.py`` fails if a new version moves them.
 """

@@ -49,6 +49,7 @@ from dataclasses import dataclass, replace
 from multiprocessing.sharedctypes import RawArray
 from typing import Any
 
+from imgclf.serving import app as single
 from imgclf.serving.settings import Settings, usable_cores
 
 log = logging.getLogger("imgclf.serving")
@@ -107,6 +108,18 @@ def per_process(settings: Settings, n: int) -> Settings:
     )
 
 
+def serve(settings: Settings, host: str, port: int, access_log: bool = True) -> None:
+    """What ``imgclf serve`` and ``python -m imgclf.serving`` run: one process
+    (:func:`imgclf.serving.app.run`) or :func:`serve_processes`, by ``IMGCLF_PROCESSES``."""
+    if settings.server_processes <= 1:
+        single.run(settings, host, port, access_log)
+        return
+    single.configure_logging()  # the parent's notes (a worker restarted), same format
+    code = serve_processes(settings, host, port, access_log)
+    if code:
+        raise SystemExit(code)
+
+
 # --- the worker ------------------------------------------------------------------------
 
 
@@ -141,10 +154,9 @@ def _worker_main(index: int, channel: socket.socket, closed: Any, settings: Sett
     import uvicorn
     from uvicorn.server import Server
 
-    from imgclf.serving.app import create_app
     from imgclf.serving.edge import protocol_for, raise_file_limit
 
-    app = create_app(settings)
+    app = single.create_app(settings)
     raise_file_limit(settings.max_open_connections + 256)
     protocol = _counted(protocol_for(settings, on_reject=app.state.service.reject), closed, index)
     config = uvicorn.Config(
