@@ -227,3 +227,33 @@ def test_workers_stop_when_the_parent_is_killed(project: ProjectTree, tmp_path: 
         server.proc.wait(timeout=10)
         gone = wait_until(lambda: not [p for p in workers if Path(f"/proc/{p}").exists()], 30)
         assert gone, server.log_tail()
+
+
+def test_sigterm_while_the_workers_load_stops_them_at_once(
+    project: ProjectTree, tmp_path: Path
+) -> None:
+    """A SIGTERM before the workers are ready stops everything (the handlers a worker
+    inherited from the parent once swallowed it until uvicorn's own were installed, and
+    the worker served on for 30 s until it was killed)."""
+    import subprocess
+    import sys
+
+    from tests.support import ROOT, free_port, tool_env
+
+    env = {**tool_env(ROOT), "IMGCLF_MODEL_DIR": str(project.model_dir), **TEST_LIMITS,
+           "IMGCLF_PROCESSES": "2"}  # fmt: skip
+    args = [sys.executable, "-m", "imgclf.serving", "--port", str(free_port()), "--no-access-log"]
+    with (tmp_path / "log").open("wb") as out:
+        proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        assert wait_until(lambda: len(children(proc.pid)) == 2, 30)
+        workers = children(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0, (tmp_path / "log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    log = (tmp_path / "log").read_text()
+    assert wait_until(lambda: not [p for p in workers if Path(f"/proc/{p}").exists()], 10), log
+    assert "did not stop" not in log, log

@@ -239,3 +239,33 @@ def test_every_setting_is_documented() -> None:
     assert {"IMGCLF_MONITOR_DB", "IMGCLF_SAMPLE_DIR", "IMGCLF_SAMPLE_MAX_BYTES"} <= names
     docs = (ROOT / "docs/serving.md").read_text()
     assert not {n for n in names if n not in docs}
+
+
+def _open_at_once(path: str, barrier: object, out: object) -> None:
+    """Wait for the others, then open the monitoring database (a server worker at start)."""
+    from imgclf.monitoring.store import connect
+
+    barrier.wait()  # type: ignore[attr-defined]
+    try:
+        connect(Path(path)).close()
+        out.put("ok")  # type: ignore[attr-defined]
+    except sqlite3.Error as exc:
+        out.put(f"{type(exc).__name__}: {exc}")  # type: ignore[attr-defined]
+
+
+def test_several_processes_open_a_new_database_at_once(tmp_path: Path) -> None:
+    """The server's workers (IMGCLF_PROCESSES) open the monitoring database together at
+    start: none may fail with "database is locked" (the switch to WAL skips SQLite's busy
+    handler; the container's second worker died on it)."""
+    ctx = multiprocessing.get_context("fork")
+    for attempt in range(5):  # a fresh file each time: the race is at creation
+        path = tmp_path / f"monitor{attempt}.db"
+        barrier, out = ctx.Barrier(6), ctx.Queue()
+        procs = [ctx.Process(target=_open_at_once, args=(str(path), barrier, out))
+                 for _ in range(6)]  # fmt: skip
+        for proc in procs:
+            proc.start()
+        results = [out.get(timeout=60) for _ in procs]
+        for proc in procs:
+            proc.join(30)
+        assert results == ["ok"] * 6, results

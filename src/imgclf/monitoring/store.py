@@ -9,6 +9,7 @@ only: it runs in the serving image (``python -m imgclf.monitoring.store snapshot
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 SCHEMA_VERSION = "1"
@@ -34,6 +35,25 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 BUSY_TIMEOUT_MS = 10_000
 
 
+def _wal(conn: sqlite3.Connection, timeout_s: float) -> None:
+    """Switch to WAL, retrying while another process holds the file.
+
+    The switch needs the file to itself and SQLite answers "database is locked" at once,
+    without its busy handler, while another process is doing the same to a new file: the
+    server's workers (``IMGCLF_PROCESSES``) all open the monitoring database together at
+    start, and one of them failed to start on this before.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 def connect(path: Path, timeout_ms: int = BUSY_TIMEOUT_MS) -> sqlite3.Connection:
     """A connection with WAL and a busy timeout, the schema created if missing."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -42,7 +62,7 @@ def connect(path: Path, timeout_ms: int = BUSY_TIMEOUT_MS) -> sqlite3.Connection
         path, timeout=timeout_ms / 1000, isolation_level=None, check_same_thread=False
     )
     conn.execute(f"PRAGMA busy_timeout = {timeout_ms}")
-    conn.execute("PRAGMA journal_mode = WAL")
+    _wal(conn, timeout_ms / 1000)
     conn.execute("PRAGMA synchronous = NORMAL")  # WAL: durable up to the last checkpoint
     conn.execute("BEGIN IMMEDIATE")  # several processes may start at once
     try:

@@ -139,6 +139,10 @@ def _worker_main(index: int, channel: socket.socket, closed: Any, settings: Sett
                  inherited: list[socket.socket]) -> None:  # fmt: skip
     """One worker: the app and uvicorn, fed connections by the parent over ``channel``."""
     os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the parent only; it stops us once
+    # The parent's handlers, inherited through fork, would swallow the parent's SIGTERM
+    # until uvicorn installs its own (a worker stopped while loading the model ran on).
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.set_wakeup_fd(-1)  # the parent's, inherited through fork
     # The parent's sockets, inherited through fork: the port (only the parent accepts),
     # its signal pipe, and the other workers' channels (held here, a worker would never
