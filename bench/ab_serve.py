@@ -113,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=SRC")
     parser.add_argument("--set", action="append", default=[], metavar="NAME:IMGCLF_VAR=VALUE")
-    parser.add_argument("--model", default="mobilenet_v3_small", help="photo_models architecture")
+    parser.add_argument("--model", default="mobilenet_v3_small",
+                        help="photo_models architecture, or `digits`: the checkout's models/ "
+                        "and a digits PNG (its own results section)")  # fmt: skip
     parser.add_argument("--input", default="jpeg_600x400", help="one of make_photos' inputs")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=10, help="slices per variant")
@@ -127,11 +129,18 @@ def main(argv: list[str] | None = None) -> int:
     variants = parse_variants(args.variant, args.set)
     if args.quick:
         args.model, args.rounds, args.seconds = "small_cnn", 2, 0.5
-    inputs = bench_inputs(args.work / "inputs")
-    if args.input not in inputs:
-        raise SystemExit(f"--input {args.input!r}: one of {', '.join(inputs)}")
-    data = inputs[args.input].read_bytes()
-    model_dir = build(args.work, args.model, images=args.train_images)
+    if args.model == "digits":  # the default pipeline's model, as `make repro` left it
+        model_dir = ROOT / "models"
+        if not (model_dir / "model.onnx").is_file():
+            raise SystemExit("--model digits: no models/model.onnx here (run `make repro`)")
+        args.input = "digits_png"
+        data = (ROOT / "data/raw/digits/3/0003.png").read_bytes()
+    else:
+        inputs = bench_inputs(args.work / "inputs")
+        if args.input not in inputs:
+            raise SystemExit(f"--input {args.input!r}: one of {', '.join(inputs)}")
+        data = inputs[args.input].read_bytes()
+        model_dir = build(args.work, args.model, images=args.train_images)
     print(f"machine: {common.machine()}\n{common.versions()}", flush=True)
     servers = []
     try:
@@ -164,7 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     body += ["", table]
     title = "Serving A/B: variants side by side (ab_serve.py)"
     rerun = "python bench/ab_serve.py --variant A=SRC --variant B=SRC …"
-    results.report(args, "serve_ab", title, "\n".join(body), rerun)
+    # One current table per model kind: the photo A/B and the digits A/B do not replace
+    # each other.
+    name = "serve_ab_digits" if args.model == "digits" else "serve_ab"
+    if args.model == "digits":
+        title, rerun = title + ", digits", rerun + " --model digits"
+    results.report(args, name, title, "\n".join(body), rerun)
     return 1 if any(s.errors for v in variants for s in v.slices) else 0
 
 

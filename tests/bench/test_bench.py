@@ -186,7 +186,7 @@ def test_loadgen_measures_the_servers_cpu_when_given_its_pid(echo_server) -> Non
 
 SCENARIOS = ["api", "photos", "pipeline", "train", "numerics", "selection", "datasets",
              "sweep", "monitor", "quantize", "gpu", "prepare", "near_dups", "label_issues",
-             "dvc_files", "wakeups", "serve_ab"]  # fmt: skip
+             "dvc_files", "wakeups", "serve_ab", "serve_ab_digits"]  # fmt: skip
 
 
 def _section(text: str, name: str) -> str:
