@@ -129,6 +129,17 @@ def missing_tool(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
+def holds_within(check: Callable[[], bool], timeout: float, every: float = 0.05) -> bool:
+    """Poll ``check`` until it holds or ``timeout`` passes; whether it held (for asserts
+    that add their own message, where :func:`wait_until` fails with a fixed one)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(every)
+    return check()
+
+
 def wait_until(condition: Callable[[], bool], timeout: float, what: str,
                every: float = 0.1) -> None:  # fmt: skip
     """Poll an observable ``condition`` until it holds; fail saying ``what`` at the deadline.

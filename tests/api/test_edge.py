@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -29,22 +29,13 @@ from tests.api import hostile, samples
 from tests.api.conftest import TEST_LIMITS
 from tests.api.modelfactory import ProjectTree
 from tests.api.server import ServerProcess, uvicorn_server
+from tests.support import holds_within as wait_until
 
 MiB = 1024 * 1024
 PROBES = ("/health", "/ready", "/metrics")
 # A probe must answer while the server is flooded; on a shared 2-core machine one second
 # is far above the milliseconds it takes, and far below "locked out" (the finding).
 PROBE_BOUND_S = 1.0
-
-
-def wait_until(check: Callable[[], bool], timeout: float, every: float = 0.05) -> bool:
-    """Poll ``check`` until it holds or ``timeout`` passes; whether it held."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(every)
-    return check()
 
 
 def is_closed(sock: socket.socket, into: bytearray | None = None) -> bool:

@@ -29,6 +29,7 @@ from tests.api.conftest import TEST_LIMITS
 from tests.api.modelfactory import ProjectTree
 from tests.api.server import ServerProcess, free_port, uvicorn_server
 from tests.support import ROOT, tool_env
+from tests.support import holds_within as wait_until
 
 BODY_TIMEOUT_S = 1.5
 HOSTILE_ENV = {
@@ -113,16 +114,6 @@ def no_exceptions(results: list[object]) -> list[Any]:
     errors = [r for r in results if isinstance(r, BaseException)]
     assert not errors, errors
     return results
-
-
-def wait_until(check: Callable[[], bool], timeout: float, every: float = 0.05) -> bool:
-    """Poll ``check`` until it holds or ``timeout`` passes (no sleep as synchronisation)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(every)
-    return check()
 
 
 def metric(url: str, pattern: str) -> bool:

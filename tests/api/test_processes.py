@@ -12,7 +12,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -25,18 +25,9 @@ from tests.api import samples
 from tests.api.conftest import TEST_LIMITS
 from tests.api.modelfactory import ProjectTree
 from tests.api.server import ServerProcess, children, uvicorn_server
+from tests.support import holds_within as wait_until
 
 MiB = 1024 * 1024
-
-
-def wait_until(check: Callable[[], bool], timeout: float, every: float = 0.05) -> bool:
-    """Poll ``check`` until it holds or ``timeout`` passes; whether it held."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(every)
-    return check()
 
 
 # --- settings and shares (no server) ------------------------------------------------------
