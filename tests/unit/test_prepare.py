@@ -1,5 +1,6 @@
 """prepare on user-style folders: bad files are reported, not fatal; impossible splits are."""
 
+import csv
 import hashlib
 import json
 from pathlib import Path
@@ -15,6 +16,7 @@ from imgclf.data.prepare import (
     stratified_split,
 )
 from imgclf.data.prepared_files import load_meta, load_split
+from imgclf.data.preprocessing import PreprocessSpec, preprocess
 from imgclf.jsonio import expand
 from imgclf.params import Params, validate_params
 from tests.images import bad_files, encode, odd_images, shape_image, write_shapes_dataset
@@ -91,6 +93,30 @@ def test_outputs_are_uint8_arrays_with_an_index(messy: Path, tmp_path: Path) -> 
     assert index[0] == "split,position,label,class,path,sha256,width,height"
     assert len(index) == total + 1
     assert str(tmp_path) not in (out / "index.csv").read_text()  # no absolute paths
+
+
+@pytest.mark.parametrize("color_mode", ["rgb", "grayscale"])
+def test_rows_are_what_preprocess_gives_and_stats_are_exact(
+    messy: Path, tmp_path: Path, color_mode: str
+) -> None:
+    """Every stored row is ``preprocess`` of its file, and meta's mean/std are those of the
+    stored train pixels (the decoders write rows and take sums from their own copies)."""
+    out = tmp_path / "prepared"
+    params = photo_params(color_mode=color_mode)
+    prepare(messy, out, tmp_path / "prepare.json", params)
+    spec = PreprocessSpec(16, color_mode, params.prepare.resize, params.prepare.max_pixels)
+    arrays = {split: load_split(out, split)[0] for split in ("train", "val", "test")}
+    rows = list(csv.DictReader((out / "index.csv").open()))
+    assert rows
+    for row in rows:
+        expected = preprocess((messy / row["path"]).read_bytes(), spec)
+        assert np.array_equal(arrays[row["split"]][int(row["position"])], expected), row["path"]
+    train = arrays["train"].astype(np.float64) / 255
+    meta = load_meta(out)
+    mean, std = train.mean(axis=(0, 1, 2)), train.std(axis=(0, 1, 2))  # per channel
+    assert len(meta["mean"]) == spec.channels
+    np.testing.assert_allclose(meta["mean"], np.round(mean, 6), atol=2e-6)
+    np.testing.assert_allclose(meta["std"], np.round(std, 6), atol=2e-6)
 
 
 def test_prepare_is_byte_deterministic(messy: Path, tmp_path: Path) -> None:

@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgclf.data.preprocessing import ImageError, PreprocessSpec, open_image, preprocess
+from imgclf.data.preprocessing import (
+    ImageError,
+    PreprocessSpec,
+    as_pixels,
+    open_image,
+    preprocess,
+    preprocess_image,
+)
 from tests.images import bad_files, encode, exif_rotated_jpeg, odd_images, shape_image
 
 RGB = PreprocessSpec(image_size=32, color_mode="rgb")
@@ -32,6 +39,17 @@ def test_odd_but_valid_modes_give_the_same_picture(base: Image.Image, name: str)
     out = preprocess(odd_images(base)[name], GRAY).astype(int)
     # palette quantisation and JPEG/CMYK round trips are lossy; a wrong mode is far off
     assert np.abs(out - reference).mean() < 12, name
+
+
+@pytest.mark.parametrize("spec", [RGB, GRAY])
+def test_the_image_step_is_preprocess_without_its_last_line(
+    base: Image.Image, spec: PreprocessSpec
+) -> None:
+    """``prepare`` takes the Pillow image (for its histogram) and converts it itself."""
+    for name, data in {"plain.png": encode(base, "PNG"), **odd_images(base)}.items():
+        img = preprocess_image(data, spec)
+        assert img.mode == ("L" if spec.color_mode == "grayscale" else "RGB"), name
+        assert np.array_equal(as_pixels(img), preprocess(data, spec)), name
 
 
 def test_sixteen_bit_is_scaled_not_clipped() -> None:

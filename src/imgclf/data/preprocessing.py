@@ -340,16 +340,34 @@ def preprocess(
     (the API, ``prepare``) report it instead of crashing. ``budget`` bounds
     the decoded size (see :func:`open_image`).
     """
+    return as_pixels(preprocess_image(source, spec, budget))
+
+
+def preprocess_image(
+    source: bytes | bytearray | Path | BinaryIO | Image.Image,
+    spec: PreprocessSpec,
+    budget: DecodeBudget | None = None,
+) -> Image.Image:
+    """:func:`preprocess` up to its last step: the ``L`` or ``RGB`` Pillow image.
+
+    ``preprocess(x) == as_pixels(preprocess_image(x))`` always. ``prepare`` takes the
+    image itself because it also needs Pillow's histogram of it (the exact channel
+    sums): from here that costs no copy into numpy and back.
+    """
     if isinstance(source, Image.Image):
         img = source
     else:
         img = open_image(source, spec.max_pixels, draft_to=draft_target(spec), budget=budget)
     try:
-        img = fit_to_square(to_color_mode(img, spec.color_mode), spec.image_size, spec.resize)
+        return fit_to_square(to_color_mode(img, spec.color_mode), spec.image_size, spec.resize)
     except (ValueError, OSError):
         # e.g. a LAB or HSV TIFF: Pillow has no conversion from it to L/RGB.
         raise ImageError(
             "unsupported_mode", f"cannot convert a {img.mode} image to {spec.color_mode}"
         ) from None
+
+
+def as_pixels(img: Image.Image) -> np.ndarray:
+    """An ``L`` or ``RGB`` image as the uint8 ``(H, W, C)`` array the model takes."""
     arr = np.asarray(img, dtype=np.uint8)
     return arr[:, :, None] if arr.ndim == 2 else arr
