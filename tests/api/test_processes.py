@@ -65,7 +65,7 @@ def test_auto_processes_follow_the_cpu_quota_not_only_the_affinity(tmp_path: Pat
     assert usable_cores(tmp_path) == affinity
 
 
-def test_every_budget_is_divided_so_the_workers_together_hold_no_more() -> None:
+def test_every_budget_is_divided_so_the_workers_together_hold_no_more_but_one_body_each() -> None:
     base = Settings()
     assert per_process(base, 1) is base
     two = per_process(base, 2)

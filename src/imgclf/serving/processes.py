@@ -19,21 +19,24 @@ What is shared or divided (:func:`per_process`): ``/metrics`` adds up every work
 counters and histograms (prometheus_client's multiprocess mode, one directory per
 server); the budgets that bound memory and work (requests in progress, open sockets,
 bodies in flight, work threads, per-client rate/burst/active) are divided among the
-workers, so the whole server never exceeds what one process was allowed (the queue of
-waiting requests is each worker's own); work threads default to the cores per worker
+workers, so the whole server stays within what one process was allowed (the queue of
+waiting requests is each worker's own, and a share of bodies in flight is never below one
+largest request: :func:`per_process`); work threads default to the cores per worker
 plus one. Monitoring needs nothing: every process has
 its own replica id and SQLite is shared with WAL (:mod:`imgclf.monitoring.recorder`).
 
-The parent restarts a worker that dies (and says so in the log), stops when a worker
-cannot start at all (a missing model: the same exit as one process), and on SIGTERM or
-SIGINT closes the port, lets every worker finish its requests (uvicorn's graceful
-shutdown) and exits.
+The port is bound at start and listens once the workers are ready. The parent
+restarts a worker that dies (and says so in the log), stops when a worker cannot start at
+all (it never said READY and nobody serves: a missing model, the same exit as one
+process), and on SIGTERM or SIGINT closes the port, lets every worker finish its
+requests (uvicorn's graceful shutdown) and exits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import math
 import multiprocessing
@@ -50,6 +53,7 @@ from multiprocessing.sharedctypes import RawArray
 from typing import Any
 
 from imgclf.serving import app as single
+from imgclf.serving.edge import raise_file_limit
 from imgclf.serving.settings import Settings, usable_cores
 
 log = logging.getLogger("imgclf.serving")
@@ -60,8 +64,20 @@ RESTART_PAUSE_S = 1.0
 # Seconds a worker gets to finish its requests after SIGTERM before it is killed.
 GRACE_S = 30.0
 # At start the port opens when every worker is ready (a request must not find half the
-# budgets missing), or after this many seconds with at least one ready.
+# budgets missing), or after this many seconds with at least one ready. Until then it is
+# bound but not listening: a client is refused at once, as by one process loading its
+# model, instead of waiting in the kernel's queue for a server that may never come.
 STARTUP_WAIT_S = 60.0
+# Connections accepted in one go before the parent looks at signals and workers again
+# (a flood must not keep it from SIGTERM, or from a restarted worker's READY).
+ACCEPT_BATCH = 256
+# After a failed accept (out of file descriptors, ENOBUFS) the port is left alone this
+# long: it stays readable, and retrying at once would spin on one core.
+ACCEPT_PAUSE_S = 0.1
+# sendmsg errors that mean the worker's end is gone (its exit is handled when it is
+# reaped). Any other (ETOOMANYREFS: too many sockets in flight for this user; ENOBUFS)
+# is the moment's, not the worker's: that connection goes to the next worker or is closed.
+_GONE = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ECONNREFUSED})
 _READY = b"R"
 
 
@@ -74,7 +90,10 @@ def per_process(settings: Settings, n: int) -> Settings:
     """One worker's share of ``settings`` when ``n`` workers serve together.
 
     Every bound on memory or work is divided (rounded up), so ``n`` workers together
-    never hold more than one process would, except the queue: each worker keeps
+    hold no more than one process would, with two exceptions. Bodies in flight: a share
+    never falls below one largest request (``IMGCLF_MAX_REQUEST_BYTES``), or no such
+    request could be admitted at all, so with more than ``budget / max request`` workers
+    (4 with the defaults) the total is ``n`` × the largest request. And the queue: each worker keeps
     ``IMGCLF_MAX_QUEUE`` (what waits holds only its body, which the divided body budget
     bounds; a divided queue refused slow uploads that one process would have queued,
     because connections, not jobs, are what the dispatcher balances). ``client_rate``
@@ -158,7 +177,7 @@ def _worker_main(index: int, channel: socket.socket, closed: Any, settings: Sett
     import uvicorn
     from uvicorn.server import Server
 
-    from imgclf.serving.edge import protocol_for, raise_file_limit
+    from imgclf.serving.edge import protocol_for
 
     app = single.create_app(settings)
     raise_file_limit(settings.max_open_connections + 256)
@@ -226,7 +245,8 @@ class _Worker:
     process: multiprocessing.process.BaseProcess
     channel: socket.socket
     started: float
-    ready: bool = False
+    ready: bool = False  # takes connections now
+    served: bool = False  # said READY once: it started, whatever happened after
 
 
 def serve_processes(settings: Settings, host: str, port: int, access_log: bool = True) -> int:
@@ -237,8 +257,12 @@ def serve_processes(settings: Settings, host: str, port: int, access_log: bool =
     opened = RawArray("q", n)  # connections handed to worker i (written here only)
     closed = RawArray("q", n)  # connections worker i finished (written by it only)
     metrics_dir = tempfile.mkdtemp(prefix="imgclf-metrics-")
-    listener = socket.create_server((host, port), backlog=2048)
-    listener.setblocking(False)
+    listener = _bound(host, port)  # listen() once a worker is ready (STARTUP_WAIT_S)
+    listening = False
+    accept_after = 0.0  # a failed accept pauses the port until then (ACCEPT_PAUSE_S)
+    warned = [0.0]  # when a failed hand-over may be logged again
+    # Sockets in flight to busy workers count against this user's open-file limit.
+    raise_file_limit(settings.max_open_connections + 256)
     wake_r, wake_w = socket.socketpair()
     wake_r.setblocking(False)
     wake_w.setblocking(False)
@@ -290,8 +314,12 @@ def serve_processes(settings: Settings, host: str, port: int, access_log: bool =
                 socket.send_fds(w.channel, [b"c"], [conn.fileno()])
             except BlockingIOError:  # its channel is full: it is stuck, try the next
                 continue
-            except OSError:  # that worker is going away; its exit is handled below
-                w.ready = False
+            except OSError as exc:
+                if exc.errno in _GONE:  # that worker is going away; its exit is handled below
+                    w.ready = False
+                elif time.monotonic() >= warned[0]:
+                    warned[0] = time.monotonic() + 10.0
+                    log.warning("could not hand a connection to worker %d: %s", i, exc)
                 continue
             opened[i] += 1
             return
@@ -311,24 +339,31 @@ def serve_processes(settings: Settings, host: str, port: int, access_log: bool =
             if all(ready_now) or time.monotonic() >= opened_at:
                 opened_at = 0.0  # from now on: whoever is ready serves (restarts included)
             any_ready = any(ready_now) and not opened_at
-            if any_ready and not accepting:
+            if any_ready and not listening:
+                listener.listen(2048)
+                listening = True
+            wanted = any_ready and time.monotonic() >= accept_after
+            if wanted and not accepting:
                 sel.register(listener, selectors.EVENT_READ, ("accept", -1))
                 accepting = True
-            elif not any_ready and accepting:
+            elif not wanted and accepting:
                 sel.unregister(listener)
                 accepting = False
             deadlines = list(pending_restart.values()) + ([opened_at] if opened_at else [])
+            if accept_after > time.monotonic():
+                deadlines.append(accept_after)
             timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
             for key, _ in sel.select(timeout):
                 kind, i = key.data
                 if kind == "accept":
-                    while True:
+                    for _ in range(ACCEPT_BATCH):
                         try:
                             conn, _ = listener.accept()
                         except (BlockingIOError, InterruptedError):
                             break
                         except OSError as exc:  # e.g. out of file descriptors: keep serving
                             log.warning("accept failed: %s", exc)
+                            accept_after = time.monotonic() + ACCEPT_PAUSE_S
                             break
                         with conn:
                             hand_over(conn)
@@ -346,7 +381,7 @@ def serve_processes(settings: Settings, host: str, port: int, access_log: bool =
                     except OSError:
                         data = b""
                     if _READY in data:
-                        w.ready = True
+                        w.ready = w.served = True
                     if not data:
                         w.ready = False
                         with contextlib.suppress(KeyError, ValueError):
@@ -358,7 +393,7 @@ def serve_processes(settings: Settings, host: str, port: int, access_log: bool =
                     forget(i)
                     w.process.join()
                     _mark_dead(w.process.pid, metrics_dir)
-                    if not w.ready and not any(x is not None and x.ready for x in workers):
+                    if not w.served and not any(x is not None and x.ready for x in workers):
                         # It never served and nobody does: the model or the settings are
                         # wrong, and every restart would fail the same way.
                         log.error("worker %d could not start (exit code %s): stopping",
@@ -368,8 +403,10 @@ def serve_processes(settings: Settings, host: str, port: int, access_log: bool =
                         break
                     log.error("worker %d (pid %s) exited with code %s: restarting it",
                               i, w.process.pid, w.process.exitcode)  # fmt: skip
-                    soon = w.started + RESTART_PAUSE_S
-                    pending_restart[i] = max(time.monotonic(), soon)
+                    # Right away if it served a while; after a pause if it died young or
+                    # while loading (a crash loop must not eat the others' CPU).
+                    young = not w.served or time.monotonic() < w.started + RESTART_PAUSE_S
+                    pending_restart[i] = time.monotonic() + (RESTART_PAUSE_S if young else 0.0)
             now = time.monotonic()
             for i, when in list(pending_restart.items()):
                 if when <= now and not stopping:
@@ -383,6 +420,22 @@ def serve_processes(settings: Settings, host: str, port: int, access_log: bool =
             signal.signal(s, handler)
         shutil.rmtree(metrics_dir, ignore_errors=True)
     return code
+
+
+def _bound(host: str, port: int) -> socket.socket:
+    """A non-blocking TCP socket bound to ``host:port`` but not yet listening (a port in
+    use fails here, at start, as with one process)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if os.name == "posix":  # as socket.create_server: rebind while old sockets linger
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
 
 
 def _mark_dead(pid: int | None, metrics_dir: str) -> None:
