@@ -11,17 +11,20 @@ import sqlite3
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from imgclf.monitoring import shipping
 from imgclf.monitoring.recorder import Monitor, MonitorConfig
-from imgclf.monitoring.shards import ShardError, ShardName, fetch, local_paths
-from imgclf.monitoring.shipping import ShipConfig
+from imgclf.monitoring.shards import ShardError, ShardName, days, fetch, local_paths
+from imgclf.monitoring.shipping import ShardSpool, ShipConfig
+from imgclf.monitoring.store import connect
 from imgclf.monitoring.traffic import load_traffic
 from imgclf.serving.prometheus_metrics import Telemetry
 from imgclf.serving.settings import Settings, SettingsError
-from tests.support import ROOT, tool_env
+from tests.support import ROOT, holds_within, tool_env
 from tests.unit.test_monitor import _observe
 
 pytestmark = pytest.mark.slow  # real timers: shards close after real seconds
@@ -185,3 +188,114 @@ def test_shipping_settings(tmp_path: Path) -> None:
             Settings.from_env(env)
     # Samples may go with the shards instead of a database.
     Settings.from_env({"IMGCLF_MONITOR_URL": str(tmp_path), "IMGCLF_SAMPLE_DIR": str(tmp_path)})
+
+
+# --- several processes on one spool (the worker processes of one replica) ---------------
+
+
+def _waiting_shard(spool: Path, replica: str = "gone-1") -> Path:
+    """A closed shard in ``spool/ready`` as a writer leaves it (3 records)."""
+    ready = spool / "ready"
+    ready.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    path = ready / ShardName.for_records(now - 2, now - 1, replica, 1).name
+    conn = connect(path)
+    conn.execute("INSERT INTO feature_sets (id, names) VALUES (1, 'brightness')")
+    conn.executemany(
+        "INSERT INTO requests (ts, model_version, label, confidence, format, feature_set,"
+        " features) VALUES (?, 'v1', '3', 0.9, 'PNG', 1, ?)",
+        [(t, b"\0\0\0\0") for t in (now - 2, now - 1.5, now - 1)],
+    )
+    conn.commit()
+    conn.close()
+    return path
+
+
+def test_siblings_on_one_spool_ship_a_shard_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two spools (two worker processes) see the same waiting shard while the first one's
+    upload is slow: it is sent once, nobody counts a failure, and the size cap of the
+    other never deletes it mid-upload."""
+    shard = _waiting_shard(tmp_path / "spool")
+    puts: list[str] = []
+    counts: list[tuple[str, int]] = []
+    real_open = shipping.open_target
+
+    def slow_target(url: str) -> object:  # the real folder target, one second per put
+        target = real_open(url)
+        real_put = target.put
+
+        def put(local: Path, key: str) -> None:
+            puts.append(key)
+            time.sleep(1.0)
+            real_put(local, key)
+
+        target.put = put  # type: ignore[method-assign]
+        return target
+
+    monkeypatch.setattr(shipping, "open_target", slow_target)
+    config = ShipConfig(url=str(tmp_path / "bucket"), spool=tmp_path / "spool", max_bytes=0)
+    count = lambda name, n: counts.append((name, n))  # noqa: E731
+    spools = [ShardSpool(replace(config, replica=r), None, count) for r in ("w0", "w1")]
+    time.sleep(0.3)  # both uploaders have listed ready/; the first is inside put()
+    spools[1].enforce_cap()  # over the cap (0 bytes): the sibling's shard must stay
+    spools[1]._wake.set()
+    assert holds_within(lambda: not shard.exists(), 10)
+    for spool in spools:
+        spool.close(timeout=3)
+    assert len(puts) == 1, puts
+    assert [c for c in counts if c[0] != "shards_uploaded"] == []
+    assert sum(_rows(s) for s in _shards(tmp_path / "bucket")) == 3
+
+
+def test_a_starting_sibling_is_never_taken_for_dead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker starting while another one recovers the spool: the recovering one must not
+    find the new lock file unlocked (it would delete it, and the shards behind it later).
+    The second spool is created at the worst moment: between the first one's open and
+    its flock."""
+    config = ShipConfig(url=str(tmp_path / "bucket"), spool=tmp_path / "spool")
+    real_flock, started = shipping.fcntl.flock, []
+
+    def flock(fh: object, op: int) -> None:
+        if not started:
+            started.append(None)  # once: the sibling's own flock goes straight through
+            started[0] = ShardSpool(replace(config, replica="w1"), None, lambda *_: None)
+        real_flock(fh, op)
+
+    monkeypatch.setattr(shipping.fcntl, "flock", flock)
+    first = ShardSpool(replace(config, replica="w0"), None, lambda *_: None)
+    monkeypatch.setattr(shipping.fcntl, "flock", real_flock)
+    assert (tmp_path / "spool" / "open" / f"{first.replica}.lock").exists()
+    lock = tmp_path / "spool" / "open" / f"{first.replica}.lock"
+    with lock.open("r") as fh, pytest.raises(BlockingIOError):  # held: nobody can take it
+        real_flock(fh, shipping.fcntl.LOCK_EX | shipping.fcntl.LOCK_NB)
+    for spool in (first, *started):
+        spool.close(timeout=1)
+
+
+def test_an_open_ended_window_lists_days_up_to_tomorrow() -> None:
+    """``imgclf collect --since 1d`` (no end): it once looped over days forever."""
+    now = time.time()
+    listed = days(now - 86_400, float("inf"))
+    assert 2 <= len(listed) <= 4, listed
+    assert listed[-1] == time.strftime("%Y-%m-%d", time.gmtime(now + 86_400))
+
+
+def test_collect_since_from_a_fleet_folder_finishes(tmp_path: Path) -> None:
+    """The README's ``imgclf collect --db <fleet> --since 1d`` on a folder of shards."""
+    fleet = tmp_path / "fleet"
+    shard = _waiting_shard(tmp_path / "spool")
+    day = ShardName.parse(shard.name).key  # type: ignore[union-attr]
+    (fleet / day).parent.mkdir(parents=True)
+    shard.replace(fleet / day)
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [str(ROOT / ".venv/bin/imgclf") if (ROOT / ".venv/bin/imgclf").exists() else "imgclf",
+         "collect", "--out", str(out), "--db", str(fleet), "--since", "1d"],
+        cwd=tmp_path, env=tool_env(ROOT), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode in (0, 2), done.stdout + done.stderr

@@ -191,7 +191,12 @@ def open_target(url: str) -> Target:
 
 
 def days(start: float, end: float) -> list[str]:
-    """The UTC days a shard overlapping ``[start, end)`` can be filed under."""
+    """The UTC days a shard overlapping ``[start, end)`` can be filed under.
+
+    An open end (``--since`` alone: ``inf``) stops at tomorrow: no shard is filed under a
+    later day unless its replica's clock ran more than a day ahead.
+    """
+    end = min(end, time.time() + 86_400)
     first = max(start, 0.0) - MAX_SHARD_S
     out: list[str] = []
     t = first - first % 86_400

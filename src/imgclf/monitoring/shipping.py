@@ -36,12 +36,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import os
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 from imgclf.monitoring.shards import SAMPLES, ShardName, open_target, replica_id
 from imgclf.monitoring.store import connect
@@ -84,7 +86,10 @@ class ShardSpool:
     """The recorder's open shard, the closed ones waiting in the spool, and their uploader.
 
     :meth:`connection`, :meth:`wrote`, :meth:`due` and :meth:`rotate` are called by the
-    recorder's writer thread only; the uploader thread only reads ``ready/``.
+    recorder's writer thread only; the uploader thread only reads ``ready/``. Several
+    processes may share one spool (the worker processes of one replica, each with its
+    own replica id): whoever uploads or drops a closed shard holds an ``flock`` on it
+    (:func:`_claim`), so a shard is sent once and never deleted under a sibling's upload.
     """
 
     def __init__(self, config: ShipConfig, sample_dir: Path | None, count: Count) -> None:
@@ -96,8 +101,13 @@ class ShardSpool:
         self.open_dir, self.ready_dir = config.spool / "open", config.spool / "ready"
         self.open_dir.mkdir(parents=True, exist_ok=True)
         self.ready_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_file = (self.open_dir / f"{self.replica}.lock").open("w")
+        # Locked under a name no one looks for, then renamed: a sibling starting at the
+        # same moment (the worker processes of one replica) must never see our lock file
+        # unlocked and take us for dead (it would delete the file, and our shards later).
+        new = self.open_dir / f"{self.replica}.lock.new"
+        self._lock_file = new.open("w")
         fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        new.replace(self.open_dir / f"{self.replica}.lock")
         self._seq = 0
         self._conn: sqlite3.Connection | None = None
         self._path: Path | None = None
@@ -173,8 +183,12 @@ class ShardSpool:
             with self._busy_lock:
                 if path == self._busy:
                     continue
-                rows, samples = self._contents(path)
-                path.unlink(missing_ok=True)
+                claim = _claim(path)
+                if claim is None:  # a sibling process is uploading (or dropped) it
+                    continue
+                with claim:
+                    rows, samples = self._contents(path)
+                    path.unlink(missing_ok=True)
             for sample in samples:
                 if self.sample_dir is not None:
                     (self.sample_dir / PurePosixPath(sample)).unlink(missing_ok=True)
@@ -256,11 +270,13 @@ class ShardSpool:
                 if time.monotonic() > self._deadline:
                     return
                 with self._busy_lock:
-                    if not path.exists():  # dropped by the cap meanwhile
+                    claim = _claim(path)
+                    if claim is None:  # dropped, shipped or being shipped by a sibling
                         continue
                     self._busy = path
                 try:
-                    self._upload(path)
+                    with claim:
+                        self._upload(path)
                 except Exception as exc:  # noqa: BLE001 - network, credentials, a full bucket: retry
                     log.warning("monitoring: upload of %s to %s failed (%s: %s); will retry",
                                 path.name, self.target.url, type(exc).__name__, exc)  # fmt: skip
@@ -326,3 +342,24 @@ class ShardSpool:
             (self.open_dir / f"{self.replica}.lock").unlink()
             self._lock_file.close()
         return not left
+
+
+def _claim(path: Path) -> IO[bytes] | None:
+    """``path`` opened and ``flock``-ed for this process alone, or None if another holds it
+    or it is gone. The lock goes with the returned file (close it, or use it in ``with``).
+
+    After the lock, the name must still be that file: a sibling may have uploaded and
+    deleted it between our listing and our open, and its old inode is not a shard to send.
+    """
+    try:
+        fh = path.open("rb")
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.fstat(fh.fileno()).st_ino != path.stat().st_ino:
+            raise FileNotFoundError(path)
+    except (BlockingIOError, FileNotFoundError):
+        fh.close()
+        return None
+    return fh
