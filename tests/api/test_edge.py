@@ -10,13 +10,14 @@ server is flooded), they are not benchmarks.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import resource
 import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -174,6 +175,100 @@ def test_bytes_trickled_after_a_response_do_not_keep_the_connection(
         took = time.monotonic() - start
         # keep-alive 1 s + head 1 s, with room for a busy machine; far below 12 s.
         assert closed and took < 1 + 1 + 3, f"connection still open after {took:.1f} s"
+
+
+def _not_reading(url: str, requests: bytes) -> socket.socket:
+    """A client with a 4 KB receive buffer that sends ``requests`` and never reads."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host, int(port)))
+    sock.sendall(requests)
+    return sock
+
+
+def test_clients_that_never_read_their_answers_do_not_keep_their_sockets(
+    project: ProjectTree, tmp_path: Path
+) -> None:
+    """Found by a review: 6,000 pipelined ``GET /model`` per socket, never read, held a
+    request slot and the socket for ever (four such clients locked everyone out under a
+    cap of 4) and 14 MiB per connection: uvicorn queues every pipelined head. Now a
+    connection with more than MAX_PIPELINE heads queued is cut at once (this test fails
+    without the cap). Under that depth the answers (15 × ``/openapi.json``, ~120 KB)
+    fit the loopback's buffers and the connection ends at the head deadline like any
+    idle one; answers large enough to stall uvicorn meet the write deadline (next test).
+    """
+    from imgclf.serving.edge import MAX_PIPELINE
+
+    env = {"IMGCLF_HEAD_TIMEOUT_S": "1", "IMGCLF_KEEP_ALIVE_S": "1"}
+    with serve(project, tmp_path, **env) as server:
+        request = b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n"
+        stuck = [_not_reading(server.url, request * (MAX_PIPELINE - 1)) for _ in range(4)]
+        flood = _not_reading(server.url, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" * 2000)
+        try:
+            start = time.monotonic()
+            assert wait_until(lambda: is_closed(flood), 5)  # cut at the depth cap
+            assert httpx.get(server.url + "/model").status_code == 200
+            # Under the depth cap nothing is held: closed at keep-alive + head deadline.
+            assert wait_until(lambda: all(is_closed(s) for s in stuck), 15)
+            assert time.monotonic() - start < 1 + 1 + 10
+        finally:
+            for sock in (*stuck, flood):
+                sock.close()
+        metrics = httpx.get(server.url + "/metrics").text
+        assert 'imgclf_rejected_inputs_total{reason="pipeline_too_deep"} 1.0' in metrics
+
+
+def test_an_answer_nobody_reads_is_cut_at_the_write_deadline() -> None:
+    """The edge over a real loopback socket with uvicorn's protocol and an app whose
+    answer is 8 MiB: a client pipelines two requests and reads nothing. The second
+    answer waits for the first to drain, which uvicorn does with no deadline (it held
+    its request slot for ever); the edge aborts the connection after keep-alive + head
+    deadline without progress, and the waiting request ends."""
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    from imgclf.serving.edge import protocol_for
+    from imgclf.serving.settings import Settings
+
+    big, finished, rejected = b"x" * (8 * MiB), [], []
+
+    async def app(scope: dict, receive: object, send: Callable) -> None:
+        if scope["type"] == "http":
+            headers = [(b"content-length", str(len(big)).encode())]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": big})
+            finished.append(time.monotonic())
+
+    async def scenario() -> tuple[float, int]:
+        edge = protocol_for(Settings(head_timeout_s=1.0, keep_alive_s=1.0), rejected.append)
+        config = uvicorn.Config(app, http=edge, lifespan="off", log_level="warning")
+        config.load()
+        state, loop = ServerState(), asyncio.get_running_loop()
+
+        def protocol() -> asyncio.Protocol:
+            return config.http_protocol_class(config=config, server_state=state, app_state={})
+
+        server = await loop.create_server(protocol, "127.0.0.1", 0)
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.setblocking(False)
+        try:
+            await loop.sock_connect(client, server.sockets[0].getsockname()[:2])
+            start = time.monotonic()
+            await loop.sock_sendall(client, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 2)
+            for _ in range(150):
+                if len(finished) == 2 and not state.connections:
+                    break
+                await asyncio.sleep(0.1)
+            return (finished[-1] - start if len(finished) == 2 else -1.0), len(state.connections)
+        finally:
+            client.close()
+            server.close()
+
+    took, still_open = asyncio.run(scenario())
+    assert 1 + 1 - 0.2 < took < 1 + 1 + 5, took  # at the deadline, not before, not never
+    assert still_open == 0 and rejected == ["write_timeout"]
 
 
 # 2. Header floods -------------------------------------------------------------------------

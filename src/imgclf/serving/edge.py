@@ -16,7 +16,15 @@ keeps httptools' parser and adds, per connection:
 * **a ceiling on open sockets** (``IMGCLF_MAX_OPEN_CONNECTIONS``): past it a new
   connection is closed at once (file descriptors are finite). Idle sockets no longer
   count against the request cap, so probes and normal clients are served while
-  hundreds of them wait for their deadline.
+  hundreds of them wait for their deadline;
+* **a write deadline**: a client that stops reading its answers (the transport's
+  buffer over its high-water mark, uvicorn waiting for it to drain, with no timeout of
+  its own) is cut off after ``IMGCLF_KEEP_ALIVE_S + IMGCLF_HEAD_TIMEOUT_S`` without
+  progress. Before, such a client held a request slot (the request cap) and a socket
+  for ever: four of them locked every client out under a cap of 4;
+* **a pipeline depth** (:data:`MAX_PIPELINE`): uvicorn queues every request head that
+  arrives while one is answered; one 200 KB read of pipelined ``GET`` lines queued
+  thousands (14 MiB per connection). Past the depth the connection is aborted.
 
 The protocol is bound to one :class:`~imgclf.serving.settings.Settings` by
 :func:`protocol_for`; :func:`imgclf.serving.app.run` and every worker of
@@ -36,6 +44,10 @@ from typing import Any, ClassVar
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from imgclf.serving.settings import Settings
+
+# Request heads queued behind the one being answered on a connection. Browsers do not
+# pipeline and HTTP clients that do keep a few in flight; past this it is a flood.
+MAX_PIPELINE = 16
 
 
 def _response(status: int, phrase: str, reason: str, detail: str) -> bytes:
@@ -67,6 +79,7 @@ class EdgeProtocol(HttpToolsProtocol):
         self._in_head = True
         self._heads = 0  # complete request heads parsed on this connection
         self._head_timer: asyncio.TimerHandle | None = None
+        self._write_timer: asyncio.TimerHandle | None = None
         if len(self.connections) > self.max_open:
             self._reject("too_many_connections")
             transport.abort()
@@ -96,7 +109,38 @@ class EdgeProtocol(HttpToolsProtocol):
                 "(IMGCLF_HEAD_TIMEOUT_S)"
             )
             self.transport.write(_response(408, "Request Timeout", "head_timeout", detail))
-        self.transport.close()
+        self._close()
+
+    def _close(self) -> None:
+        """Close; abort when answers are still waiting for a client that does not read
+        (a plain close would wait for them to be sent, for ever). Defensive: on loopback
+        the kernel's buffers took every answer below the write buffer's high-water mark,
+        so the tests could not make this path happen; above it the write deadline acts."""
+        if self.transport.get_write_buffer_size():
+            self.transport.abort()
+        else:
+            self.transport.close()
+
+    # Bytes out --------------------------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        """The client stopped reading: it has until the write deadline to read again."""
+        super().pause_writing()
+        if self._write_timer is None:
+            limit = self.keep_alive_s + self.head_timeout_s
+            self._write_timer = self.loop.call_later(limit, self._write_expired)
+
+    def resume_writing(self) -> None:
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+        super().resume_writing()
+
+    def _write_expired(self) -> None:
+        self._write_timer = None
+        if not self.transport.is_closing() or self.transport.get_write_buffer_size():
+            self._reject("write_timeout")
+            self.transport.abort()  # uvicorn's send() stops waiting; the slot is freed
 
     def _reject(self, reason: str) -> None:
         hook = type(self).on_reject
@@ -152,6 +196,12 @@ class EdgeProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._heads += 1
         self._disarm()
+        if self.transport.is_closing():  # cut already; the parser ends its buffer
+            return
+        if len(self.pipeline) >= MAX_PIPELINE:
+            self._reject("pipeline_too_deep")
+            self.transport.abort()
+            return
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -168,6 +218,9 @@ class EdgeProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
         super().connection_lost(exc)
 
 
