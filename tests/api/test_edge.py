@@ -410,6 +410,16 @@ def test_client_address_believes_forwarded_for_only_from_trusted_proxies() -> No
     assert client_address(scope("127.0.0.1", "garbage, 10.1.2.3"), proxies) == "10.1.2.3"
     assert client_address(scope("127.0.0.1", None), proxies) == "127.0.0.1"
     assert client_address(scope("127.0.0.1", "203.0.113.9"), ()) == "127.0.0.1"
+    # IPv6: one client is a /64 (a host may rotate through all of it); IPv4-mapped is IPv4.
+    one, other = "2001:db8:1:2::1", "2001:db8:1:2:ffff::9"
+    assert client_address(scope(one, None), ()) == client_address(scope(other, None), ())
+    assert client_address(scope(one, None), ()) == "2001:db8:1:2::/64"
+    assert client_address(scope("2001:db8:1:3::1", None), ()) != "2001:db8:1:2::/64"
+    assert client_address(scope("::ffff:192.0.2.7", None), ()) == "192.0.2.7"
+    assert client_address(scope("127.0.0.1", f"{one}, 10.1.2.3"), proxies) == "2001:db8:1:2::/64"
+    buckets = TokenBuckets(rate=1.0, burst=1.0, clock=lambda: 0.0)
+    assert buckets.take(client_address(scope(one, None), ())) == 0
+    assert buckets.take(client_address(scope(other, None), ())) > 0  # same client: waits
 
 
 def test_token_bucket_refills_at_its_rate() -> None:

@@ -51,8 +51,27 @@ def _trusted(address: str, proxies: tuple[Network, ...]) -> bool:
     return any(ip in net for net in proxies)
 
 
+def client_key(address: str) -> str:
+    """What one client is, for the per-client limits: an IPv4 address, or an IPv6 /64.
+
+    One IPv6 host is usually given a whole /64 and may use any address in it: keyed on
+    the full address, each request from a new one got a fresh token bucket and its own
+    in-progress cap, and rotating addresses also pushed everyone else's buckets out of
+    the table. An IPv4-mapped IPv6 address (``::ffff:192.0.2.7``) is its IPv4 address.
+    """
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address  # "unknown", or whatever a test transport reports
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return address
+
+
 def client_address(scope: Scope, proxies: tuple[Network, ...]) -> str:
-    """The address a request is charged to.
+    """The client a request is charged to (:func:`client_key` of its address).
 
     The TCP peer, unless the peer is a trusted proxy: then the ``X-Forwarded-For``
     list is read from the right (the hop closest to us) past every trusted proxy, and
@@ -64,7 +83,7 @@ def client_address(scope: Scope, proxies: tuple[Network, ...]) -> str:
     client = scope.get("client")
     peer = client[0] if client else "unknown"
     if not proxies or not _trusted(peer, proxies):
-        return peer
+        return client_key(peer)
     hops: list[str] = []
     for name, value in scope.get("headers", ()):
         if name == b"x-forwarded-for":
@@ -78,7 +97,7 @@ def client_address(scope: Scope, proxies: tuple[Network, ...]) -> str:
         chosen = hop
         if not _trusted(hop, proxies):
             break
-    return chosen
+    return client_key(chosen)
 
 
 class TokenBuckets:
