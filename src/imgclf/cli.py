@@ -431,8 +431,11 @@ def drift_report(
             )
         ref = load_reference(reference)
         version = None if all_versions else ref.model_sha256[:12]
-        paths = local_paths(db or [_db(None)], start, end, Path(cache.name))
-        traffic = load_traffic(paths, start, end, version)
+        sources = db or [_db(None)]
+        paths = local_paths(sources, start, end, Path(cache.name))
+        named = {Path(s) for s in sources if not is_fleet_source(s)}
+        from_fleet = [p for p in paths if p not in named]
+        traffic = load_traffic(paths, start, end, version, from_fleet=from_fleet)
     except (TrafficError, ShardError, OSError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -448,6 +451,11 @@ def drift_report(
         )
     if result.excluded_rows:
         typer.echo(f"left out: {sum(result.excluded_rows.values())} predictions of other models")
+    if result.unreadable:
+        typer.echo(
+            f"left out, unreadable: {result.unreadable['rows']} rows, "
+            f"{result.unreadable['files']} files ({', '.join(traffic.unreadable_files[:5])})"
+        )
     typer.echo(f"wrote {paths['html']}, {paths['markdown']}, {paths['json']}")
     if fail_on_drift and result.drifted:
         raise typer.Exit(1)

@@ -21,7 +21,7 @@ from imgclf.monitoring.recorder import Monitor, MonitorConfig
 from imgclf.monitoring.shards import ShardError, ShardName, days, fetch, local_paths
 from imgclf.monitoring.shipping import ShardSpool, ShipConfig
 from imgclf.monitoring.store import connect
-from imgclf.monitoring.traffic import load_traffic
+from imgclf.monitoring.traffic import TrafficError, load_traffic
 from imgclf.serving.prometheus_metrics import Telemetry
 from imgclf.serving.settings import Settings, SettingsError
 from tests.support import ROOT, holds_within, tool_env
@@ -299,3 +299,41 @@ def test_collect_since_from_a_fleet_folder_finishes(tmp_path: Path) -> None:
     )  # fmt: skip
     assert "Traceback" not in done.stderr, done.stderr
     assert done.returncode in (0, 2), done.stdout + done.stderr
+
+
+def test_a_bad_object_in_the_fleet_is_left_out_and_counted(tmp_path: Path) -> None:
+    """Found by a review: one non-SQLite object failed every report over its window, a
+    row with an unknown feature set crashed it (KeyError), and rows with the wrong number
+    of floats were silently reshaped into misaligned columns. Now, read from a fleet,
+    they are left out and counted; a bad file the user named still fails with its reason."""
+    import numpy as np
+
+    fleet = tmp_path / "fleet"
+    now = time.time()
+
+    def shard(seq: int, rows: list[tuple[int, list[float]]]) -> Path:
+        path = fleet / ShardName.for_records(now - 10, now - 1, "r", seq).key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = connect(path)
+        conn.execute("INSERT INTO feature_sets (id, names) VALUES (1, 'a,b,c')")
+        for feature_set, values in rows:
+            conn.execute(
+                "INSERT INTO requests (ts, model_version, label, confidence, format,"
+                " feature_set, features) VALUES (?, 'v', 'cat', 0.9, 'PNG', ?, ?)",
+                (now - 5, feature_set, np.array(values, "<f4").tobytes()),
+            )
+        conn.commit()
+        conn.close()
+        return path
+
+    shard(1, [(1, [1.0, 2.0, 3.0])] * 40)
+    shard(2, [(1, [9.0, 9.0]), (1, [9.0, 9.0, 9.0, 9.0]), (7, [1.0, 2.0, 3.0])])
+    junk = fleet / ShardName.for_records(now - 10, now - 1, "z", 1).key
+    junk.write_bytes(b"not a database")
+    paths = local_paths([str(fleet)], now - 3600, now, tmp_path / "cache")
+    traffic = load_traffic(paths, now - 3600, now, "v", from_fleet=paths)
+    assert traffic.rows == 40 and traffic.features["a"] == [1.0] * 40
+    assert traffic.features["c"] == [3.0] * 40  # no misaligned column
+    assert traffic.unreadable_rows == 3 and len(traffic.unreadable_files) == 1
+    with pytest.raises(TrafficError, match="not an imgclf monitoring database"):
+        load_traffic([paths[0], junk], now - 3600, now, "v")  # a file the user named

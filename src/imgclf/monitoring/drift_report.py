@@ -84,6 +84,8 @@ class DriftReport:
     current_rows: int
     excluded_rows: dict[str, int]
     sections: list[Section]
+    # Of a fleet: rows and files that could not be read (see traffic.load_traffic).
+    unreadable: dict[str, int] = field(default_factory=dict)
 
     @property
     def drifted(self) -> bool:
@@ -141,6 +143,9 @@ def build_report(
     window = (_iso(traffic.start), _iso(traffic.end))
     excluded = dict(traffic.other_versions)
     report = DriftReport(window, traffic.version or "", n_cur, excluded, list(sections.values()))
+    if traffic.unreadable_rows or traffic.unreadable_files:
+        report.unreadable = {"rows": traffic.unreadable_rows,
+                             "files": len(traffic.unreadable_files)}  # fmt: skip
     if n_cur < MIN_ROWS:
         for s in sections.values():
             s.skipped = f"{n_cur} served predictions in the window, at least {MIN_ROWS} needed"
@@ -232,6 +237,11 @@ def markdown(report: DriftReport, html_name: str = "") -> str:
     if report.excluded_rows:  # versions and class names come from the database: made inert
         other = ", ".join(f"{code(v)} ({n})" for v, n in sorted(report.excluded_rows.items()))
         lines.append(f"Left out, served by other model versions: {other}.")
+    if report.unreadable:
+        lines.append(
+            f"Left out, unreadable: {report.unreadable['rows']} rows and "
+            f"{report.unreadable['files']} files (not monitoring data)."
+        )
     lines.append("")
     lines += table(
         ["Section", "Verdict", "Reference rows", "Served rows"],

@@ -11,6 +11,7 @@ import re
 import sqlite3
 import time
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -57,6 +58,10 @@ class Traffic:
     embedding: np.ndarray | None = None
     samples: list[str | None] = field(default_factory=list)
     other_versions: Counter[str] = field(default_factory=Counter)
+    # Read from several files (a fleet): rows and whole files that could not be read as
+    # recorded data (a corrupt or hostile object in the bucket) are left out and counted.
+    unreadable_rows: int = 0
+    unreadable_files: list[str] = field(default_factory=list)
 
     @property
     def rows(self) -> int:
@@ -79,27 +84,49 @@ def open_readonly(db: Path) -> sqlite3.Connection:
     return conn
 
 
-def load_traffic(dbs: Path | list[Path], start: float, end: float, version: str | None) -> Traffic:
+def load_traffic(
+    dbs: Path | list[Path],
+    start: float,
+    end: float,
+    version: str | None,
+    from_fleet: Collection[Path] = (),
+) -> Traffic:
     """Rows with ``start <= ts < end``; only ``version``'s (others are counted, not mixed in).
 
     A report that mixed two models' answers would show "drift" that is only the new
     model; counting the others lets the report say what it left out. Several files
-    (one per replica) are read as one window.
+    (one per replica) are read as one window. Rows whose feature set is unknown or whose
+    features do not have one float per name are left out and counted (misread, they would
+    shift every column). A file of a fleet (``from_fleet``: a bucket's or a folder's
+    shards) that is not a monitoring database is left out and counted too: one bad object
+    must not stop the fleet's report. A file the user named still fails with the reason.
     """
     traffic = Traffic(start, end, version)
     embeddings: list[np.ndarray] = []
     rows: dict[str, list[bytes]] = {}  # feature names (comma-joined) → float32 rows
     formats: list[str] = []
-    for db in [dbs] if isinstance(dbs, Path) else dbs:
-        conn = open_readonly(db)
+    paths = [dbs] if isinstance(dbs, Path) else dbs
+    for db in paths:
+        fetched = db in from_fleet
+        try:
+            conn = open_readonly(db)
+        except TrafficError:
+            if not fetched:
+                raise
+            traffic.unreadable_files.append(db.name)
+            continue
         try:
             sets = dict(conn.execute("SELECT id, names FROM feature_sets"))
+            widths = {k: 4 * len(str(v).split(",")) for k, v in sets.items()}
             cursor = conn.execute(
                 "SELECT model_version, label, confidence, format, feature_set, features, "
                 "embedding, sample FROM requests WHERE ts >= ? AND ts < ? ORDER BY id",
                 (start, end),
             )
             for model_version, label, conf, fmt, feature_set, features, emb, sample in cursor:
+                if not isinstance(features, bytes) or len(features) != widths.get(feature_set):
+                    traffic.unreadable_rows += 1
+                    continue
                 if version is not None and model_version != version:
                     traffic.other_versions[model_version] += 1
                     continue
@@ -110,6 +137,10 @@ def load_traffic(dbs: Path | list[Path], start: float, end: float, version: str 
                 rows.setdefault(sets[feature_set], []).append(features)
                 if emb is not None:
                     embeddings.append(np.frombuffer(emb, dtype="<f4"))
+        except (sqlite3.DatabaseError, TypeError, ValueError) as exc:
+            if not fetched:
+                raise TrafficError(f"{db} cannot be read as monitoring data ({exc})") from None
+            traffic.unreadable_files.append(db.name)  # its rows so far stay: they were fine
         finally:
             conn.close()
     if len(rows) > 1:  # e.g. a grayscale and an RGB model in one window
