@@ -75,6 +75,82 @@ def test_decode_budget_counts_bytes_per_pixel() -> None:
     assert err.value.reason == "too_many_bytes"
 
 
+# The API's default decode budget (IMGCLF_MAX_DECODE_BYTES).
+DEFAULT_BUDGET = 128 * 2**20
+
+
+def _photo(width: int, height: int) -> Image.Image:
+    """A photo-like RGB image: smooth noise, so JPEG and lossy WebP have real data to code."""
+    rng = np.random.default_rng(3)
+    small = rng.integers(0, 256, (max(1, height // 16), max(1, width // 16), 3), dtype=np.uint8)
+    return Image.fromarray(small).resize((width, height), Image.Resampling.BILINEAR)
+
+
+def _one_component_first_scan(jpeg: bytes) -> bytes:
+    """``jpeg`` (sequential, one interleaved scan) with its SOS cut to the first component.
+
+    libjpeg then expects one scan per component and buffers the whole image's
+    coefficients, as for a progressive file; the budget must refuse it before decoding.
+    """
+    pos = 2
+    while jpeg[pos + 1] != 0xDA:
+        pos += 2 + int.from_bytes(jpeg[pos + 2 : pos + 4], "big")
+    length = int.from_bytes(jpeg[pos + 2 : pos + 4], "big")
+    assert jpeg[pos + 4] == 3
+    sos = b"\xff\xda\x00\x08\x01" + jpeg[pos + 5 : pos + 7] + b"\x00\x3f\x00"
+    return jpeg[:pos] + sos + jpeg[pos + 2 + length :]
+
+
+def test_webp_is_charged_for_libwebp_canvases_not_only_the_image() -> None:
+    """A 38-byte 6000x5000 lossless WebP costs ~4x its 114 MiB image to decode (libwebp's
+    animation decoder): refused under the default budget, which its PNG twin fits."""
+    img = Image.new("RGBA", (6000, 5000), (10, 200, 30, 128))
+    webp = hostile.encode(img, "WEBP", lossless=True, method=0)
+    png = hostile.encode(img, "PNG")
+    del img
+    budget = DecodeBudget(DEFAULT_BUDGET)
+    with pytest.raises(ImageError) as err:
+        open_image(webp, 64_000_000, budget=budget)
+    assert err.value.reason == "too_many_bytes"
+    assert budget.left == DEFAULT_BUDGET  # refused before anything was charged or decoded
+    assert open_image(png, 64_000_000, budget=budget).size == (6000, 5000)
+    assert budget.left == DEFAULT_BUDGET - 6000 * 5000 * 4
+
+
+def test_multi_scan_jpeg_is_charged_for_its_full_size_coefficients() -> None:
+    """A progressive (or one-component-first-scan) 4000x3000 JPEG holds 34 MiB of DCT
+    coefficients even when drafted to 1/8: refused under a budget its baseline twin fits."""
+    photo = _photo(4000, 3000)
+    baseline = hostile.encode(photo, "JPEG", quality=50)
+    progressive = hostile.encode(photo, "JPEG", quality=50, progressive=True)
+    del photo
+    budget = DecodeBudget(16 * 2**20)
+    img = open_image(baseline, 64_000_000, draft_to=224, budget=budget)
+    assert img.size == (500, 375)  # drafted to 1/8: that is all a baseline file allocates
+    assert budget.left == 16 * 2**20 - 500 * 375 * 4
+    for data in (progressive, _one_component_first_scan(baseline)):
+        with pytest.raises(ImageError) as err:
+            open_image(data, 64_000_000, draft_to=224, budget=DecodeBudget(16 * 2**20))
+        assert err.value.reason == "too_many_bytes"
+
+
+@pytest.mark.parametrize("fmt", ["WEBP", "progressive JPEG"])
+def test_normal_webp_and_progressive_jpeg_photos_decode_and_pay_their_decoder(fmt: str) -> None:
+    """A 640x480 photo still decodes, charged the decoder's peak: 5 RGBA copies for WebP;
+    the drafted image plus 4:2:0 coefficients (3 bytes a pixel, +1/8 margin) for JPEG."""
+    photo = _photo(640, 480)
+    if fmt == "WEBP":
+        data, charge = hostile.encode(photo, "WEBP", quality=80), 5 * 640 * 480 * 4
+    else:
+        data = hostile.encode(photo, "JPEG", quality=85, progressive=True)
+        charge = 320 * 240 * 4 + 640 * 480 * 3 * 9 // 8  # drafted to 1/2, coefficients
+    budget = DecodeBudget(DEFAULT_BUDGET)
+    out = preprocess(data, PreprocessSpec(224), budget)
+    assert out.shape == (224, 224, 3)
+    assert out.std() > 10  # real pixels, not a blank
+    assert DEFAULT_BUDGET - budget.left == charge
+
+
 def test_prepare_skips_what_it_cannot_use_and_says_why(tmp_path: Path) -> None:
     """A LAB TIFF under grayscale params, a dangling link, impostors: skipped, not fatal."""
     root = write_shapes_dataset(tmp_path / "raw", per_class=6)

@@ -99,6 +99,85 @@ def decoded_bytes(img: Image.Image) -> int:
     return width * height * _STORED_BYTES_PER_PIXEL.get(img.mode, 4)
 
 
+# WebP: Pillow decodes even a still image through libwebp's animation decoder, which keeps
+# two full canvases (the frame and the disposed previous one), hands the frame over as a
+# bytes copy, and Pillow copies that into the image: 4 full-size 4-byte-per-pixel copies at
+# the peak. Measured (Pillow 13.0, libwebp 1.6, 6000x5000, lossless and lossy, RGB and RGBA,
+# peak RSS of a fresh process): 458 MiB for the 114 MiB image, 4.0x. Charged 5x for margin.
+WEBP_DECODE_COPIES = 5
+# ``img.info`` key where :func:`open_image` leaves what libjpeg will hold in DCT coefficients
+# for a multi-scan (progressive, or sequential with one scan per component) JPEG; 0 if none.
+JPEG_COEFFICIENT_BYTES = "imgclf_jpeg_coefficient_bytes"
+
+
+def decode_cost(img: Image.Image) -> int:
+    """Peak memory decoding ``img`` will allocate (from the header, before decoding).
+
+    The decoded image itself (:func:`decoded_bytes`, at the reduced JPEG scale), times
+    :data:`WEBP_DECODE_COPIES` for WebP, plus a multi-scan JPEG's full-size coefficient
+    buffers (:func:`jpeg_coefficient_bytes`, noted by :func:`open_image`).
+    """
+    cost = decoded_bytes(img)
+    if img.format == "WEBP":
+        cost *= WEBP_DECODE_COPIES
+    return cost + int(img.info.get(JPEG_COEFFICIENT_BYTES, 0))
+
+
+def jpeg_coefficient_bytes(width: int, height: int, layers: list[tuple[int, int, int, int]]) -> int:
+    """What libjpeg allocates for a multi-scan JPEG's coefficients, with a 1/8 margin.
+
+    A progressive JPEG, or a sequential one whose first scan does not hold every
+    component, is decoded from a whole-image buffer of DCT coefficients: per component,
+    its blocks (8x8 at its sampling, rounded up to the sampling factors) x 64 x 2 bytes
+    (JCOEF is int16), at the full size whatever ``draft()`` reduces the output to. So
+    2 bytes a pixel per full-resolution component: 6 for 4:4:4 colour, 3 for 4:2:0, 2 for
+    gray, 8 for CMYK. Measured on 6000x6000 (formula 206 MiB for 4:4:4, 103 for 4:2:0, 69
+    for gray, 275 for CMYK): peak RSS grew 212, 107, 70 and 283 MiB, the rest being the
+    reduced output and libjpeg's fixed state, which a baseline JPEG also takes (8 MiB).
+    ``layers`` is Pillow's ``JpegImageFile.layer``: (id, horizontal, vertical, table).
+    """
+    factors = [(min(max(h, 1), 4), min(max(v, 1), 4)) for _, h, v, _ in layers]
+    if not factors:
+        return 0
+    max_h = max(h for h, _ in factors)
+    max_v = max(v for _, v in factors)
+    blocks = 0
+    for h, v in factors:
+        across = -(-width * h // (8 * max_h))  # libjpeg's width_in_blocks
+        down = -(-height * v // (8 * max_v))
+        blocks += -(-across // h) * h * (-(-down // v) * v)
+    return blocks * 64 * 2 * 9 // 8
+
+
+def _jpeg_scan_components(data: bytes | memoryview, start: int = 0) -> int:
+    """How many components the JPEG's first scan (SOS) holds; 0 when no scan is found.
+
+    libjpeg buffers the whole image's coefficients when it is progressive or when that
+    first scan holds fewer components than the frame (a sequential multi-scan file).
+    Walks the segment headers only (their count is bounded by :data:`MAX_JPEG_MARKERS`).
+    """
+    data = bytes(data)  # for find(): junk between segments is skipped at C speed
+    pos, end = start + 2, len(data)  # past SOI
+    while pos + 4 < end:
+        if data[pos] != 0xFF:
+            pos = data.find(b"\xff", pos)  # junk between segments, skipped as libjpeg does
+            if pos < 0:
+                return 0
+            continue
+        marker = data[pos + 1]
+        if marker == 0xFF:
+            pos += 1  # fill byte
+        elif marker == 0xDA:
+            return int(data[pos + 4])
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD8:
+            pos += 2  # stand-alone marker: no length
+        elif marker == 0xD9:
+            return 0
+        else:
+            pos += 2 + (data[pos + 2] << 8 | data[pos + 3])
+    return 0
+
+
 @dataclass
 class DecodeBudget:
     """Decoded bytes one request may still allocate, shared by every file of a batch.
@@ -110,13 +189,14 @@ class DecodeBudget:
     left: int
 
     def take(self, img: Image.Image) -> None:
-        """Charge ``img``'s decoded size, or refuse it (413) when it does not fit."""
-        cost = decoded_bytes(img)
+        """Charge what decoding ``img`` allocates (:func:`decode_cost`), or refuse it (413)."""
+        cost = decode_cost(img)
         if cost > self.left:
             raise ImageError(
                 "too_many_bytes",
-                f"{img.size[0]}x{img.size[1]} {img.mode} image would take {cost} bytes decoded; "
-                f"{self.left} bytes of this request's decode budget are left",
+                f"{img.size[0]}x{img.size[1]} {img.mode} {img.format or ''} image would take "
+                f"{cost} bytes to decode; {self.left} bytes of this request's decode budget "
+                "are left",
             )
         self.left -= cost
 
@@ -210,9 +290,12 @@ def open_image(
     bomb) is refused without allocating it. ``draft_to`` lets JPEG decode at a
     reduced scale (DCT scaling), which is exact for a given size and far faster
     than decoding a 12 MP photo only to shrink it; the byte budget is checked
-    after that reduction, since that is what will be allocated.
+    after that reduction, since that is what will be allocated. What the decoder
+    holds besides the image is charged too (:func:`decode_cost`): libwebp's canvases,
+    and a progressive or multi-scan JPEG's coefficients at the full size.
     """
     fp, fmt = _open(source)
+    start = fp.tell()
     if fmt == "JPEG" and isinstance(fp, io.BytesIO):
         _check_jpeg_markers(fp.getbuffer())
     try:
@@ -232,6 +315,17 @@ def open_image(
         )
     if width < 1 or height < 1:
         raise ImageError("corrupt", f"image declares an empty size {width}x{height}")
+    if budget is not None and img.format == "JPEG":
+        if isinstance(fp, io.BytesIO):
+            with fp.getbuffer() as view:
+                components = _jpeg_scan_components(view, start)
+        else:
+            at = fp.tell()
+            fp.seek(start)
+            components = _jpeg_scan_components(fp.read())
+            fp.seek(at)
+        if img.info.get("progressive") or components < len(img.layer):
+            img.info[JPEG_COEFFICIENT_BYTES] = jpeg_coefficient_bytes(width, height, img.layer)
     try:
         if draft_to and img.format == "JPEG":
             img.draft(img.mode if img.mode in ("L", "RGB") else None, (draft_to, draft_to))
