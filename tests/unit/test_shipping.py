@@ -337,3 +337,35 @@ def test_a_bad_object_in_the_fleet_is_left_out_and_counted(tmp_path: Path) -> No
     assert traffic.unreadable_rows == 3 and len(traffic.unreadable_files) == 1
     with pytest.raises(TrafficError, match="not an imgclf monitoring database"):
         load_traffic([paths[0], junk], now - 3600, now, "v")  # a file the user named
+
+
+def test_a_shard_the_bucket_keeps_refusing_does_not_hold_back_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a review: the uploader stopped its pass at the first failure, so one shard
+    the bucket refused every time (e.g. a retried upload of an object that exists, under
+    a create-only key) held back every newer shard until the size cap dropped it."""
+    spool = tmp_path / "spool"
+    refused = _waiting_shard(spool, "old-1")
+    time.sleep(0.01)
+    newer = _waiting_shard(spool, "new-1")
+    real_open = shipping.open_target
+
+    def refusing(url: str) -> object:
+        target = real_open(url)
+        real_put = target.put
+
+        def put(local: Path, key: str) -> None:
+            if local.name == refused.name:
+                raise PermissionError("403 Forbidden: storage.objects.delete")
+            real_put(local, key)
+
+        target.put = put  # type: ignore[method-assign]
+        return target
+
+    monkeypatch.setattr(shipping, "open_target", refusing)
+    counts: list[tuple[str, int]] = []
+    config = ShipConfig(url=str(tmp_path / "bucket"), spool=spool, replica="w0")
+    ShardSpool(config, None, lambda name, n: counts.append((name, n))).close(timeout=3)
+    assert [s.name for s in _shards(tmp_path / "bucket")] == [newer.name]
+    assert refused.exists() and ("upload_failures", 1) in counts

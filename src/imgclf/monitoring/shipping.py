@@ -51,6 +51,9 @@ from imgclf.monitoring.store import connect
 log = logging.getLogger("imgclf.monitoring.shipping")
 
 RETRY_FIRST_S, RETRY_MAX_S = 1.0, 60.0  # upload backoff: doubles after each failure
+# Failed uploads in one pass over the waiting shards before the uploader backs off: the
+# next shards are tried after one fails (it may be that object alone), not after three.
+FAILURES_PER_ROUND = 3
 
 
 @dataclass(frozen=True)
@@ -265,7 +268,7 @@ class ShardSpool:
             waiting = sorted(self.ready_dir.glob("*.db"))
             if not waiting and self._stopping.is_set():
                 return
-            failed = False
+            failed, failures = False, 0
             for path in waiting:
                 if time.monotonic() > self._deadline:
                     return
@@ -281,8 +284,11 @@ class ShardSpool:
                     log.warning("monitoring: upload of %s to %s failed (%s: %s); will retry",
                                 path.name, self.target.url, type(exc).__name__, exc)  # fmt: skip
                     self._count("upload_failures", 1)
-                    failed = True
-                    break
+                    failed, failures = True, failures + 1
+                    # One shard that keeps failing (refused by the bucket) must not hold
+                    # back the newer ones; several in a row is an outage: wait, retry.
+                    if failures >= FAILURES_PER_ROUND:
+                        break
                 finally:
                     with self._busy_lock:
                         self._busy = None
