@@ -65,3 +65,14 @@ def test_a_body_with_the_most_parts_allowed_still_parses(chunk: int) -> None:
     assert isinstance(result, list) and [u.filename for u in result] == [
         f"f{i}.png" for i in range(8)
     ]
+
+
+def test_too_many_files_is_still_answered_as_such() -> None:
+    """30 files where 8 are allowed (and 24 parts): the collector's own ``too_many_files``
+    (422, what the schema's maxItems promises; schemathesis checks it), not the delimiter
+    count's 413, even though the whole body arrives in one chunk."""
+    boundary = b"b0undary"
+    limits = Limits(max_file_bytes=1 << 20, max_body_bytes=1 << 20, max_files=8, max_parts=24)
+    body = b"".join(_part(boundary, f"f{i}.png", b"\x89PNG") for i in range(30))
+    result, _ = _read(body + b"--" + boundary + b"--\r\n", boundary, 1 << 20, limits)
+    assert result == "too_many_files"

@@ -211,6 +211,7 @@ async def read_uploads(
     # the event loop (0.35 s of CPU per 2 MiB of "\r\n--a" + "x" with boundary "a";
     # /health waited ~100 ms behind one such upload).
     delimiter, delimiters, seam = b"\r\n--" + boundary, 0, b""
+    limit = limits.max_parts + 1  # one per part, and the closing one
     try:
         # Inside the try: whatever python-multipart refuses is a 400, never a 500.
         parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
@@ -221,13 +222,20 @@ async def read_uploads(
                 raise too_large
             # Whole delimiters in the chunk, and those across its start (the previous
             # chunk's last bytes cannot hold a whole one, so none is counted twice).
-            delimiters += chunk.count(delimiter)
-            delimiters += (seam + chunk[: len(delimiter) - 1]).count(delimiter)
-            seam = (seam + chunk[-(len(delimiter) - 1) :])[-(len(delimiter) - 1) :]
-            if delimiters > limits.max_parts + 1:
+            window = seam + chunk
+            found = window.count(delimiter)
+            if delimiters + found > limit:
+                # The parser gets the body up to the first delimiter over the limit, so
+                # a request with too many *files* still gets its own answer (422) from
+                # the collector; then the rest is refused without being parsed.
+                cut = _nth(window, delimiter, limit - delimiters + 1) - len(seam)
+                if cut > 0:
+                    parser.write(chunk[:cut])
                 raise RequestRejectedError(
                     "too_many_parts", f"more than {limits.max_parts} form parts"
                 )
+            delimiters += found
+            seam = window[-(len(delimiter) - 1) :]
             parser.write(chunk)
         parser.finalize()
     except FormParserError:
@@ -236,3 +244,13 @@ async def read_uploads(
     if collector._current is not None:
         raise RequestRejectedError("malformed_request", "multipart body ended inside a part")
     return collector.uploads
+
+
+def _nth(data: bytes, needle: bytes, n: int) -> int:
+    """Where the ``n``-th (1-based) non-overlapping ``needle`` starts in ``data``; -1 if fewer."""
+    at = -len(needle)
+    for _ in range(n):
+        at = data.find(needle, at + len(needle))
+        if at < 0:
+            return -1
+    return at
