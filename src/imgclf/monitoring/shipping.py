@@ -118,9 +118,6 @@ class ShardSpool:
         self._first = self._last = 0.0
         self.rows = 0
         self._sample_bytes = 0  # carried from shard to shard: the cap is per process
-        # The shard the uploader is sending now: the cap never deletes it under its feet.
-        self._busy_lock = threading.Lock()
-        self._busy: Path | None = None
         self._recover()
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -183,15 +180,14 @@ class ShardSpool:
         for path in waiting[:-1]:
             if total <= self.config.max_bytes:
                 break
-            with self._busy_lock:
-                if path == self._busy:
-                    continue
-                claim = _claim(path)
-                if claim is None:  # a sibling process is uploading (or dropped) it
-                    continue
-                with claim:
-                    rows, samples = self._contents(path)
-                    path.unlink(missing_ok=True)
+            # Our uploader's claim counts like a sibling's: flock locks one open file,
+            # so the shard being sent now is never deleted under its feet either.
+            claim = _claim(path)
+            if claim is None:  # being uploaded (here or by a sibling), or gone
+                continue
+            with claim:
+                rows, samples = self._contents(path)
+                path.unlink(missing_ok=True)
             for sample in samples:
                 if self.sample_dir is not None:
                     (self.sample_dir / PurePosixPath(sample)).unlink(missing_ok=True)
@@ -272,11 +268,9 @@ class ShardSpool:
             for path in waiting:
                 if time.monotonic() > self._deadline:
                     return
-                with self._busy_lock:
-                    claim = _claim(path)
-                    if claim is None:  # dropped, shipped or being shipped by a sibling
-                        continue
-                    self._busy = path
+                claim = _claim(path)
+                if claim is None:  # dropped, shipped or being shipped by a sibling
+                    continue
                 try:
                     with claim:
                         self._upload(path)
@@ -289,9 +283,6 @@ class ShardSpool:
                     # back the newer ones; several in a row is an outage: wait, retry.
                     if failures >= FAILURES_PER_ROUND:
                         break
-                finally:
-                    with self._busy_lock:
-                        self._busy = None
             if failed:
                 if self._stopping.is_set():
                     delay = min(delay, 0.5)

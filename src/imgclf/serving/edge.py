@@ -131,10 +131,13 @@ class EdgeProtocol(HttpToolsProtocol):
             self._write_timer = self.loop.call_later(limit, self._write_expired)
 
     def resume_writing(self) -> None:
+        self._stop_write_timer()
+        super().resume_writing()
+
+    def _stop_write_timer(self) -> None:
         if self._write_timer is not None:
             self._write_timer.cancel()
             self._write_timer = None
-        super().resume_writing()
 
     def _write_expired(self) -> None:
         self._write_timer = None
@@ -218,9 +221,7 @@ class EdgeProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
-        if self._write_timer is not None:
-            self._write_timer.cancel()
-            self._write_timer = None
+        self._stop_write_timer()
         super().connection_lost(exc)
 
 

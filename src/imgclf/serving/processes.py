@@ -260,7 +260,7 @@ def serve_processes(settings: Settings, host: str, port: int, access_log: bool =
     listener = _bound(host, port)  # listen() once a worker is ready (STARTUP_WAIT_S)
     listening = False
     accept_after = 0.0  # a failed accept pauses the port until then (ACCEPT_PAUSE_S)
-    warned = [0.0]  # when a failed hand-over may be logged again
+    warned_until = 0.0  # a failed hand-over is logged at most every 10 s
     # Sockets in flight to busy workers count against this user's open-file limit.
     raise_file_limit(settings.max_open_connections + 256)
     wake_r, wake_w = socket.socketpair()
@@ -306,6 +306,7 @@ def serve_processes(settings: Settings, host: str, port: int, access_log: bool =
 
     def hand_over(conn: socket.socket) -> None:
         """Pass ``conn`` to the ready worker with the fewest open connections."""
+        nonlocal warned_until
         ready = [i for i, w in enumerate(workers) if w is not None and w.ready]
         for i in sorted(ready, key=lambda i: opened[i] - closed[i]):
             w = workers[i]
@@ -317,8 +318,8 @@ def serve_processes(settings: Settings, host: str, port: int, access_log: bool =
             except OSError as exc:
                 if exc.errno in _GONE:  # that worker is going away; its exit is handled below
                     w.ready = False
-                elif time.monotonic() >= warned[0]:
-                    warned[0] = time.monotonic() + 10.0
+                elif time.monotonic() >= warned_until:
+                    warned_until = time.monotonic() + 10.0
                     log.warning("could not hand a connection to worker %d: %s", i, exc)
                 continue
             opened[i] += 1
